@@ -1,0 +1,1 @@
+"""Built-in generator plugins (installed as ``zooscope.generators``)."""

@@ -1,0 +1,332 @@
+"""Sentence classification generators: ``sst2``, the generic ``text-classification``.
+
+Data from a hub id, local TSV/CSV/JSONL/parquet files, or the built-in synthetic
+sentiment task; a backbone from a hub id, a local directory or built from [scratch].
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zooscope
+from zooscope.errors import ConfigError, DataError
+from zooscope.generation import Generator, MemberSetup, TaskData
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from zooscope.config import ZooConfig
+    from zooscope.zoo import Member
+
+# torch, numpy and transformers are imported inside methods: registering this
+# plugin must stay cheap, since `zooscope plugins` and `--help` load it.
+
+TEXT_COLUMNS = ("sentence", "content", "text", "review")
+SPLITS = ("train", "validation", "test")
+_FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix in _FORMATS
+
+
+def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[list[str], list[Any]]:
+    """Texts and labels of a data source: the synthetic task, a local file or a hub dataset."""
+    if source.startswith("synthetic:"):
+        from zooscope.generators.synthetic import synthetic_sentiment
+
+        kind, _, n = source.partition(":")[2].partition(":")
+        if kind != "sentiment":
+            raise DataError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment")
+        rows = synthetic_sentiment(int(n or 3000))
+        return [t for t, _ in rows], [y for _, y in rows]
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            ds = datasets.load_dataset(str(path), split="train")
+        elif _is_local(source):
+            if not path.exists():
+                raise DataError(f"no data file at {path}")
+            fmt = _FORMATS.get(path.suffix)
+            if fmt is None:
+                raise DataError(f"cannot read {path.name}: use .tsv, .csv, .jsonl or .parquet")
+            kwargs: dict[str, Any] = {}
+            if path.suffix == ".tsv":
+                kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: GLUE TSVs hold raw quotes
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        else:
+            ds = datasets.load_dataset(source, split="train")
+    except DataError:
+        raise
+    except UnicodeDecodeError:
+        raise DataError(f"{source} is not UTF-8 text") from None
+    except FileNotFoundError as exc:
+        raise DataError(f"cannot find the data source {source!r}: {exc}") from None
+    except Exception as exc:  # datasets wraps parser and hub errors in many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot load the data source {source!r}: {first}") from None
+    columns = list(ds.column_names)
+    if text_column is None:
+        text_column = next((c for c in TEXT_COLUMNS if c in columns), None)
+        if text_column is None:
+            raise DataError(f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}; "
+                            f"it has {', '.join(columns)})", hint="set [data] text_column")
+    for col in (text_column, label_column):
+        if col not in columns:
+            raise DataError(f"{source} has no column {col!r} (it has {', '.join(columns)})",
+                            hint="set [data] text_column / label_column")
+    if len(ds) == 0:
+        raise DataError(f"{source} holds no rows")
+    texts = ["" if t is None else str(t) for t in ds[text_column]]
+    return texts, list(ds[label_column])
+
+
+def _label_ids(labels: list[Any], source: str) -> tuple[np.ndarray, list[str]]:
+    import numpy as np
+
+    if any(v is None for v in labels):
+        raise DataError(f"{source} has rows without a label")
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        arr = np.asarray(labels, dtype=np.int64)
+        if arr.min() < 0:
+            raise DataError(f"{source} has negative labels (unlabelled rows?)")
+        names = [str(i) for i in range(int(arr.max()) + 1)]
+        return arr, names
+    names = sorted({str(v) for v in labels})
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.asarray([lookup[str(v)] for v in labels], dtype=np.int64), names
+
+
+def fingerprint(ids: list[str], texts: list[str], labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for i, t, y in zip(ids, texts, labels.tolist(), strict=True):
+        h.update(f"{i}\t{t}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+class TextClassificationGenerator(Generator):
+    """Fine-tunes a backbone with an MLP head on a sentence classification task."""
+
+    version = "1"
+    default_source: str | None = None
+
+    def __init__(self, name: str, description: str, default_source: str | None = None) -> None:
+        self.name = name
+        self.description = description
+        self.default_source = default_source
+
+    def _source(self, cfg: ZooConfig) -> str:
+        source = cfg.data.get("source", self.default_source)
+        if not source:
+            raise ConfigError("[data] needs a source (a hub id or a local file)")
+        return cfg.resolve(source)
+
+    def validate(self, cfg: ZooConfig) -> None:
+        for key in ("source", "test_source"):
+            value = cfg.data.get(key) or (self.default_source if key == "source" else None)
+            if value and not value.startswith("synthetic:"):
+                resolved = Path(cfg.resolve(value)).expanduser()
+                if _is_local(value) and not resolved.exists():
+                    raise ConfigError(f"[data] {key}: no data file at {resolved}")
+        for backbone in cfg.grid.get("backbone", [cfg.zoo["backbone"]]):
+            if backbone == "scratch" or backbone.startswith(("zoo://", "scratch")):
+                continue
+            resolved = Path(cfg.resolve(backbone)).expanduser()
+            if (backbone.startswith((".", "/", "~")) and not resolved.is_dir()):
+                raise ConfigError(f"backbone {backbone!r}: no model directory at {resolved}")
+
+    # -- data ------------------------------------------------------------------------------
+    def prepare(self, cfg: ZooConfig) -> TaskData:
+        import numpy as np
+
+        source = self._source(cfg)
+        texts, raw_labels = load_rows(source, cfg.data.get("text_column"),
+                                      cfg.data.get("label_column", "label"))
+        split_cfg = cfg.data["split"]
+        rng = np.random.default_rng(int(split_cfg.get("seed", 0)))
+        order = rng.permutation(len(texts))
+        fractions = {k: float(split_cfg.get(k, 0.0)) for k in SPLITS}
+        test_source = cfg.data.get("test_source")
+        if test_source:
+            kept = fractions["train"] + fractions["validation"]
+            fractions = {"train": fractions["train"] / kept,
+                         "validation": fractions["validation"] / kept, "test": 0.0}
+        n = len(texts)
+        n_train = int(round(fractions["train"] * n))
+        n_val = int(round(fractions["validation"] * n)) if fractions["test"] else n - n_train
+        parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val],
+                 "test": order[n_train + n_val :]}
+        labels, names = _label_ids(raw_labels, source)
+        splits: dict[str, dict[str, Any]] = {}
+        for split, idx in parts.items():
+            idx = np.sort(idx) if split != "train" else idx
+            splits[split] = {"ids": [f"row-{i}" for i in idx], "texts": [texts[i] for i in idx],
+                             "labels": labels[idx]}
+        cap = int(cfg.train["max_train_examples"])
+        if cap:
+            splits["train"] = {k: v[:cap] for k, v in splits["train"].items()}
+        if test_source:
+            t_texts, t_raw = load_rows(cfg.resolve(test_source), cfg.data.get("text_column"),
+                                       cfg.data.get("label_column", "label"))
+            t_labels, t_names = _label_ids(t_raw, test_source)
+            if len(t_names) > len(names):
+                raise DataError(f"{test_source} has labels the training data lacks")
+            splits["test"] = {"ids": [f"test-{i}" for i in range(len(t_texts))], "texts": t_texts,
+                              "labels": t_labels}
+        for split in SPLITS:
+            if len(splits[split]["ids"]) == 0:
+                raise DataError(f"the {split} split of {source} is empty",
+                                hint="use more data or change [data] split")
+        info = {
+            "source": source, "test_source": test_source, "label_names": names,
+            "sizes": {s: len(splits[s]["ids"]) for s in SPLITS},
+            "fingerprints": {s: fingerprint(splits[s]["ids"], splits[s]["texts"],
+                                            splits[s]["labels"]) for s in SPLITS},
+        }
+        columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy")]
+        test = splits["test"]
+        return TaskData(splits=splits, info=info, metric_columns=columns,
+                        predictions={"kind": "class", "shape": [len(test["ids"])]},
+                        test_labels=test["labels"].astype(np.int32), test_ids=test["ids"],
+                        cache={"num_labels": len(names)})
+
+    # -- models ----------------------------------------------------------------------------
+    def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
+        """Load (once per zoo and backbone) the backbone and tokenise every split with it."""
+        import torch
+
+        from zooscope.models import load_backbone, scratch_backbone
+
+        key = f"backbone:{name}"
+        if key not in task.cache:
+            dropout = float(cfg.train["dropout"])
+            max_len = int(cfg.train["max_seq_len"])
+            if name == "scratch":
+                model, tok = scratch_backbone(cfg.scratch, task.splits["train"]["texts"], dropout,
+                                              max_len)
+            else:
+                model, tok = load_backbone(cfg.resolve(name), dropout)
+            encoded = {}
+            for split, data in task.splits.items():
+                enc = tok(data["texts"], truncation=True, max_length=max_len)
+                encoded[split] = {"input_ids": enc["input_ids"],
+                                  "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
+            task.cache[key] = (model, tok, encoded)
+        return task.cache[key]
+
+    def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
+        import torch
+
+        from zooscope.models import SequenceClassifier, architecture_files
+        from zooscope.store import Architecture
+
+        name = str(member.factors["backbone"])
+        base, tok, encoded = self._backbone(cfg, name, task)
+        backbone = copy.deepcopy(base)
+        torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
+        model = SequenceClassifier(backbone, task.cache["num_labels"],
+                                   hidden=int(cfg.train["head"].get("hidden", 1)),
+                                   dropout=float(cfg.train["dropout"]))
+        if cfg.train["freeze_backbone"]:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        state = model.state_dict()
+        arch = Architecture(
+            key=name, files=architecture_files(backbone, tok, model.head_spec()),
+            shapes={k: tuple(v.shape) for k, v in state.items()},
+            dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
+                    if not v.is_floating_point()},
+        )
+        pad = int(tok.pad_token_id or 0)
+        train = encoded["train"]
+        batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
+        n = len(train["input_ids"])
+
+        def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+            order = torch.randperm(n, generator=generator).tolist()
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield collate([train["input_ids"][i] for i in idx], pad,
+                              labels=train["labels"][idx])
+
+        return MemberSetup(model=model, architecture=arch, train_batches=batches,
+                           steps_per_epoch=(n + batch_size - 1) // batch_size,
+                           state={"encoded": encoded, "pad": pad})
+
+    def evaluate(self, cfg: ZooConfig, setup: MemberSetup, task: TaskData,
+                 device: torch.device) -> tuple[dict[str, float], np.ndarray | None]:
+        import torch
+
+        with torch.no_grad():
+            return self._evaluate(cfg, setup, device)
+
+    def _evaluate(self, cfg: ZooConfig, setup: MemberSetup, device: torch.device
+                  ) -> tuple[dict[str, float], np.ndarray | None]:
+        import numpy as np
+        import torch
+
+        model = setup.model
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        predictions = None
+        batch_size = int(cfg.train["eval_batch_size"])
+        for split in SPLITS:
+            if split == "train" and not cfg.train["eval_train"]:
+                continue
+            data = setup.state["encoded"][split]
+            ids = data["input_ids"]
+            # Length-sorted batches pad least; predictions go back to the split's order.
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            preds = torch.empty(len(ids), dtype=torch.long)
+            loss_sum = torch.zeros((), device=device)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = collate([ids[i] for i in idx], setup.state["pad"],
+                                labels=data["labels"][idx])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                _, logits = model(**batch)
+                loss_sum += torch.nn.functional.cross_entropy(
+                    logits.float(), batch["labels"], reduction="sum")
+                preds[idx] = logits.argmax(-1).cpu()
+            labels = data["labels"]
+            metrics[f"{split}_loss"] = float(loss_sum) / len(ids)
+            metrics[f"{split}_accuracy"] = float((preds == labels).float().mean())
+            if split == "test":
+                predictions = preds.numpy().astype(np.int32)
+        model.train(was_training)
+        return metrics, predictions
+
+
+def collate(sequences: list[list[int]], pad: int, labels: torch.Tensor | None = None
+            ) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of the batch (never to max_seq_len)."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if labels is not None:
+        out["labels"] = labels
+    return out
+
+
+@zooscope.hookimpl
+def zooscope_register_generators(register: Any) -> None:
+    register(TextClassificationGenerator(
+        "sst2", "SST-2 sentiment (accuracy): fine-tune a backbone with an MLP head",
+        default_source="stanfordnlp/sst2"))
+    register(TextClassificationGenerator(
+        "text-classification", "any sentence classification data set (accuracy)"))

@@ -1,0 +1,1 @@
+"""Built-in analyzer plugins (installed as ``zooscope.plugins``)."""

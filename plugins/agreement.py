@@ -1,0 +1,178 @@
+"""The ``agreement`` analyzer: how often members predict the same test label.
+
+Pairwise agreement and Cohen's kappa from the stored test predictions (no model
+is run), disagreement next to test error (Jiang et al. 2022), by factor group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import zooscope
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.errors import ZooFileError
+from zooscope.zoo import Member, Zoo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise agreement and Cohen's kappa of class predictions, shape (members, examples).
+
+    Vectorised through one-hot products: for N members, n examples and K classes
+    it costs one (N × nK) @ (nK × N) product instead of N² passes over the data.
+    """
+    import numpy as np
+
+    preds = np.asarray(predictions)
+    n_members, n_examples = preds.shape
+    k = int(num_classes if num_classes is not None else preds.max() + 1)
+    agree = np.zeros((n_members, n_members), dtype=np.float64)
+    freq = np.empty((n_members, k), dtype=np.float64)
+    for c in range(k):  # one class at a time keeps memory at N × n
+        onehot = (preds == c).astype(np.float32)
+        agree += onehot @ onehot.T
+        freq[:, c] = onehot.sum(axis=1)
+    agree /= n_examples
+    freq /= n_examples
+    expected = freq @ freq.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(expected < 1.0, (agree - expected) / (1.0 - expected), 1.0)
+    return agree, kappa
+
+
+def _sort_key(value: Any) -> tuple[int, float, str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def differing_factors(a: Member, b: Member) -> str:
+    keys = sorted(set(a.factors) | set(b.factors))
+    diff = [k for k in keys if str(a.factors.get(k)) != str(b.factors.get(k))]
+    return "+".join(diff) if diff else "none"
+
+
+class Agreement(Analyzer):
+    name = "agreement"
+    description = ("pairwise agreement and Cohen's kappa of test predictions; disagreement "
+                   "vs test error (Jiang et al. 2022)")
+    options = (
+        Option("order", str, "", "factors to order the heatmap by, comma-separated "
+               "(default: all factors)"),
+    )
+
+    def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        import numpy as np
+
+        kind = zoo.prediction_kind()  # type: ignore[attr-defined]
+        if kind != "class":
+            raise ZooFileError(f"agreement needs class predictions; this zoo stores {kind!r}")
+        labels = zoo.test_labels()
+        order_keys = [k for k in options["order"].split(",") if k] or sorted(
+            {k for m in selection.members for k in m.factors})
+        members = sorted(selection.members,
+                         key=lambda m: tuple(_sort_key(m.factors.get(k)) for k in order_keys))
+        by_epoch: dict[int, list[Any]] = defaultdict(list)
+        for c in zoo.checkpoints(members, selection.epochs):
+            by_epoch[c.epoch].append(c)
+        pairs: dict[str, list[Any]] = defaultdict(list)
+        groups: dict[str, list[Any]] = defaultdict(list)
+        per_member: dict[str, list[Any]] = defaultdict(list)
+        by_id = {m.id: m for m in members}
+        last = max(by_epoch)
+        matrix_table: dict[str, list[Any]] = {}
+        heat = None
+        num_classes = int(max(labels.max() if labels is not None else 0,
+                              zoo.predictions().max()) + 1)
+        for epoch in sorted(by_epoch):
+            cps = by_epoch[epoch]
+            preds = zoo.predictions(cps)
+            agree, kappa = agreement_matrix(preds, num_classes)
+            errors = (preds != labels[None, :]).mean(axis=1) if labels is not None else \
+                np.full(len(cps), np.nan)
+            for i, c in enumerate(cps):
+                per_member["epoch"].append(epoch)
+                per_member["member"].append(c.member)
+                per_member["test_error"].append(float(errors[i]))
+            iu, ju = np.triu_indices(len(cps), k=1)
+            group_acc: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+            for i, j in zip(iu, ju, strict=True):
+                a, b = by_id[cps[i].member], by_id[cps[j].member]
+                diff = differing_factors(a, b)
+                pairs["epoch"].append(epoch)
+                pairs["member_a"].append(a.id)
+                pairs["member_b"].append(b.id)
+                pairs["differ_in"].append(diff)
+                pairs["agreement"].append(float(agree[i, j]))
+                pairs["kappa"].append(float(kappa[i, j]))
+                pairs["disagreement"].append(float(1 - agree[i, j]))
+                pairs["error_a"].append(float(errors[i]))
+                pairs["error_b"].append(float(errors[j]))
+                group_acc[diff].append((agree[i, j], kappa[i, j], (errors[i] + errors[j]) / 2))
+            for diff, values in sorted(group_acc.items()):
+                arr = np.asarray(values)
+                groups["epoch"].append(epoch)
+                groups["differ_in"].append(diff)
+                groups["pairs"].append(len(values))
+                groups["mean_agreement"].append(float(arr[:, 0].mean()))
+                groups["mean_kappa"].append(float(arr[:, 1].mean()))
+                groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
+                groups["mean_test_error"].append(float(arr[:, 2].mean()))
+            if epoch == last:
+                ids = [c.member for c in cps]
+                matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
+                                                  for k, mid in enumerate(ids)}}
+                heat = (agree, ids)
+        summary = self._summary(pairs, per_member, last, len(by_epoch[last]))
+        figures = {"agreement_heatmap": _heatmap(heat[0], heat[1], by_id, order_keys, last)} \
+            if heat is not None else {}
+        return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
+                                      "members": dict(per_member), "matrix": matrix_table},
+                              summary=summary, figures=figures)
+
+    @staticmethod
+    def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,
+                 n: int) -> str:
+        import numpy as np
+
+        at = [i for i, e in enumerate(pairs["epoch"]) if e == epoch]
+        errs = [per_member["test_error"][i] for i, e in enumerate(per_member["epoch"]) if e == epoch]
+        if not at:
+            return f"one member at epoch {epoch}: nothing to compare."
+        agree = np.mean([pairs["agreement"][i] for i in at])
+        kappa = np.mean([pairs["kappa"][i] for i in at])
+        seed_only = [pairs["disagreement"][i] for i in at if pairs["differ_in"][i] == "seed"]
+        text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "
+                f"Cohen's kappa {kappa:.3f}; mean test error {np.mean(errs):.3f}.")
+        if seed_only:
+            text += (f" Pairs that differ only in seed disagree on {np.mean(seed_only):.3f} of "
+                     f"test examples; Jiang et al. (2022) expect this to match the mean test "
+                     f"error.")
+        return text
+
+
+def _heatmap(agree: np.ndarray, ids: list[str], by_id: dict[str, Member], keys: list[str],
+             epoch: int) -> Any:
+    import matplotlib.pyplot as plt
+
+    n = len(ids)
+    fig, ax = plt.subplots(figsize=(min(3 + 0.35 * n, 16), min(2.5 + 0.35 * n, 15)))
+    im = ax.imshow(agree, vmin=min(agree.min(), 0.9), vmax=1.0, cmap="viridis")
+    labels = [", ".join(f"{k}={by_id[i].factors.get(k)}" for k in keys
+                        if k != "backbone" or len({str(m.factors.get(k)) for m in by_id.values()}) > 1)
+              for i in ids]
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_title(f"test-prediction agreement, epoch {epoch}")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="agreement")
+    return fig
+
+
+@zooscope.hookimpl
+def zooscope_register_analyzers(register: Any) -> None:
+    register(Agreement())

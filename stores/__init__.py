@@ -1,0 +1,1 @@
+"""Built-in store plugins (installed as ``zooscope.stores``)."""

@@ -1,0 +1,951 @@
+"""Zoo format v1 in HDF5 (specified in docs/format.md): the writer and the reader.
+
+Only this module (and its superblock helper) touches h5py; the plugin that
+registers it is ``zooscope.stores.hdf5``. Generation writes through ``HDF5Writer``;
+analysis reads through ``HDF5Zoo``.
+
+The layout is append-only: one extendible dataset per tensor with a row per
+unique tensor value, and a checkpoint index whose appended row is the commit
+record. A writer works in SWMR mode, so readers can follow a running generation
+and a killed writer leaves every committed checkpoint readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import xxhash
+
+from zooscope import __version__
+from zooscope.errors import ZooFileError
+from zooscope.store import Architecture, ZooHeader, ZooWriter
+from zooscope.stores.superblock import clear_write_flags
+from zooscope.zoo import (
+    PENDING,
+    RUNNING,
+    STATUS_LABELS,
+    Checkpoint,
+    Member,
+    Zoo,
+    canonical_json,
+    check_safe_name,
+)
+
+FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+#: Largest tensor a zoo file may declare (elements); larger is treated as hostile.
+MAX_TENSOR_ELEMENTS = 2**33
+_ALLOWED_KINDS = {"f", "u", "i", "b"}
+_INDEX_DTYPE = np.dtype(
+    [("member", "<i4"), ("epoch", "<i4"), ("step", "<i8"), ("wall_time", "<f8"),
+     ("architecture", "<i4"), ("arch_row", "<i8")]
+)
+_STR = h5py.string_dtype()
+
+
+def _attr_text(obj: h5py.HLObject, name: str, default: str | None = None) -> str:
+    value = obj.attrs.get(name, default)
+    if value is None:
+        raise ZooFileError(f"zoo file lacks the attribute {obj.name}:{name}")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _json_attr(obj: h5py.HLObject, name: str, default: Any = None) -> Any:
+    if name not in obj.attrs:
+        if default is not None:
+            return default
+        raise ZooFileError(f"zoo file lacks the attribute {obj.name}:{name}")
+    try:
+        return json.loads(_attr_text(obj, name))
+    except json.JSONDecodeError as exc:
+        raise ZooFileError(f"attribute {obj.name}:{name} is not valid JSON") from exc
+
+
+def _compression(name: str) -> dict[str, Any]:
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    import hdf5plugin
+
+    return dict(hdf5plugin.LZ4() if name == "lz4" else hdf5plugin.Zstd(clevel=3))
+
+
+def to_storage(value: Any, storage_dtype: str) -> np.ndarray:
+    """A state-dict value as the array the zoo stores (bf16 as its uint16 bit pattern)."""
+    import torch
+
+    t = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    if not t.is_floating_point():
+        return t.contiguous().numpy()
+    if storage_dtype == "bfloat16":
+        return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+    return t.to(getattr(torch, storage_dtype)).contiguous().numpy()
+
+
+def from_storage(array: np.ndarray, stored_as: str) -> np.ndarray:
+    """A stored array as numpy, bf16 bit patterns widened to float32."""
+    if stored_as == "bfloat16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+def _digest(array: np.ndarray) -> bytes:
+    h = xxhash.xxh3_128()
+    h.update(str(array.dtype).encode() + str(array.shape).encode())
+    h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return h.hexdigest().encode()
+
+
+class _Lock:
+    """An advisory lock beside the zoo: held by the one process writing it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ZooFileError(
+                f"{path} is being written by another process",
+                hint="wait for it to finish, or stop it first",
+            ) from None
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        lock = path.with_name(path.name + ".lock")
+        if not lock.exists():
+            return False
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _open_for_reading(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        text = str(exc)
+        if "already open for write" in text:
+            # A running (or killed) SWMR writer: read the consistent committed state.
+            try:
+                return h5py.File(path, "r", swmr=True)
+            except OSError as exc2:
+                text = str(exc2)
+        raise ZooFileError(
+            f"{path} is not a readable HDF5 file ({text.split('(')[0].strip()})",
+            hint="the file may be truncated or not a zoo at all",
+        ) from None
+
+
+def _check_safe_file(f: h5py.File, path: Path) -> None:
+    """Reject links out of the file, virtual or external datasets, and odd dtypes."""
+    problems: list[str] = []
+
+    def visit(name: str, link: h5py.HLObject) -> None:
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"external link {name!r} -> {link.filename}")
+        elif isinstance(link, h5py.SoftLink):
+            problems.append(f"soft link {name!r} -> {link.path}")
+
+    f.visititems_links(visit)
+    if problems:
+        raise ZooFileError(f"{path} is unsafe: it holds an {problems[0]}",
+                           hint="zoo files never link outside themselves")
+
+    def visit_obj(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                problems.append(f"virtual dataset {name!r}")
+            elif obj.external:
+                problems.append(f"dataset {name!r} with external storage")
+            elif obj.dtype.kind not in _ALLOWED_KINDS | {"O", "S", "V"}:
+                problems.append(f"dataset {name!r} of unexpected dtype {obj.dtype}")
+
+    f.visititems(visit_obj)
+    if problems:
+        raise ZooFileError(f"{path} is unsafe: it holds a {problems[0]}",
+                           hint="zoo files keep all their data inside themselves")
+
+
+def _check_format(f: h5py.File, path: Path) -> int:
+    if "zooscope_format" not in f.attrs:
+        raise ZooFileError(f"{path} is an HDF5 file but not a zooscope zoo (no zooscope_format)")
+    version = int(f.attrs["zooscope_format"])
+    if version > FORMAT_VERSION:
+        raise ZooFileError(
+            f"{path} uses zoo format {version}; this zooscope reads format {FORMAT_VERSION}",
+            hint="upgrade zooscope to read it",
+        )
+    for group in ("members", "architectures", "checkpoints"):
+        if group not in f:
+            raise ZooFileError(f"{path} is damaged: the group /{group} is missing")
+    return version
+
+
+def _architecture_layout(group: h5py.Group) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    names = _json_attr(group, "tensor_names")
+    shapes_raw = _json_attr(group, "shapes")
+    if not isinstance(names, list) or not isinstance(shapes_raw, dict):
+        raise ZooFileError(f"architecture {group.name} has a malformed tensor layout")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        check_safe_name(name, "tensor")
+        shape = shapes_raw.get(name)
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ZooFileError(f"tensor {name!r} has a malformed shape {shape!r}")
+        if int(np.prod(shape, dtype=np.float64)) > MAX_TENSOR_ELEMENTS:
+            raise ZooFileError(f"tensor {name!r} declares an absurd shape {shape}")
+        shapes[name] = tuple(shape)
+    return names, shapes
+
+
+class HDF5Writer(ZooWriter):
+    """Appends checkpoints to one zoo file; the only process allowed to write it."""
+
+    def __init__(self, path: Path, lock: _Lock) -> None:
+        self.path = path
+        self._lock = lock
+        self.f = h5py.File(path, "r+", libver="latest")
+        self._load()
+        self._truncate_uncommitted()
+        self._enter_swmr()
+
+    # -- state ------------------------------------------------------------------------
+    def _load(self) -> None:
+        f = self.f
+        _check_format(f, self.path)
+        self.storage_dtype = _attr_text(f, "storage_dtype", "float32")
+        self.compression = _attr_text(f, "compression", "none")
+        self.metric_columns = _json_attr(f["checkpoints/metrics"], "columns")
+        self.member_index = {
+            (v.decode() if isinstance(v, bytes) else v): i
+            for i, v in enumerate(f["members/id"][()])
+        }
+        self.arch_keys = [k for k in sorted(f["architectures"], key=lambda s: int(s[1:]))]
+        self._digests: dict[str, list[dict[bytes, int]]] = {}
+        self._names: dict[str, list[str]] = {}
+        for key in self.arch_keys:
+            names, _ = _architecture_layout(f["architectures"][key])
+            self._names[key] = names
+
+    def _truncate_uncommitted(self) -> None:
+        """Drop rows a killed writer appended after its last commit."""
+        f = self.f
+        index = f["checkpoints/index"][()]
+        n = len(index)
+        for ds_name in ("checkpoints/metrics", "checkpoints/predictions"):
+            if ds_name in f and f[ds_name].shape[0] != n:
+                f[ds_name].resize(n, axis=0)
+        for a, key in enumerate(self.arch_keys):
+            group = f["architectures"][key]
+            mine = index[index["architecture"] == a]
+            rows_used = int(mine["arch_row"].max()) + 1 if len(mine) else 0
+            for ds_name in ("rows", "digests"):
+                if group[ds_name].shape[0] != rows_used:
+                    group[ds_name].resize(rows_used, axis=0)
+            rows = group["rows"][()]
+            digests = group["digests"][()]
+            maps: list[dict[bytes, int]] = []
+            for j, name in enumerate(self._names[key]):
+                used = int(rows[:, j].max()) + 1 if rows_used else 0
+                ds = group["tensors"][name]
+                if ds.shape[0] != used:
+                    ds.resize(used, axis=0)
+                maps.append({bytes(digests[i, j]): int(rows[i, j]) for i in range(rows_used)})
+            self._digests[key] = maps
+        f.flush()
+
+    def _enter_swmr(self) -> None:
+        self.f.flush()
+        self.f.swmr_mode = True
+
+    def _leave_swmr(self) -> None:
+        # SWMR forbids creating objects; a new architecture needs a plain session.
+        self.f.close()
+        self.f = h5py.File(self.path, "r+", libver="latest")
+
+    # -- ZooWriter ----------------------------------------------------------------------
+    def ensure_architecture(self, arch: Architecture) -> None:
+        for key in self.arch_keys:
+            if _attr_text(self.f["architectures"][key], "fingerprint") == _fingerprint(arch):
+                return
+        self._leave_swmr()
+        try:
+            key = f"a{len(self.arch_keys)}"
+            g = self.f["architectures"].create_group(key)
+            g.attrs["fingerprint"] = _fingerprint(arch)
+            g.attrs["name"] = arch.key
+            names = list(arch.shapes)
+            for name in names:
+                check_safe_name(name, "tensor")
+            g.attrs["tensor_names"] = json.dumps(names)
+            g.attrs["shapes"] = json.dumps({k: list(v) for k, v in arch.shapes.items()})
+            files = g.create_group("files")
+            for fname, content in arch.files.items():
+                check_safe_name(fname, "file")
+                files.create_dataset(fname, data=np.frombuffer(content, dtype=np.uint8))
+            tensors = g.create_group("tensors")
+            filters = _compression(self.compression)
+            for name, shape in arch.shapes.items():
+                dtype = arch_dtypes(arch).get(name, "float")
+                stored = (
+                    np.dtype(dtype)
+                    if dtype != "float"
+                    else np.dtype("uint16" if self.storage_dtype == "bfloat16" else self.storage_dtype)
+                )
+                tensors.create_dataset(
+                    name, shape=(0, *shape), maxshape=(None, *shape), dtype=stored,
+                    chunks=(1, *[max(d, 1) for d in shape]) if shape else (1,),
+                    fletcher32=True, **filters,
+                )
+                if dtype == "float":
+                    tensors[name].attrs["stored_as"] = self.storage_dtype
+            t = len(names)
+            g.create_dataset("rows", shape=(0, t), maxshape=(None, t), dtype="<i8",
+                             chunks=(64, max(t, 1)))
+            g.create_dataset("digests", shape=(0, t), maxshape=(None, t), dtype="S32",
+                             chunks=(64, max(t, 1)))
+            self.arch_keys.append(key)
+            self._names[key] = names
+            self._digests[key] = [{} for _ in names]
+        finally:
+            self._enter_swmr()
+
+    def arch_index(self, arch: Architecture) -> int:
+        fp = _fingerprint(arch)
+        for a, key in enumerate(self.arch_keys):
+            if _attr_text(self.f["architectures"][key], "fingerprint") == fp:
+                return a
+        raise ZooFileError(f"architecture {arch.key!r} was never recorded")
+
+    def start_member(self, member: Member, arch_key: str | Architecture) -> None:
+        i = self._member(member)
+        a = self.arch_index(arch_key) if isinstance(arch_key, Architecture) else int(arch_key)
+        self.f["members/architecture"][i] = a
+        self.set_status(member, RUNNING)
+
+    def set_status(self, member: Member, status: int) -> None:
+        self.f["members/status"][self._member(member)] = status
+        self.f.flush()
+
+    def _member(self, member: Member) -> int:
+        try:
+            return self.member_index[member.id]
+        except KeyError:
+            raise ZooFileError(f"member {member.id} is not part of {self.path}") from None
+
+    def completed_epochs(self, member: Member) -> list[int]:
+        index = self.f["checkpoints/index"][()]
+        mine = index[index["member"] == self._member(member)]
+        return sorted(int(e) for e in mine["epoch"])
+
+    def read_state_dict(self, member: Member, epoch: int) -> dict[str, Any]:
+        import torch
+
+        index = self.f["checkpoints/index"][()]
+        hit = index[(index["member"] == self._member(member)) & (index["epoch"] == epoch)]
+        if not len(hit):
+            raise ZooFileError(f"no checkpoint of member {member.id} at epoch {epoch}")
+        a, arch_row = int(hit[0]["architecture"]), int(hit[0]["arch_row"])
+        group = self.f["architectures"][self.arch_keys[a]]
+        rows = group["rows"][arch_row]
+        out = {}
+        for j, name in enumerate(self._names[self.arch_keys[a]]):
+            ds = group["tensors"][name]
+            raw = ds[int(rows[j])]
+            t = torch.from_numpy(np.ascontiguousarray(raw))
+            out[name] = t.view(torch.bfloat16) if ds.attrs.get("stored_as") == "bfloat16" else t
+        return out
+
+    def write_checkpoint(
+        self, member: Member, epoch: int, step: int, wall_time: float,
+        state_dict: Mapping[str, Any], metrics: Mapping[str, float],
+        predictions: np.ndarray | None,
+    ) -> None:
+        f = self.f
+        i = self._member(member)
+        a = int(f["members/architecture"][i])
+        if a < 0:
+            raise ZooFileError(f"member {member.id} was not started")
+        key = self.arch_keys[a]
+        group = f["architectures"][key]
+        names = self._names[key]
+        if set(state_dict) != set(names):
+            extra = sorted(set(state_dict) - set(names))[:3]
+            missing = sorted(set(names) - set(state_dict))[:3]
+            raise ZooFileError(
+                f"state dict does not match the recorded architecture (extra {extra}, missing {missing})"
+            )
+        rows = np.empty(len(names), dtype="<i8")
+        digests = np.empty(len(names), dtype="S32")
+        maps = self._digests[key]
+        for j, name in enumerate(names):
+            ds = group["tensors"][name]
+            array = to_storage(state_dict[name], self.storage_dtype)
+            if array.shape != ds.shape[1:]:
+                raise ZooFileError(f"tensor {name} has shape {array.shape}, expected {ds.shape[1:]}")
+            digest = _digest(array)
+            row = maps[j].get(digest)
+            if row is None:
+                row = ds.shape[0]
+                ds.resize(row + 1, axis=0)
+                ds.write_direct(np.ascontiguousarray(array.astype(ds.dtype, copy=False)),
+                                dest_sel=np.s_[row])
+                maps[j][digest] = row
+            rows[j] = row
+            digests[j] = digest
+        arch_row = group["rows"].shape[0]
+        for ds_name, value in (("rows", rows), ("digests", digests)):
+            group[ds_name].resize(arch_row + 1, axis=0)
+            group[ds_name][arch_row] = value
+        unknown = set(metrics) - set(self.metric_columns)
+        if unknown:
+            raise ZooFileError(f"metrics {sorted(unknown)} are not columns of this zoo")
+        c = f["checkpoints/index"].shape[0]
+        m = f["checkpoints/metrics"]
+        m.resize(c + 1, axis=0)
+        m[c] = np.array([float(metrics.get(k, np.nan)) for k in self.metric_columns])
+        if "checkpoints/predictions" in f:
+            p = f["checkpoints/predictions"]
+            p.resize(c + 1, axis=0)
+            if predictions is not None:
+                p[c] = np.asarray(predictions).astype(p.dtype)
+            else:
+                p[c] = np.full(p.shape[1:], -1, dtype=p.dtype)
+        f.flush()
+        # The index row is the commit record: everything it points at is on disk.
+        idx = f["checkpoints/index"]
+        idx.resize(c + 1, axis=0)
+        idx[c] = np.array([(i, epoch, step, wall_time, a, arch_row)], dtype=_INDEX_DTYPE)[0]
+        f.flush()
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+        self._lock.release()
+
+
+def arch_dtypes(arch: Architecture) -> dict[str, str]:
+    """Non-float tensors keep their own dtype; the rest follow the storage dtype."""
+    return dict(arch.dtypes)
+
+
+def _fingerprint(arch: Architecture) -> str:
+    h = xxhash.xxh3_128()
+    h.update(canonical_json({k: list(v) for k, v in arch.shapes.items()}).encode())
+    h.update(arch.files.get("config.json", b""))
+    return h.hexdigest()
+
+
+class HDF5Zoo(Zoo):
+    """A read-only view of the committed state of a zoo file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = _open_for_reading(path)
+        try:
+            self._load()
+        except ZooFileError:
+            self.f.close()
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            self.f.close()
+            raise ZooFileError(f"{path} is damaged: {exc}") from None
+
+    def _load(self) -> None:
+        f = self.f
+        self.format_version = _check_format(f, self.path)
+        _check_safe_file(f, self.path)
+        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["members/id"][()]]
+        for mid in ids:
+            check_safe_name(mid, "member")
+        factors = [json.loads(v) for v in f["members/factors"].asstr()[()]]
+        lineage = [json.loads(v) for v in f["members/lineage"].asstr()[()]]
+        status = f["members/status"][()]
+        self._members = [
+            Member(id=mid, factors=fac, lineage=lin, status=STATUS_LABELS.get(int(s), "unknown"))
+            for mid, fac, lin, s in zip(ids, factors, lineage, status, strict=True)
+        ]
+        self._member_arch = f["members/architecture"][()]
+        self._by_id = {m.id: i for i, m in enumerate(self._members)}
+        self._index = f["checkpoints/index"][()]  # the committed snapshot
+        n = len(self._index)
+        self.metric_columns = _json_attr(f["checkpoints/metrics"], "columns")
+        metrics = f["checkpoints/metrics"][:n]
+        self._arch_keys = sorted(f["architectures"], key=lambda s: int(s[1:]))
+        self._layouts = [_architecture_layout(f["architectures"][k]) for k in self._arch_keys]
+        for (names, shapes), key in zip(self._layouts, self._arch_keys, strict=True):
+            tensors = f["architectures"][key]["tensors"]
+            for name in names:
+                if name not in tensors:
+                    raise ZooFileError(f"tensor {name!r} is declared but missing in {key}")
+                if tensors[name].shape[1:] != shapes[name]:
+                    raise ZooFileError(
+                        f"tensor {name!r} is stored with shape {tensors[name].shape[1:]}, "
+                        f"declared {shapes[name]}"
+                    )
+        if len(metrics) != n:
+            raise ZooFileError(f"{self.path} is damaged: fewer metric rows than checkpoints")
+        self._checkpoints = []
+        for row, values in zip(self._index, metrics, strict=True):
+            mid = int(row["member"])
+            if not 0 <= mid < len(self._members):
+                raise ZooFileError(f"{self.path} is damaged: checkpoint of unknown member {mid}")
+            self._checkpoints.append(
+                Checkpoint(
+                    member=self._members[mid].id, epoch=int(row["epoch"]), step=int(row["step"]),
+                    wall_time=float(row["wall_time"]),
+                    metrics={k: float(v) for k, v in zip(self.metric_columns, values, strict=True)
+                             if not np.isnan(v)},
+                )
+            )
+        self._position = {(c.member, c.epoch): i for i, c in enumerate(self._checkpoints)}
+
+    # -- zoo level ------------------------------------------------------------------------
+    @property
+    def info(self) -> dict[str, Any]:
+        f = self.f
+        return {
+            "name": _attr_text(f, "name", ""),
+            "format": self.format_version,
+            "generator": _attr_text(f, "generator", ""),
+            "generator_version": _attr_text(f, "generator_version", ""),
+            "created": _attr_text(f, "created", ""),
+            "versions": _json_attr(f, "versions", {}),
+            "data": _json_attr(f, "data", {}),
+            "storage_dtype": _attr_text(f, "storage_dtype", "float32"),
+            "compression": _attr_text(f, "compression", "none"),
+            "metric_columns": list(self.metric_columns),
+            "members": len(self._members),
+            "checkpoints": len(self._checkpoints),
+            "extra": _json_attr(f, "extra", {}),
+        }
+
+    @property
+    def config_text(self) -> str:
+        return _attr_text(self.f, "config", "")
+
+    def members(self, **factors: Any) -> list[Member]:
+        return [m for m in self._members if m.matches(**factors)]
+
+    def checkpoints(
+        self, members: Iterable[Member | str] | Member | str | None = None,
+        epochs: Iterable[int] | None = None,
+    ) -> list[Checkpoint]:
+        if members is None:
+            wanted = None
+        elif isinstance(members, (str, Member)):
+            wanted = {members if isinstance(members, str) else members.id}
+        else:
+            wanted = {m if isinstance(m, str) else m.id for m in members}
+        if wanted is not None:
+            unknown = wanted - set(self._by_id)
+            if unknown:
+                raise ZooFileError(f"no member {sorted(unknown)[0]!r} in {self.path}")
+        epoch_set = None if epochs is None else {int(e) for e in epochs}
+        chosen = [
+            c for c in self._checkpoints
+            if (wanted is None or c.member in wanted) and (epoch_set is None or c.epoch in epoch_set)
+        ]
+        return sorted(chosen, key=lambda c: (self._by_id[c.member], c.epoch))
+
+    def _arch_of(self, member: Member | str) -> int:
+        mid = member if isinstance(member, str) else member.id
+        if mid not in self._by_id:
+            raise ZooFileError(f"no member {mid!r} in {self.path}")
+        a = int(self._member_arch[self._by_id[mid]])
+        if a < 0:
+            raise ZooFileError(f"member {mid} has no checkpoints yet")
+        return a
+
+    def tensor_names(self, member: Member | str | None = None) -> list[str]:
+        if member is None:
+            if not self._layouts:
+                return []
+            return list(self._layouts[0][0])
+        return list(self._layouts[self._arch_of(member)][0])
+
+    def tensor_shape(self, name: str, member: Member | str | None = None) -> tuple[int, ...]:
+        a = 0 if member is None else self._arch_of(member)
+        return self._layouts[a][1][name]
+
+    def _locate(self, c: Checkpoint) -> tuple[int, int]:
+        pos = self._position.get((c.member, c.epoch))
+        if pos is None:
+            raise ZooFileError(f"no checkpoint of member {c.member} at epoch {c.epoch}")
+        row = self._index[pos]
+        return int(row["architecture"]), int(row["arch_row"])
+
+    def _rows(self, a: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_rows_cache", {})
+        if a not in cache:
+            cache[a] = self.f["architectures"][self._arch_keys[a]]["rows"][()]
+        return cache[a]
+
+    def _dataset(self, a: int, name: str) -> h5py.Dataset:
+        tensors = self.f["architectures"][self._arch_keys[a]]["tensors"]
+        if name not in tensors:
+            raise ZooFileError(f"no tensor {name!r} in this zoo",
+                               hint="Zoo.tensor_names() lists them")
+        return tensors[name]
+
+    def read_row(self, a: int, name: str, row: int) -> np.ndarray:
+        ds = self._dataset(a, name)
+        out = np.empty(ds.shape[1:], dtype=ds.dtype)
+        try:
+            ds.read_direct(out, source_sel=np.s_[row])
+        except OSError as exc:
+            raise ZooFileError(f"tensor {name!r} (row {row}) is corrupt: {exc}") from None
+        return from_storage(out, _attr_text(ds, "stored_as", str(ds.dtype)))
+
+    def state_dict(self, member: Member | str, epoch: int) -> dict[str, Any]:
+        import torch
+
+        mid = member if isinstance(member, str) else member.id
+        pos = self._position.get((mid, int(epoch)))
+        if pos is None:
+            raise ZooFileError(f"no checkpoint of member {mid} at epoch {epoch}",
+                               hint="`zooscope zoo ls` shows each member's epochs")
+        a, arch_row = self._locate(self._checkpoints[pos])
+        names = self._layouts[a][0]
+        rows = self._rows(a)[arch_row]
+        out = {}
+        for j, name in enumerate(names):
+            ds = self._dataset(a, name)
+            raw = np.empty(ds.shape[1:], dtype=ds.dtype)
+            try:
+                ds.read_direct(raw, source_sel=np.s_[int(rows[j])])
+            except OSError as exc:
+                raise ZooFileError(f"tensor {name!r} of {mid}@{epoch} is corrupt: {exc}") from None
+            stored_as = _attr_text(ds, "stored_as", str(ds.dtype))
+            t = torch.from_numpy(raw)
+            out[name] = t.view(torch.bfloat16) if stored_as == "bfloat16" else t
+        return out
+
+    def tensor(self, name: str, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
+        chosen = self.checkpoints() if checkpoints is None else list(checkpoints)
+        if not chosen:
+            raise ZooFileError("no checkpoints selected")
+        located = [self._locate(c) for c in chosen]
+        archs = {a for a, _ in located}
+        if len(archs) > 1:
+            raise ZooFileError(f"tensor {name!r} spans several architectures; select one backbone")
+        a = archs.pop()
+        names = self._layouts[a][0]
+        if name not in names:
+            raise ZooFileError(f"no tensor {name!r} in this zoo", hint="Zoo.tensor_names() lists them")
+        j = names.index(name)
+        rows = self._rows(a)[[r for _, r in located], j]
+        ds = self._dataset(a, name)
+        stored_as = _attr_text(ds, "stored_as", str(ds.dtype))
+        unique, inverse = np.unique(rows, return_inverse=True)
+        buf = np.empty((len(unique), *ds.shape[1:]), dtype=ds.dtype)
+        try:
+            if len(unique) and unique[-1] - unique[0] + 1 == len(unique):
+                ds.read_direct(buf, source_sel=np.s_[int(unique[0]) : int(unique[-1]) + 1])
+            else:
+                for k, r in enumerate(unique):
+                    ds.read_direct(buf, source_sel=np.s_[int(r)], dest_sel=np.s_[k])
+        except OSError as exc:
+            raise ZooFileError(f"tensor {name!r} is corrupt: {exc}") from None
+        return from_storage(buf, stored_as)[inverse]
+
+    def predictions(self, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
+        if "checkpoints/predictions" not in self.f:
+            raise ZooFileError("this zoo stores no predictions")
+        chosen = self.checkpoints() if checkpoints is None else list(checkpoints)
+        positions = [self._position[(c.member, c.epoch)] for c in chosen]
+        data = self.f["checkpoints/predictions"][: len(self._checkpoints)]
+        return data[positions]
+
+    def prediction_kind(self) -> str | None:
+        if "checkpoints/predictions" not in self.f:
+            return None
+        return _attr_text(self.f["checkpoints/predictions"], "kind", "class")
+
+    def test_labels(self) -> np.ndarray | None:
+        if "data/test_labels" not in self.f:
+            return None
+        return self.f["data/test_labels"][()]
+
+    def model_files(self, member: Member | str) -> dict[str, bytes]:
+        files = self.f["architectures"][self._arch_keys[self._arch_of(member)]]["files"]
+        out = {}
+        for name in files:
+            check_safe_name(name, "file")
+            out[name] = bytes(files[name][()].tobytes())
+        return out
+
+    def architecture_name(self, member: Member | str) -> str:
+        g = self.f["architectures"][self._arch_keys[self._arch_of(member)]]
+        return _attr_text(g, "name", "")
+
+    def check_tensor(self, c: Checkpoint, name: str) -> list[str]:
+        """Problems of one stored tensor: a failed checksum, a changed digest, NaN or Inf."""
+        a, arch_row = self._locate(c)
+        j = self._layouts[a][0].index(name)
+        row = int(self._rows(a)[arch_row, j])
+        seen = self.__dict__.setdefault("_checked", {})
+        if (a, name, row) in seen:
+            return seen[(a, name, row)]
+        ds = self._dataset(a, name)
+        out = np.empty(ds.shape[1:], dtype=ds.dtype)
+        where = f"tensor {name!r} of {c.member}@{c.epoch}"
+        problems: list[str] = []
+        try:
+            ds.read_direct(out, source_sel=np.s_[row])
+        except OSError as exc:
+            problems.append(f"{where}: checksum failed ({str(exc).split('(')[0].strip()})")
+        else:
+            stored = bytes(self.f["architectures"][self._arch_keys[a]]["digests"][arch_row, j])
+            if _digest(out) != stored:
+                problems.append(f"{where}: content does not match its stored digest")
+            values = from_storage(out, _attr_text(ds, "stored_as", str(ds.dtype)))
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                problems.append(f"{where}: {bad} NaN or Inf values")
+        seen[(a, name, row)] = problems
+        return problems
+
+    def uncommitted_rows(self) -> int:
+        """Rows a writer appended after its last commit (a killed or running writer)."""
+        return max(0, self.f["checkpoints/metrics"].shape[0] - len(self._checkpoints))
+
+    def architecture(self, member: Member | str) -> Architecture:
+        a = self._arch_of(member)
+        names, shapes = self._layouts[a]
+        tensors = self.f["architectures"][self._arch_keys[a]]["tensors"]
+        dtypes = {n: str(tensors[n].dtype) for n in names if "stored_as" not in tensors[n].attrs}
+        return Architecture(key=self.architecture_name(member), files=self.model_files(member),
+                            shapes=dict(shapes), dtypes=dtypes)
+
+    def header(self) -> ZooHeader:
+        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
+        info = self.info
+        p = self.f.get("checkpoints/predictions")
+        preds = None if p is None else {"kind": _attr_text(p, "kind", "class"),
+                                        "shape": list(p.shape[1:])}
+        ids = self.f.get("data/test_ids")
+        return ZooHeader(
+            name=info["name"], config_text=self.config_text, generator=info["generator"],
+            generator_version=info["generator_version"], metric_columns=list(self.metric_columns),
+            data=info["data"], predictions=preds, test_labels=self.test_labels(),
+            test_ids=None if ids is None else list(ids.asstr()[()]),
+            storage_dtype=info["storage_dtype"], compression=info["compression"],
+            extra=info["extra"],
+        )
+
+    def analyses(self) -> list[dict[str, Any]]:
+        out = []
+        if "analyses" not in self.f:
+            return out
+        for name, group in self.f["analyses"].items():
+            for key, g in group.items():
+                out.append({
+                    "name": name, "key": key, "options": _json_attr(g, "options", {}),
+                    "summary": _attr_text(g, "summary", ""), "created": _attr_text(g, "created", ""),
+                })
+        return out
+
+    def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
+        path = f"analyses/{name}/{key}/tables"
+        if path not in self.f:
+            raise ZooFileError(f"no stored analysis {name}/{key}")
+        tables: dict[str, dict[str, np.ndarray]] = {}
+        for tname, tgroup in self.f[path].items():
+            order = _json_attr(tgroup, "columns", [])
+            cols = {}
+            for col in order:
+                ds = tgroup[col]
+                cols[col] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
+            tables[tname] = cols
+        return tables
+
+    def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
+        path = f"analyses/{name}/{key}/figures"
+        if path not in self.f:
+            return {}
+        return {n: bytes(ds[()].tobytes()) for n, ds in self.f[path].items()}
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+def create_zoo(path: Path, header: ZooHeader, members: Sequence[Member]) -> HDF5Writer:
+    if header.storage_dtype not in STORAGE_DTYPES:
+        raise ZooFileError(f"unknown storage dtype {header.storage_dtype!r}",
+                           hint=f"choose one of {', '.join(STORAGE_DTYPES)}")
+    if header.compression not in COMPRESSIONS:
+        raise ZooFileError(f"unknown compression {header.compression!r}",
+                           hint=f"choose one of {', '.join(COMPRESSIONS)}")
+    lock = _Lock(path)
+    try:
+        tmp = path.with_name(path.name + ".creating")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            _write_header(f, header, members)
+        os.replace(tmp, path)
+        return HDF5Writer(path, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+def resume_zoo(path: Path) -> HDF5Writer:
+    if not path.exists():
+        raise ZooFileError(f"no zoo file at {path} to resume")
+    lock = _Lock(path)
+    try:
+        clear_write_flags(path)
+        return HDF5Writer(path, lock)
+    except OSError as exc:
+        lock.release()
+        raise ZooFileError(f"{path} cannot be reopened for writing: {exc}") from None
+    except BaseException:
+        lock.release()
+        raise
+
+def write_analysis(
+    path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
+    tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
+) -> None:
+    check_safe_name(name, "analysis")
+    check_safe_name(key, "analysis key")
+    lock = _Lock(path)
+    try:
+        clear_write_flags(path)
+        with h5py.File(path, "r+", libver="latest") as f:
+            _check_format(f, path)
+            group = f.require_group("analyses").require_group(name)
+            tmp = f"{key}.writing"
+            if tmp in group:
+                del group[tmp]
+            g = group.create_group(tmp)
+            g.attrs["options"] = canonical_json(dict(options))
+            g.attrs["summary"] = summary
+            g.attrs["created"] = _now()
+            g.attrs["zooscope_version"] = __version__
+            tg = g.create_group("tables")
+            for tname, columns in tables.items():
+                check_safe_name(tname, "table")
+                t = tg.create_group(tname)
+                t.attrs["columns"] = json.dumps(list(columns))
+                for col, values in columns.items():
+                    arr = np.asarray(values)
+                    if arr.dtype.kind in "OUS":
+                        t.create_dataset(col, data=arr.astype(str).astype(object), dtype=_STR)
+                    else:
+                        t.create_dataset(col, data=arr)
+            fg = g.create_group("figures")
+            for fname, png in figures.items():
+                check_safe_name(fname, "figure")
+                fg.create_dataset(fname, data=np.frombuffer(png, dtype=np.uint8))
+            if key in group:
+                del group[key]
+            group.move(tmp, key)
+    finally:
+        lock.release()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"zooscope": __version__, "h5py": h5py.__version__,
+           "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
+    for lib in ("torch", "transformers"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[lib] = md.version(lib)
+    return out
+
+
+def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) -> None:
+    f.attrs["zooscope_format"] = FORMAT_VERSION
+    f.attrs["name"] = header.name
+    f.attrs["config"] = header.config_text
+    f.attrs["generator"] = header.generator
+    f.attrs["generator_version"] = header.generator_version
+    f.attrs["versions"] = json.dumps(_library_versions())
+    f.attrs["data"] = json.dumps(header.data)
+    f.attrs["created"] = _now()
+    f.attrs["storage_dtype"] = header.storage_dtype
+    f.attrs["compression"] = header.compression
+    f.attrs["extra"] = json.dumps(header.extra)
+    g = f.create_group("members")
+    n = len(members)
+    for m in members:
+        check_safe_name(m.id, "member")
+    g.create_dataset("id", data=np.array([m.id for m in members], dtype=object), dtype=_STR)
+    g.create_dataset("factors", data=np.array([canonical_json(m.factors) for m in members],
+                                              dtype=object), dtype=_STR)
+    g.create_dataset("lineage", data=np.array([json.dumps(m.lineage) for m in members],
+                                              dtype=object), dtype=_STR)
+    status = g.create_dataset("status", data=np.full(n, PENDING, dtype=np.int8))
+    status.attrs["labels"] = json.dumps({str(k): v for k, v in STATUS_LABELS.items()})
+    g.create_dataset("architecture", data=np.full(n, -1, dtype=np.int32))
+    table = g.create_group("table")
+    keys = sorted({k for m in members for k in m.factors})
+    for k in keys:
+        values = [m.factors.get(k) for m in members]
+        if all(isinstance(v, bool) for v in values):
+            table.create_dataset(k, data=np.array(values, dtype=bool))
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            table.create_dataset(k, data=np.array(values, dtype=np.int64))
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            table.create_dataset(k, data=np.array(values, dtype=np.float64))
+        else:
+            table.create_dataset(k, data=np.array([str(v) for v in values], dtype=object),
+                                 dtype=_STR)
+    f.create_group("architectures")
+    c = f.create_group("checkpoints")
+    c.create_dataset("index", shape=(0,), maxshape=(None,), dtype=_INDEX_DTYPE, chunks=(256,))
+    m = c.create_dataset("metrics", shape=(0, len(header.metric_columns)),
+                         maxshape=(None, len(header.metric_columns)), dtype="<f8",
+                         chunks=(256, max(len(header.metric_columns), 1)))
+    m.attrs["columns"] = json.dumps(list(header.metric_columns))
+    if header.predictions is not None:
+        shape = tuple(header.predictions["shape"])
+        p = c.create_dataset("predictions", shape=(0, *shape), maxshape=(None, *shape),
+                             dtype="<i4", chunks=(1, *[max(d, 1) for d in shape]))
+        p.attrs["kind"] = header.predictions["kind"]
+    d = f.create_group("data")
+    if header.test_labels is not None:
+        d.create_dataset("test_labels", data=np.asarray(header.test_labels))
+    if header.test_ids is not None:
+        d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=_STR)
+
+
+def member_status_code(label: str) -> int:
+    for code, name in STATUS_LABELS.items():
+        if name == label:
+            return code
+    raise ValueError(label)
+
+
+__all__ = ["FORMAT_VERSION", "HDF5Writer", "HDF5Zoo", "create_zoo", "resume_zoo", "write_analysis"]

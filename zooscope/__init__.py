@@ -1,0 +1,35 @@
+"""zooscope: build and study model zoos.
+
+The package root re-exports what plugin authors and library users need; the
+heavy libraries (torch, transformers) are imported only where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zooscope.errors import ConfigError, DataError, PluginError, ZooFileError, ZooscopeError
+from zooscope.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from zooscope.zoo import Zoo
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "ZooFileError",
+    "ZooscopeError",
+    "__version__",
+    "hookimpl",
+    "open_zoo",
+]
+
+
+def open_zoo(path: Any) -> Zoo:
+    """Open a zoo file read-only. See :func:`zooscope.zoo.open_zoo`."""
+    from zooscope.zoo import open_zoo as _open_zoo
+
+    return _open_zoo(path)

@@ -1,0 +1,247 @@
+"""What an analyzer is, how its options are typed, and how a result is stored and written out.
+
+Analyzers themselves are plugins (``zooscope.plugins.*`` and third-party packages);
+they read the zoo only through ``zooscope.zoo.Zoo``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zooscope.errors import ConfigError, ZooFileError
+from zooscope.zoo import Checkpoint, Member, Zoo, canonical_json
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed analyzer option, set with ``--set NAME=VALUE``."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def parse(self, text: str) -> Any:
+        try:
+            if self.type is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1", "yes")
+            elif self.type is list:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+            else:
+                value = self.type(text)
+        except ValueError:
+            raise ConfigError(f"option {self.name} takes {self.type.__name__}, not {text!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"option {self.name} = {text!r} is not one of "
+                              f"{', '.join(map(str, self.choices))}")
+        return value
+
+
+@dataclass
+class Selection:
+    """Which members and epochs an analysis covers."""
+
+    members: list[Member]
+    epochs: list[int] | None  # None: every epoch each member has
+
+    def checkpoints(self, zoo: Zoo) -> list[Checkpoint]:
+        return zoo.checkpoints(self.members, self.epochs)
+
+
+@dataclass
+class AnalysisResult:
+    """Tables (name → column → values), figures (name → matplotlib figure) and a summary."""
+
+    tables: dict[str, dict[str, Sequence[Any]]]
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class Analyzer(ABC):
+    """Reads a zoo and returns a result. Registered through ``zooscope_register_analyzers``."""
+
+    name: str
+    description: str = ""
+    options: tuple[Option, ...] = ()
+
+    @abstractmethod
+    def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        """Compute the analysis on the selected members and epochs."""
+
+    def parse_options(self, sets: Sequence[str]) -> dict[str, Any]:
+        known = {o.name: o for o in self.options}
+        values = {o.name: o.default for o in self.options}
+        for item in sets:
+            name, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r} is not NAME=VALUE")
+            if name not in known:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(known), n=1)
+                raise ConfigError(
+                    f"analyzer {self.name!r} has no option {name!r}",
+                    hint=f"did you mean {close[0]!r}?" if close else
+                    f"its options: {', '.join(known) or 'none'}")
+            values[name] = known[name].parse(text)
+        return values
+
+
+_FILTER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+def parse_members(zoo: Zoo, spec: str | None) -> list[Member]:
+    """``learning_rate=1e-3,seed=0`` (factor filters) or ``id1,id2``; None means all."""
+    if not spec:
+        return zoo.members()
+    wanted: dict[str, list[Any]] = {}
+    ids: list[str] = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = _FILTER.match(part)
+        if m:
+            key, raw = m.groups()
+            try:
+                value: Any = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+            wanted.setdefault(key, []).append(value)
+        elif part:
+            ids.append(part)
+    members = zoo.members(**wanted)
+    if ids:
+        members = [m for m in members if m.id in ids]
+        unknown = set(ids) - {m.id for m in zoo.members()}
+        if unknown:
+            raise ConfigError(f"no member {sorted(unknown)[0]!r} in the zoo",
+                              hint="`zooscope zoo ls` lists members")
+    if not members:
+        raise ConfigError(f"--members {spec!r} selects no member",
+                          hint="filter by factors, e.g. --members learning_rate=0.001,seed=0")
+    return members
+
+
+def parse_epochs(spec: str | None) -> list[int] | None:
+    if not spec or spec == "all":
+        return None
+    try:
+        return sorted({int(e) for e in spec.split(",")})
+    except ValueError:
+        raise ConfigError(f"--epochs {spec!r} is not a list of integers, e.g. 0,3") from None
+
+
+def analysis_key(options: Mapping[str, Any], members: Sequence[Member],
+                 epochs: Sequence[int] | None) -> str:
+    """Results are keyed by analyzer options and selection; same key, same result."""
+    payload = canonical_json({"options": dict(options), "members": sorted(m.id for m in members),
+                              "epochs": list(epochs) if epochs is not None else None})
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> None:
+    names = list(columns)
+    length = len(next(iter(columns.values()))) if columns else 0
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for i in range(length):
+            w.writerow([_cell(columns[n][i]) for n in names])
+
+
+def _cell(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class StoredAnalysis:
+    name: str
+    key: str
+    options: dict[str, Any]
+    summary: str
+    tables: dict[str, dict[str, Sequence[Any]]]
+    figures: dict[str, bytes]
+    reused: bool
+    stored: bool
+    files: list[Path] = field(default_factory=list)
+
+
+def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], members: str | None,
+                 epochs: str | None, out_dir: Path | None, force: bool) -> StoredAnalysis:
+    """Run (or reuse) an analysis, store it in the zoo and write CSV/PNG files."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from zooscope.store import store_for
+    from zooscope.zoo import open_zoo
+
+    options = analyzer.parse_options(sets)
+    with open_zoo(zoo_path) as zoo:
+        selection = Selection(members=parse_members(zoo, members), epochs=parse_epochs(epochs))
+        key = analysis_key(options, selection.members, selection.epochs)
+        stored = next((a for a in zoo.analyses() if a["name"] == analyzer.name and a["key"] == key),
+                      None)
+        if stored is not None and not force:
+            tables = zoo.analysis_tables(analyzer.name, key)
+            figures = zoo.analysis_figures(analyzer.name, key)  # type: ignore[attr-defined]
+            result = StoredAnalysis(analyzer.name, key, options, stored["summary"], tables,
+                                    figures, reused=True, stored=True)
+        else:
+            if not selection.checkpoints(zoo):
+                raise ConfigError("the selection holds no checkpoints",
+                                  hint="check --members and --epochs against `zooscope zoo ls`")
+            out = analyzer.analyze(zoo, options, selection)
+            figures = {name: figure_png(fig) if not isinstance(fig, bytes) else fig
+                       for name, fig in out.figures.items()}
+            result = StoredAnalysis(analyzer.name, key, options, out.summary,
+                                    {k: dict(v) for k, v in out.tables.items()}, figures,
+                                    reused=False, stored=False)
+    if not result.reused:
+        try:
+            store_for(zoo_path).write_analysis(
+                zoo_path, analyzer.name, key, options, result.summary,
+                {t: {c: np.asarray(v) for c, v in cols.items()} for t, cols in result.tables.items()},
+                result.figures)
+            result.stored = True
+        except ZooFileError:
+            result.stored = False  # being written by generate: results still go to --out
+    target = out_dir or zoo_path.with_name(f"{zoo_path.stem}_analysis") / analyzer.name
+    target.mkdir(parents=True, exist_ok=True)
+    for tname, columns in result.tables.items():
+        path = target / f"{tname}.csv"
+        write_csv(path, columns)
+        result.files.append(path)
+    for fname, png in result.figures.items():
+        path = target / f"{fname}.png"
+        path.write_bytes(png)
+        result.files.append(path)
+    return result

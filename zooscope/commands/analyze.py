@@ -1,0 +1,70 @@
+"""``zooscope analyze``: run an analyzer plugin on a zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zooscope.commands.common import console, err_console, fail, print_json, rich_table
+
+
+def analyze(
+    zoo: Annotated[Path | None, typer.Argument(help="A zoo file (.h5).", show_default=False)] = None,
+    plugin: Annotated[str, typer.Option("--plugin", "-p", help="The analyzer to run "
+                                        "(`zooscope plugins --all` lists them).")] = "agreement",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="An analyzer option, "
+                                                   "NAME=VALUE; repeatable.")] = None,
+    members: Annotated[str | None, typer.Option("--members", help="Members to include: factor "
+                                                "filters (learning_rate=0.001,seed=0) or "
+                                                "ids.")] = None,
+    epochs: Annotated[str | None, typer.Option("--epochs", help="Epochs to include, e.g. "
+                                               "0,3 (default: all).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for CSV and PNG files "
+                                             "(default: ZOO_analysis/NAME/ beside the zoo).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if the zoo holds this "
+                                        "result.")] = False,
+    options: Annotated[bool, typer.Option("--options", help="List the analyzer's options and "
+                                          "exit.")] = False,
+) -> None:
+    """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored in the zoo.
+
+    Example: zooscope analyze demo.h5 --plugin agreement
+    """
+    from zooscope import registry
+    from zooscope.analysis import run_analysis
+
+    analyzer = registry.get_analyzer(plugin)
+    if options:
+        rows = [{"option": o.name, "type": o.type.__name__, "default": o.default,
+                 "help": o.help} for o in analyzer.options]
+        if json_:
+            print_json(rows)
+        else:
+            console.print(f"{analyzer.name}: {analyzer.description}")
+            console.print(rich_table(rows) if rows else "no options")
+        return
+    if zoo is None:
+        fail("missing the zoo file to analyze", hint=f"zooscope analyze ZOO.h5 --plugin {plugin}",
+             code=2)
+    result = run_analysis(zoo, analyzer, set_ or [], members, epochs, out, force)
+    if json_:
+        print_json({"analyzer": result.name, "key": result.key, "options": result.options,
+                    "summary": result.summary, "reused": result.reused, "stored": result.stored,
+                    "tables": result.tables, "files": [str(f) for f in result.files]})
+        return
+    first = next(iter(result.tables), None)
+    for name in ("groups", first):
+        if name in result.tables and result.tables[name]:
+            cols = result.tables[name]
+            n = len(next(iter(cols.values())))
+            rows = [{c: cols[c][i] for c in cols} for i in range(min(n, 30))]
+            console.print(rich_table(rows, title=f"{result.name}: {name}"
+                                     + (f" (first 30 of {n})" if n > 30 else "")))
+            break
+    console.print(result.summary)
+    state = "reused from the zoo" if result.reused else (
+        "stored in the zoo" if result.stored else "not stored (the zoo is being written)")
+    err_console.print(f"{state}; files in {result.files[0].parent if result.files else '-'}")

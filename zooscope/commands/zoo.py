@@ -1,0 +1,178 @@
+"""``zooscope zoo ...``: inspect, validate, merge, export and import zoo files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from zooscope.commands.common import (
+    JsonOption,
+    ZooPath,
+    console,
+    err_console,
+    fail,
+    print_json,
+    progress,
+    rich_table,
+)
+from zooscope.commands.common import ZooscopeGroup as _Group
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect, validate, merge, export "
+                  "and import zoo files.")
+
+
+def member_rows(zoo: Any) -> list[dict[str, Any]]:
+    """One row per member: id, factors, status, epochs and the last epoch's metrics."""
+    rows = []
+    for m in zoo.members():
+        cps = zoo.checkpoints(m)
+        last = cps[-1] if cps else None
+        rows.append({"id": m.id, "factors": m.factors, "status": m.status,
+                     "epochs": [c.epoch for c in cps], "lineage": m.lineage,
+                     "metrics": dict(last.metrics) if last else {}})
+    return rows
+
+
+@app.command()
+def info(zoo: ZooPath, json_: JsonOption = False) -> None:
+    """Show what a zoo is: name, generator, versions, data, members and checkpoints.
+
+    Example: zooscope zoo info demo.h5
+    """
+    from zooscope.zoo import open_zoo
+
+    with open_zoo(zoo) as z:
+        data = z.info
+        data["status"] = {}
+        for m in z.members():
+            data["status"][m.status] = data["status"].get(m.status, 0) + 1
+        data["analyses"] = [f"{a['name']}/{a['key']}" for a in z.analyses()]
+        data["config"] = z.config_text
+    if json_:
+        print_json(data)
+        return
+    rows = [{"field": k, "value": v} for k, v in data.items() if k not in ("config", "extra")]
+    console.print(rich_table(rows, title=str(zoo)))
+
+
+@app.command("ls")
+def ls(zoo: ZooPath, json_: JsonOption = False) -> None:
+    """List members with factors, status, epochs and last-epoch metrics.
+
+    Example: zooscope zoo ls demo.h5 --json
+    """
+    from zooscope.zoo import open_zoo
+
+    with open_zoo(zoo) as z:
+        rows = member_rows(z)
+    if json_:
+        print_json([{"id": r["id"], "factors": r["factors"], "status": r["status"],
+                     "epochs": r["epochs"], "lineage": r["lineage"], **r["metrics"]} for r in rows])
+        return
+    flat = []
+    for r in rows:
+        metrics = {k: v for k, v in r["metrics"].items() if k.startswith("test_")}
+        epochs = f"{r['epochs'][0]}-{r['epochs'][-1]}" if r["epochs"] else "-"
+        flat.append({"id": r["id"], **r["factors"], "status": r["status"], "epochs": epochs,
+                     **metrics})
+    console.print(rich_table(flat, title=f"{zoo}: {len(rows)} members"))
+
+
+@app.command()
+def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
+    """Check format, shapes against the model config, checksums, NaN/Inf and completeness.
+
+    Exit code 1 names each bad tensor. Example: zooscope zoo validate demo.h5
+    """
+    from zooscope.zoo import open_zoo
+    from zooscope.zoofile import validate_zoo
+
+    with open_zoo(zoo) as z:
+        total = len(z.checkpoints())
+    with progress() as bars:
+        task = bars.add_task("checking checkpoints", total=total)
+        report = validate_zoo(zoo, on_checkpoint=lambda: bars.advance(task))
+    if json_:
+        print_json({"zoo": str(zoo), "ok": report.ok, "checkpoints": report.checkpoints,
+                    "tensors_checked": report.tensors_checked, "problems": report.problems,
+                    "notes": report.notes})
+    else:
+        for note in report.notes:
+            console.print(f"note: {note}")
+        for problem in report.problems:
+            err_console.print(f"[red]bad:[/] {problem}")
+    if not report.ok:
+        fail(f"{zoo}: {len(report.problems)} problem(s) in {report.checkpoints} checkpoints",
+             hint="the first problem names the tensor; see above")
+    if not json_:
+        console.print(f"ok: {report.checkpoints} checkpoints, {report.tensors_checked} tensors "
+                      f"checked in {zoo}")
+
+
+@app.command()
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Shard files of one zoo.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged zoo file.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Join shards written by separate processes or SLURM tasks into one zoo.
+
+    Example: zooscope zoo merge part0.h5 part1.h5 --out zoo.h5
+    """
+    from zooscope.errors import ZooFileError
+    from zooscope.zoofile import merge_zoos
+
+    if out.exists() and not force:
+        raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
+    if out.resolve() in {s.resolve() for s in shards}:
+        raise ZooFileError("the output must not be one of the shards")
+    with progress() as bars:
+        task = bars.add_task("copying checkpoints", total=None)
+        n = merge_zoos(shards, out, on_checkpoint=lambda: bars.advance(task))
+    console.print(f"merged {len(shards)} shards, {n} checkpoints, into {out}")
+
+
+@app.command("export")
+def export(
+    zoo: ZooPath,
+    member: Annotated[str, typer.Option("--member", help="Member id (see `zoo ls`).")],
+    epoch: Annotated[int, typer.Option("--epoch", help="Epoch of the checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new directory.")],
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty "
+                                        "directory.")] = False,
+) -> None:
+    """Write one checkpoint as a Hugging Face model directory (safetensors + config + tokenizer).
+
+    Example: zooscope zoo export demo.h5 --member m90e7a9253c2 --epoch 3 --out model/
+    """
+    from zooscope.zoofile import export_checkpoint
+
+    files = export_checkpoint(zoo, member, epoch, out, force=force)
+    console.print(f"wrote {len(files)} files to {out}; load with "
+                  f"AutoModel.from_pretrained({str(out)!r})")
+
+
+@app.command("import")
+def import_(
+    dirs: Annotated[list[Path], typer.Argument(help="Hugging Face model directories.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The zoo file to create.")],
+    as_epochs: Annotated[bool, typer.Option("--as-epochs", help="Treat the directories as "
+                                            "consecutive epochs of one member.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Build a zoo from existing Hugging Face checkpoints, so analyzers work on them.
+
+    Example: zooscope zoo import run1/ run2/ run3/ --out imported.h5
+    """
+    from zooscope.errors import ZooFileError
+    from zooscope.zoofile import import_checkpoints
+
+    if out.exists() and not force:
+        raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
+    with progress() as bars:
+        task = bars.add_task("importing", total=len(dirs))
+        n = import_checkpoints(dirs, out, as_epochs=as_epochs,
+                               on_checkpoint=lambda: bars.advance(task))
+    console.print(f"imported {n} checkpoints into {out}")

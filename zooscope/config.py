@@ -1,0 +1,270 @@
+"""The zoo config: parsing and validating the TOML file, and expanding its grid into members.
+
+Everything is checked here, before anything trains or any file is touched;
+generator-specific checks (data files, columns) are the generator's ``validate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from zooscope.errors import ConfigError
+from zooscope.zoo import Member
+
+_NUMBER = (int, float)
+
+#: Every key a config may hold, by table, with the type(s) it accepts.
+SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "zoo": {
+        "name": (str,), "generator": (str,), "backbone": (str,), "seeds": (list,),
+        "epochs": (int,), "strategy": (str,), "description": (str,),
+    },
+    "grid": {},  # any factor name; values are non-empty lists
+    "train": {
+        "batch_size": (int,), "eval_batch_size": (int,), "optimizer": (str,),
+        "dropout": _NUMBER, "lr_schedule": (str,), "max_seq_len": (int,), "head": (dict,),
+        "freeze_backbone": (bool,), "max_train_examples": (int,), "eval_train": (bool,),
+        "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
+    },
+    "data": {
+        "source": (str,), "split": (dict,), "text_column": (str,), "label_column": (str,),
+        "test_source": (str,), "num_examples": (int,), "seed": (int,),
+    },
+    "scratch": {
+        "model_type": (str,), "hidden_size": (int,), "num_hidden_layers": (int,),
+        "num_attention_heads": (int,), "intermediate_size": (int,), "vocab_size": (int,),
+        "max_position_embeddings": (int,), "seed": (int,),
+    },
+    "store": {"dtype": (str,), "compression": (str,)},
+}
+REQUIRED = {"zoo": ("name", "generator"), "grid": ()}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "zoo": {"seeds": [0], "epochs": 1, "strategy": "members", "backbone": "bert-base-uncased"},
+    "train": {
+        "batch_size": 32, "eval_batch_size": 256, "optimizer": "adamw", "dropout": 0.1,
+        "lr_schedule": "constant", "max_seq_len": 512, "head": {"hidden": 1, "activation": "relu"},
+        "freeze_backbone": False, "max_train_examples": 0, "eval_train": True,
+        "mixed_precision": "no", "device": "auto", "num_threads": 0,
+    },
+    "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0}},
+    "scratch": {
+        "model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 1000,
+        "max_position_embeddings": 128, "seed": 0,
+    },
+    "store": {"dtype": "float32", "compression": "none"},
+}
+CHOICES = {
+    ("zoo", "strategy"): ("members", "ddp"),
+    ("train", "optimizer"): ("adamw", "adam"),
+    ("train", "lr_schedule"): ("constant",),
+    ("train", "mixed_precision"): ("no", "fp16", "bf16"),
+    ("store", "dtype"): ("float32", "float16", "bfloat16"),
+    ("store", "compression"): ("none", "lz4", "zstd", "gzip"),
+}
+#: Grid factors with a meaning the engine knows; others are passed to the generator.
+POSITIVE_FACTORS = ("learning_rate", "epochs", "batch_size")
+
+
+@dataclass
+class ZooConfig:
+    """A validated zoo config: the tables with defaults filled in, and the text it came from."""
+
+    text: str
+    path: Path | None
+    zoo: dict[str, Any]
+    grid: dict[str, list[Any]]
+    train: dict[str, Any]
+    data: dict[str, Any]
+    scratch: dict[str, Any]
+    store: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.zoo["name"])
+
+    @property
+    def generator(self) -> str:
+        return str(self.zoo["generator"])
+
+    def resolve(self, value: str) -> str:
+        """A path in the config, relative to the config file's folder; hub ids stay as they are."""
+        if self.path is None or value.startswith(("zoo://", "scratch")):
+            return value
+        candidate = Path(value).expanduser()
+        if candidate.is_absolute():
+            return str(candidate)
+        local = self.path.parent / candidate
+        looks_local = value.startswith((".", "/", "~")) or local.exists()
+        return str(local.resolve()) if looks_local else value
+
+    def members(self) -> list[Member]:
+        """The product of the grid and the seeds, in a fixed order."""
+        grid = dict(self.grid)
+        keys = sorted(grid)
+        members = []
+        for values in itertools.product(*(grid[k] for k in keys)):
+            for seed in self.zoo["seeds"]:
+                factors = dict(zip(keys, values, strict=True))
+                factors.setdefault("backbone", self.zoo["backbone"])
+                factors["seed"] = seed
+                members.append(Member.from_factors(factors))
+        ids = [m.id for m in members]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("the grid lists the same member twice",
+                              hint="remove repeated values from [grid] or [zoo] seeds")
+        return members
+
+    def epochs_of(self, member: Member) -> int:
+        return int(member.factors.get("epochs", self.zoo["epochs"]))
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table", bool: "true or false"}
+    if types == _NUMBER:
+        return "a number"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise ConfigError(f"{where} must be {_type_name(types)}, not {type(value).__name__} "
+                          f"({value!r})")
+
+
+def parse_config(text: str, path: Path | None = None) -> ZooConfig:
+    """Parse and validate config text; every problem is a ``ConfigError`` naming the key."""
+    where = f" in {path}" if path else ""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config{where} is not valid TOML: {exc}") from None
+    for table in raw:
+        if table not in SCHEMA:
+            raise ConfigError(f"unknown table [{table}]{where}", hint=_closest(table, list(SCHEMA)))
+        if not isinstance(raw[table], dict):
+            raise ConfigError(f"{table} must be a table ([{table}])")
+    for table, keys in REQUIRED.items():
+        if table not in raw:
+            raise ConfigError(f"the config{where} has no [{table}] table")
+        for key in keys:
+            if key not in raw[table]:
+                raise ConfigError(f"[{table}] needs a {key!r} key")
+    tables: dict[str, dict[str, Any]] = {}
+    for table, schema in SCHEMA.items():
+        given = raw.get(table, {})
+        if table != "grid":
+            for key, value in given.items():
+                if key not in schema:
+                    raise ConfigError(f"unknown key {key!r} in [{table}]",
+                                      hint=_closest(key, list(schema)))
+                _check_type(f"[{table}] {key}", value, schema[key])
+        merged = {**DEFAULTS.get(table, {}), **given}
+        tables[table] = merged
+    for (table, key), choices in CHOICES.items():
+        value = tables[table].get(key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"[{table}] {key} = {value!r} is not one of {', '.join(choices)}")
+    zoo = tables["zoo"]
+    if not zoo["name"].strip():
+        raise ConfigError("[zoo] name must not be empty")
+    _check_positive("[zoo] epochs", zoo["epochs"])
+    seeds = zoo["seeds"]
+    if not seeds:
+        raise ConfigError("[zoo] seeds is empty", hint="give at least one seed, e.g. seeds = [0]")
+    for s in seeds:
+        _check_type("each of [zoo] seeds", s, (int,))
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("[zoo] seeds repeats a seed")
+    grid = tables["grid"]
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise ConfigError(f"[grid] {key} must be a list of values, e.g. {key} = [{values!r}]")
+        if not values:
+            raise ConfigError(f"[grid] {key} is empty", hint="a factor needs at least one value")
+        if key in POSITIVE_FACTORS:
+            for v in values:
+                _check_type(f"each of [grid] {key}", v, (int,) if key != "learning_rate" else _NUMBER)
+                _check_positive(f"[grid] {key}", v)
+        if key == "weight_decay":
+            for v in values:
+                _check_type("each of [grid] weight_decay", v, _NUMBER)
+                if v < 0 or not math.isfinite(v):
+                    raise ConfigError(f"[grid] weight_decay must be ≥ 0, got {v!r}")
+        if key == "seed":
+            raise ConfigError("seeds go in [zoo] seeds, not in [grid]")
+    if "learning_rate" not in grid:
+        raise ConfigError("[grid] needs a learning_rate list",
+                          hint="e.g. learning_rate = [2e-5, 3e-5, 5e-5]")
+    train = tables["train"]
+    for key in ("batch_size", "eval_batch_size", "max_seq_len"):
+        _check_positive(f"[train] {key}", train[key])
+    if not 0 <= train["dropout"] < 1:
+        raise ConfigError(f"[train] dropout must be in [0, 1), got {train['dropout']!r}")
+    if train["max_train_examples"] < 0:
+        raise ConfigError("[train] max_train_examples must be ≥ 0 (0 means all)")
+    head = train["head"]
+    for key in head:
+        if key not in ("hidden", "activation"):
+            raise ConfigError(f"unknown key {key!r} in [train] head",
+                              hint=_closest(key, ["hidden", "activation"]))
+    if head.get("hidden", 1) not in (0, 1) or head.get("activation", "relu") != "relu":
+        raise ConfigError("[train] head supports hidden = 0 or 1 and activation = \"relu\"")
+    split = tables["data"]["split"]
+    for key in split:
+        if key not in ("train", "validation", "test", "seed"):
+            raise ConfigError(f"unknown key {key!r} in [data] split",
+                              hint=_closest(key, ["train", "validation", "test", "seed"]))
+    fractions = [split.get(k, 0.0) for k in ("train", "validation", "test")]
+    for k, v in zip(("train", "validation", "test"), fractions, strict=True):
+        _check_type(f"[data] split {k}", v, _NUMBER)
+        if v < 0:
+            raise ConfigError(f"[data] split {k} must be ≥ 0")
+    if split.get("train", 0) <= 0:
+        raise ConfigError("[data] split train must be > 0")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"[data] split fractions add up to {sum(fractions):g}, not 1")
+    scratch = tables["scratch"]
+    for key, value in scratch.items():
+        if isinstance(value, int) and key != "seed":
+            _check_positive(f"[scratch] {key}", value)
+    cfg = ZooConfig(text=text, path=path, zoo=zoo, grid=grid, train=train, data=tables["data"],
+                    scratch=scratch, store=tables["store"], raw=raw)
+    cfg.members()  # refuses repeated members early
+    return cfg
+
+
+def _check_positive(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
+        raise ConfigError(f"{where} must be a number, not {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{where} must be positive, got {value!r}")
+
+
+def load_config(path: str | Path) -> ZooConfig:
+    """Read and validate a config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no config file at {path}", hint="ready configs live in zoos/")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    return parse_config(text, path.resolve())

@@ -1,0 +1,35 @@
+"""The exceptions zooscope raises for problems a user can fix.
+
+Each carries a one-line message and an optional hint; the CLI turns them into an
+``error:`` line and exit code 1. Programming errors stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class ZooscopeError(Exception):
+    """A problem with the user's input, files or environment."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ZooscopeError):
+    """A zoo config that cannot be used."""
+
+
+class ZooFileError(ZooscopeError):
+    """A zoo file that is missing, damaged, foreign or unsafe."""
+
+
+class DataError(ZooscopeError):
+    """A data source that is missing or does not have the expected shape."""
+
+
+class PluginError(ZooscopeError):
+    """A plugin that is unknown, clashes with another or failed."""

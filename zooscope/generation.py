@@ -1,0 +1,77 @@
+"""What a generator is: the contract between the training engine and a task.
+
+The engine (``zooscope.training``) owns seeding, the optimizer, the epoch loop,
+recording and resuming; a generator owns data, model construction and evaluation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from zooscope.config import ZooConfig
+    from zooscope.store import Architecture
+    from zooscope.zoo import Member
+
+
+@dataclass
+class TaskData:
+    """A zoo's data, loaded and split once: the same examples for every member."""
+
+    splits: dict[str, Any]
+    #: Recorded in the zoo: source, split sizes and fingerprints.
+    info: dict[str, Any]
+    metric_columns: list[str]
+    predictions: dict[str, Any] | None = None
+    test_labels: np.ndarray | None = None
+    test_ids: list[str] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemberSetup:
+    """One member, ready to train: its model, architecture record and batches."""
+
+    model: torch.nn.Module
+    architecture: Architecture
+    #: Yields one epoch of training batches in the order the generator gives.
+    train_batches: Callable[[torch.Generator], Iterator[dict[str, torch.Tensor]]]
+    steps_per_epoch: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(ABC):
+    """Turns member specs into trained models. Registered through ``zooscope_register_generators``."""
+
+    name: str
+    version: str = "1"
+    description: str = ""
+    #: The optimizer the seed protocol uses for this task when the config does not say.
+    default_optimizer: str = "adamw"
+
+    def validate(self, cfg: ZooConfig) -> None:  # noqa: B027 - optional hook
+        """Check generator-specific config (data files, columns) before anything runs."""
+
+    @abstractmethod
+    def prepare(self, cfg: ZooConfig) -> TaskData:
+        """Load and split the data once per zoo."""
+
+    @abstractmethod
+    def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
+        """Build the member's model (head initialised from the member's seed) and batches."""
+
+    def train_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one training batch."""
+        return model(**batch)[0]
+
+    @abstractmethod
+    def evaluate(
+        self, cfg: ZooConfig, setup: MemberSetup, task: TaskData, device: torch.device,
+    ) -> tuple[dict[str, float], np.ndarray | None]:
+        """Metrics for every split (``{split}_{metric}``) and the test-split predictions."""

@@ -1,0 +1,194 @@
+"""The models a zoo holds: a Hugging Face backbone plus a task head, and how to rebuild them.
+
+A zoo stores the files this module needs (``config.json``, ``zooscope_head.json``,
+tokenizer files) so any checkpoint can be rebuilt with no hub and no generator code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from zooscope.errors import ConfigError, ZooFileError
+
+if TYPE_CHECKING:
+    from zooscope.zoo import Member, Zoo
+
+HEAD_FILE = "zooscope_head.json"
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                 "attention_dropout")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.txt", "vocab.json", "merges.txt")
+
+
+class SequenceClassifier(nn.Module):
+    """[CLS] → Linear(h, h) → ReLU → dropout → Linear(h, labels) on a transformer backbone."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, hidden: int = 1,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        h = backbone.config.hidden_size
+        layers: list[nn.Module] = []
+        if hidden:
+            layers += [nn.Linear(h, h), nn.ReLU(), nn.Dropout(dropout)]
+        layers.append(nn.Linear(h, num_labels))
+        self.head = nn.Sequential(*layers)
+        self.num_labels = num_labels
+        self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(**kwargs).last_hidden_state[:, 0]
+        logits = self.head(hidden)
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return loss, logits
+
+    def head_spec(self) -> dict[str, Any]:
+        return {"kind": "sequence-classification", "num_labels": self.num_labels,
+                "hidden": int(len(self.head) > 1), "backbone_prefix": "backbone.",
+                "head_prefix": "head.", "input": "first token ([CLS]) of last_hidden_state"}
+
+
+def set_dropout(config: Any, dropout: float) -> None:
+    for key in _DROPOUT_KEYS:
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+
+
+def load_backbone(name_or_path: str, dropout: float) -> tuple[nn.Module, Any]:
+    """A pre-trained backbone and its tokenizer, from a hub id or a local directory."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+        set_dropout(config, dropout)
+        model = AutoModel.from_pretrained(name_or_path, config=config, add_pooling_layer=False) \
+            if config.model_type in ("bert", "roberta") else \
+            AutoModel.from_pretrained(name_or_path, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"cannot load the backbone {name_or_path!r}: {first}",
+            hint="use a local Hugging Face model directory, or a hub id on a machine with access",
+        ) from None
+    return model, tokenizer
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Any:
+    """A BERT tokenizer trained on the given texts (deterministic for the same texts)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
+                                        show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def scratch_backbone(scratch: dict[str, Any], texts: Iterable[str], dropout: float,
+                     max_seq_len: int) -> tuple[nn.Module, Any]:
+    """A small randomly initialised backbone built from a config, with a tokenizer trained here.
+
+    The backbone's initialisation depends only on ``scratch.seed``, so every member of
+    a zoo starts from the same backbone, as members of a fine-tuning zoo do.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = train_wordpiece(texts, int(scratch["vocab_size"]))
+    config = AutoConfig.for_model(
+        scratch["model_type"], vocab_size=len(tokenizer), hidden_size=scratch["hidden_size"],
+        num_hidden_layers=scratch["num_hidden_layers"],
+        num_attention_heads=scratch["num_attention_heads"],
+        intermediate_size=scratch["intermediate_size"],
+        max_position_embeddings=max(scratch["max_position_embeddings"], max_seq_len + 2),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    set_dropout(config, dropout)
+    tokenizer.model_max_length = max_seq_len
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(scratch["seed"]))
+        kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        model = AutoModel.from_config(config, **kwargs)
+    return model, tokenizer
+
+
+def architecture_files(backbone: nn.Module, tokenizer: Any, head: dict[str, Any]) -> dict[str, bytes]:
+    """config.json, the head spec and the tokenizer files, as the zoo stores them."""
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for p in sorted(Path(tmp).iterdir()):
+            if p.name == "config.json" or p.name in _TOKENIZER_FILES:
+                files[p.name] = p.read_bytes()
+    files[HEAD_FILE] = json.dumps(head, indent=1, sort_keys=True).encode()
+    return files
+
+
+def skeleton(files: dict[str, bytes]) -> nn.Module:
+    """The (untrained) model the stored files describe; weights come from the zoo."""
+    from transformers import AutoConfig, AutoModel
+
+    head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.json").write_bytes(files["config.json"])
+        config = AutoConfig.from_pretrained(tmp)
+    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+    if head["kind"] == "sequence-classification":
+        backbone = AutoModel.from_config(config, **kwargs)
+        return SequenceClassifier(backbone, head["num_labels"], head["hidden"])
+    if head["kind"] == "masked-lm":
+        from transformers import AutoModelForMaskedLM
+
+        return AutoModelForMaskedLM.from_config(config)
+    if head["kind"] == "base-model":
+        return AutoModel.from_config(config)
+    raise ZooFileError(f"unknown model kind {head['kind']!r} in the zoo")
+
+
+def load_tokenizer(files: dict[str, bytes]) -> Any:
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def rebuild(zoo: Zoo, member: Member | str, epoch: int) -> tuple[nn.Module, Any]:
+    """The member's model at an epoch and its tokenizer, from the zoo file alone."""
+    files = zoo.model_files(member)
+    if "config.json" not in files:
+        raise ZooFileError("the zoo lacks the model files needed to rebuild this member")
+    model = skeleton(files)
+    state = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in
+             zoo.state_dict(member, epoch).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        raise ZooFileError(f"stored tensors do not fit the model (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    model.eval()
+    return model, load_tokenizer(files)

@@ -1,0 +1,170 @@
+"""The plugin manager: built-in plugins, entry-point plugins and the registries they fill.
+
+What a plugin provides is defined in ``hookspecs``; what a generator, store or
+analyzer is lives in ``generation``, ``store`` and ``analysis``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from zooscope import hookspecs
+from zooscope.errors import PluginError
+
+#: Built-in plugins, registered by dotted name exactly like third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "zooscope.stores.hdf5",
+    "zooscope.generators.text_classification",
+    "zooscope.plugins.agreement",
+)
+
+#: The kind each registration hook fills.
+KINDS: dict[str, str] = {
+    "zooscope_register_generators": "generator",
+    "zooscope_register_stores": "store",
+    "zooscope_register_analyzers": "analyzer",
+}
+
+pm = pluggy.PluginManager("zooscope")
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the built-in plugins and the ``zooscope`` entry points, once.
+
+    ``ZOOSCOPE_LOAD_PLUGINS`` is an allow-list of distribution names separated by
+    commas; set to an empty string it loads no third-party plugin at all.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    allowed = os.environ.get("ZOOSCOPE_LOAD_PLUGINS")
+    if allowed is None:
+        pm.load_setuptools_entrypoints("zooscope")
+        return
+    wanted = {n.strip() for n in allowed.split(",") if n.strip()}
+    for ep in importlib.metadata.entry_points(group="zooscope"):
+        if ep.dist is None or ep.dist.name not in wanted or pm.get_plugin(ep.name):
+            continue
+        plugin = ep.load()
+        pm.register(plugin, name=ep.name)
+        # Recorded like pluggy's own loader so `zooscope plugins` can show the version.
+        pm._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(ep.dist)))  # type: ignore[attr-defined]
+
+
+def _collect(hook_name: str) -> dict[str, Any]:
+    """Call one registration hook plugin by plugin and resolve name clashes."""
+    load_plugins()
+    found: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    kind = KINDS[hook_name]
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+
+        def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
+            name = getattr(obj, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {_plugin!r} registered a {kind} without a name")
+            if name in found:
+                raise PluginError(
+                    f"two plugins register the {kind} {name!r}: {owner[name]!r} and {_plugin!r}",
+                    hint="uninstall one of them, or limit ZOOSCOPE_LOAD_PLUGINS to the one you want",
+                )
+            found[name] = obj
+            owner[name] = _plugin
+
+        impl.function(register)
+    return found
+
+
+def notify(hook_name: str, **kwargs: Any) -> None:
+    """Call an event hook plugin by plugin; a failing observer is reported by name."""
+    load_plugins()
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}",
+                hint="uninstall or fix that plugin; the zoo itself is intact",
+            ) from exc
+
+
+def generators() -> dict[str, Any]:
+    """Every registered generator by name."""
+    return _collect("zooscope_register_generators")
+
+
+def stores() -> dict[str, Any]:
+    """Every registered store by name."""
+    return _collect("zooscope_register_stores")
+
+
+def analyzers() -> dict[str, Any]:
+    """Every registered analyzer by name."""
+    return _collect("zooscope_register_analyzers")
+
+
+def _lookup(kind: str, name: str, table: Callable[[], dict[str, Any]]) -> Any:
+    found = table()
+    if name in found:
+        return found[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(found), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known {kind}s: {', '.join(sorted(found))}"
+    raise PluginError(f"unknown {kind} {name!r}", hint=hint)
+
+
+def get_generator(name: str) -> Any:
+    return _lookup("generator", name, generators)
+
+
+def get_analyzer(name: str) -> Any:
+    return _lookup("analyzer", name, analyzers)
+
+
+def get_store(name: str) -> Any:
+    return _lookup("store", name, stores)
+
+
+def plugin_table(include_builtins: bool = False) -> list[dict[str, Any]]:
+    """One row per plugin: name, kind, version, hooks and the names it registers."""
+    load_plugins()
+    from zooscope import __version__
+
+    versions = {id(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        builtin = name in DEFAULT_PLUGINS
+        if builtin and not include_builtins:
+            continue
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        provides: dict[str, list[str]] = {}
+        for hook_name, kind in KINDS.items():
+            if hook_name not in hooks:
+                continue
+            names: list[str] = []
+            getattr(plugin, hook_name)(lambda obj, _n=names: _n.append(obj.name))
+            provides[kind] = names
+        rows.append(
+            {
+                "name": name,
+                "kind": ", ".join(provides) or "observer",
+                "version": __version__ if builtin else versions.get(id(plugin), "unknown"),
+                "builtin": builtin,
+                "hooks": hooks,
+                "provides": provides,
+            }
+        )
+    return rows

@@ -1,0 +1,128 @@
+"""What a store is: the interface generation writes through and the header it records.
+
+The built-in implementation is ``zooscope.stores.hdf5``; this module holds no I/O.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zooscope.errors import ZooFileError
+from zooscope.zoo import Member, Zoo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class ZooHeader:
+    """Everything zoo-level a store records when it creates a zoo."""
+
+    name: str
+    config_text: str
+    generator: str
+    generator_version: str
+    metric_columns: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
+    #: ``{"kind": "class", "shape": [n_test]}`` or ``{"kind": "span", "shape": [n_test, 2]}``.
+    predictions: dict[str, Any] | None = None
+    test_labels: np.ndarray | None = None
+    test_ids: list[str] | None = None
+    storage_dtype: str = "float32"
+    compression: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Architecture:
+    """A model architecture: its config, tokenizer files and tensor layout."""
+
+    key: str
+    files: dict[str, bytes]
+    shapes: dict[str, tuple[int, ...]]
+    #: Tensors that are not floating point keep their dtype (``{"name": "int64"}``).
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+
+class ZooWriter(ABC):
+    """Appends checkpoints to a zoo; every ``write_checkpoint`` is atomic."""
+
+    path: Path
+
+    @abstractmethod
+    def ensure_architecture(self, arch: Architecture) -> None:
+        """Record an architecture before the first checkpoint that uses it."""
+
+    @abstractmethod
+    def start_member(self, member: Member, arch_key: str) -> None:
+        """Mark a member running with the given architecture."""
+
+    @abstractmethod
+    def set_status(self, member: Member, status: int) -> None: ...
+
+    @abstractmethod
+    def completed_epochs(self, member: Member) -> list[int]:
+        """Epochs of the member already committed."""
+
+    @abstractmethod
+    def read_state_dict(self, member: Member, epoch: int) -> dict[str, Any]:
+        """A committed checkpoint's tensors (torch), to resume training from it."""
+
+    @abstractmethod
+    def write_checkpoint(
+        self, member: Member, epoch: int, step: int, wall_time: float,
+        state_dict: Mapping[str, Any], metrics: Mapping[str, float],
+        predictions: np.ndarray | None,
+    ) -> None:
+        """Commit one checkpoint: all tensors, metrics and predictions, or nothing."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ZooWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store(ABC):
+    """Persists zoos. Registered through ``zooscope_register_stores``."""
+
+    name: str
+    suffixes: tuple[str, ...]
+
+    @abstractmethod
+    def create(self, path: Path, header: ZooHeader, members: Sequence[Member]) -> ZooWriter:
+        """Create a new zoo file (the caller has checked it may overwrite)."""
+
+    @abstractmethod
+    def resume(self, path: Path) -> ZooWriter:
+        """Reopen a zoo for writing, discarding any half-written checkpoint."""
+
+    @abstractmethod
+    def open(self, path: Path) -> Zoo:
+        """Open a zoo read-only."""
+
+    @abstractmethod
+    def write_analysis(
+        self, path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
+        tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
+    ) -> None:
+        """Store an analysis result under its name and options key, replacing an older one."""
+
+
+def store_for(path: Path) -> Store:
+    from zooscope.registry import stores
+
+    for store in stores().values():
+        if path.suffix in store.suffixes:
+            return store
+    known = sorted({s for st in stores().values() for s in st.suffixes})
+    raise ZooFileError(
+        f"no store reads {path.name!r}", hint=f"zoo files end in {', '.join(known)}"
+    )

@@ -1,0 +1,450 @@
+"""The training engine every generator shares: seeding, the epoch loop, recording, resuming.
+
+Generators supply data, models and evaluation (``zooscope.generation``); the
+store persists checkpoints (``zooscope.store``). Multi-process runs split members
+between processes with Accelerate and merge the per-process shards at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zooscope import registry
+from zooscope.config import ZooConfig
+from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
+from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.store import Store, ZooHeader, ZooWriter, store_for
+from zooscope.zoo import COMPLETE, FAILED, Member
+
+
+class Interrupted(ZooscopeError):
+    """Ctrl-C: the run stopped after a training step; ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+@dataclass
+class GenerateResult:
+    path: Path
+    members: list[dict[str, Any]] = field(default_factory=list)
+    trained: int = 0
+    skipped: int = 0
+
+
+def shard_members(members: Sequence[Member], index: int, count: int) -> list[Member]:
+    """The contiguous block of members shard ``index`` of ``count`` trains.
+
+    The same arithmetic as Accelerate's ``split_between_processes``, so a SLURM
+    array of ``--shard i/n`` and an ``accelerate launch`` run split alike.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {index}/{count} is not a valid shard",
+                          hint="use I/N with 0 ≤ I < N, e.g. --shard 0/4")
+    base, extra = divmod(len(members), count)
+    start = index * base + min(index, extra)
+    return list(members[start : start + base + (1 if index < extra else 0)])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order of one epoch depends on the member's seed and the epoch alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+# -- resume state (optimizer and RNG) kept beside the zoo --------------------------------------
+class ResumeState:
+    """Optimizer and RNG state of unfinished members, in ``ZOO.state/`` next to the zoo.
+
+    Written before the checkpoint it belongs to is committed, so the newest committed
+    checkpoint always has its state; dropped once the member completes. safetensors
+    and JSON only: nothing here can execute code when loaded.
+    """
+
+    def __init__(self, zoo_path: Path) -> None:
+        self.dir = zoo_path.with_name(zoo_path.name + ".state")
+
+    def _stem(self, member: Member, epoch: int) -> Path:
+        return self.dir / f"{member.id}.e{epoch}"
+
+    def save(self, member: Member, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(exist_ok=True)
+        sd = optimizer.state_dict()
+        tensors = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        for idx, state in sd["state"].items():
+            for key, value in state.items():
+                tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        np_state = np.random.get_state()
+        meta = {
+            "param_groups": sd["param_groups"],
+            "python_rng": _jsonable(random.getstate()),
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *[_jsonable(v) for v in np_state[2:]]],
+        }
+        stem = self._stem(member, epoch)
+        for suffix, write in ((".safetensors", lambda p: save_file(tensors, str(p))),
+                              (".json", lambda p: p.write_text(json.dumps(meta)))):
+            tmp = stem.with_suffix(suffix + ".tmp")
+            write(tmp)
+            os.replace(tmp, stem.with_name(stem.name + suffix))
+
+    def load(self, member: Member, epoch: int, optimizer: torch.optim.Optimizer) -> bool:
+        from safetensors.torch import load_file
+
+        stem = self._stem(member, epoch)
+        tensors_path = stem.with_name(stem.name + ".safetensors")
+        meta_path = stem.with_name(stem.name + ".json")
+        if not (tensors_path.exists() and meta_path.exists()):
+            return False
+        tensors = load_file(str(tensors_path))
+        meta = json.loads(meta_path.read_text())
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("state."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        random.setstate(_tuples(meta["python_rng"]))
+        np_rng = meta["numpy_rng"]
+        np.random.set_state((np_rng[0], np.asarray(np_rng[1], dtype=np.uint32), *np_rng[2:]))
+        return True
+
+    def keep_only(self, member: Member, epoch: int | None) -> None:
+        if not self.dir.exists():
+            return
+        for p in self.dir.glob(f"{member.id}.e*"):
+            if epoch is None or not p.name.startswith(f"{member.id}.e{epoch}."):
+                p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only once empty
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+# -- the engine -------------------------------------------------------------------------------
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _device(cfg: ZooConfig, state: Any) -> torch.device:
+    wanted = cfg.train["device"]
+    if wanted != "auto":
+        return torch.device(wanted)
+    return state.device if state is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _make_optimizer(cfg: ZooConfig, member: Member, model: torch.nn.Module,
+                    generator: Generator) -> torch.optim.Optimizer:
+    name = cfg.raw.get("train", {}).get("optimizer", generator.default_optimizer)
+    lr = float(member.factors["learning_rate"])
+    wd = float(member.factors.get("weight_decay", 0.0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Constant learning rate: no warm-up, no decay, no scheduler at all.
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+@dataclass
+class MemberRun:
+    """What the engine needs to train one member into a writer."""
+
+    cfg: ZooConfig
+    generator: Generator
+    task: TaskData
+    writer: ZooWriter
+    resume_state: ResumeState
+    device: torch.device
+    stop: _StopFlag
+    on_step: Callable[[int], None] = lambda n: None
+    on_setup: Callable[[int], None] = lambda steps: None
+    on_epoch: Callable[[int, dict[str, float]], None] = lambda e, m: None
+
+
+def _autocast(cfg: ZooConfig, device: torch.device) -> Any:
+    mp = cfg.train["mixed_precision"]
+    if mp == "no" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if mp == "fp16" else torch.bfloat16)
+
+
+def train_member(run: MemberRun, member: Member) -> dict[str, float]:
+    """Train (or continue) one member, committing a checkpoint after every epoch."""
+    cfg, writer = run.cfg, run.writer
+    epochs = cfg.epochs_of(member)
+    seed = int(member.factors["seed"])
+    done = writer.completed_epochs(member)
+    seed_everything(seed)
+    setup: MemberSetup = run.generator.setup(cfg, member, run.task)
+    run.on_setup(setup.steps_per_epoch)
+    writer.ensure_architecture(setup.architecture)
+    writer.start_member(member, setup.architecture)  # type: ignore[arg-type]
+    model = setup.model.to(run.device)
+    optimizer = _make_optimizer(cfg, member, model, run.generator)
+    scaler = torch.amp.GradScaler("cuda") if (
+        cfg.train["mixed_precision"] == "fp16" and run.device.type == "cuda") else None
+    start = time.perf_counter()
+    step = 0
+    metrics: dict[str, float] = {}
+    if done:
+        last = max(done)
+        state = writer.read_state_dict(member, last)
+        model.load_state_dict({k: v.float() if v.dtype == torch.bfloat16 else v
+                               for k, v in state.items()})
+        if not run.resume_state.load(member, last, optimizer):
+            raise ZooFileError(
+                f"member {member.id} has checkpoints up to epoch {last} but its optimizer "
+                f"state is missing from {run.resume_state.dir}",
+                hint="regenerate the zoo with --force, or restore that folder",
+            )
+        step = last * setup.steps_per_epoch
+        first_epoch = last + 1
+    else:
+        metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
+        run.resume_state.save(member, 0, optimizer)
+        _commit(run, member, 0, 0, 0.0, model, metrics, preds)
+        first_epoch = 1
+    model.train()
+    for epoch in range(first_epoch, epochs + 1):
+        loss_sum = torch.zeros((), device=run.device)
+        for batch in setup.train_batches(epoch_generator(seed, epoch)):
+            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+            with _autocast(cfg, run.device):
+                loss = run.generator.train_loss(model, batch)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()  # stays on the device: no per-step host sync
+            step += 1
+            run.on_step(1)
+            if run.stop.requested:
+                raise Interrupted(
+                    f"interrupted in epoch {epoch} of member {member.id}; "
+                    f"checkpoints up to epoch {epoch - 1} are saved")
+        metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
+        run.resume_state.save(member, epoch, optimizer)
+        _commit(run, member, epoch, step, time.perf_counter() - start, model, metrics, preds)
+        run.resume_state.keep_only(member, epoch)
+        run.on_epoch(epoch, metrics)
+    writer.set_status(member, COMPLETE)
+    run.resume_state.keep_only(member, None)
+    registry.notify("zooscope_member_finished", zoo=str(writer.path), member=member)
+    return metrics
+
+
+def _commit(run: MemberRun, member: Member, epoch: int, step: int, wall: float,
+            model: torch.nn.Module, metrics: dict[str, float], preds: np.ndarray | None) -> None:
+    run.writer.write_checkpoint(member, epoch, step, wall, model.state_dict(), metrics, preds)
+    registry.notify("zooscope_checkpoint_saved", zoo=str(run.writer.path), member=member,
+                    epoch=epoch, metrics=dict(metrics))
+
+
+def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
+    return ZooHeader(
+        name=cfg.name, config_text=cfg.text, generator=generator.name,
+        generator_version=generator.version, metric_columns=task.metric_columns,
+        data=task.info, predictions=task.predictions, test_labels=task.test_labels,
+        test_ids=task.test_ids, storage_dtype=cfg.store["dtype"],
+        compression=cfg.store["compression"],
+    )
+
+
+def _distributed_state() -> Any:
+    """Accelerate's process state where a launcher started several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def check_output(out: Path, resume: bool, force: bool) -> None:
+    if out.exists() and not (resume or force):
+        raise ZooFileError(f"{out} already exists",
+                           hint="add --resume to continue it, or --force to replace it")
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other")
+    if out.exists() and out.is_dir():
+        raise ZooFileError(f"{out} is a directory")
+
+
+def part_path(out: Path, index: int, count: int) -> Path:
+    return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
+
+
+def generate(
+    cfg: ZooConfig, out: Path, *, resume: bool = False, force: bool = False,
+    shard: tuple[int, int] | None = None, progress: Any = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> GenerateResult:
+    """Train every member of the config (or of one shard) into the zoo at ``out``."""
+    generator = registry.get_generator(cfg.generator)
+    generator.validate(cfg)
+    store: Store = store_for(out)
+    check_output(out, resume, force)
+    members = cfg.members()
+    if shard is not None:
+        members = shard_members(members, *shard)
+    state = _distributed_state()
+    if state is not None and cfg.zoo["strategy"] == "members":
+        if cfg.train["num_threads"] == 0 and state.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
+        path = part_path(out, state.process_index, state.num_processes)
+        with state.split_between_processes(members) as mine:
+            result = _generate_into(cfg, generator, store, path, list(mine), resume, force,
+                                    progress if state.is_main_process else None, log, state)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            from zooscope.zoofile import merge_zoos
+
+            parts = [part_path(out, i, state.num_processes) for i in range(state.num_processes)]
+            if out.exists() and force:
+                out.unlink()
+            merge_zoos(parts, out, all_members=cfg.members() if shard is None else members)
+            for p in parts:
+                p.unlink()
+            result.path = out
+        state.wait_for_everyone()
+        return result
+    if cfg.train["num_threads"]:
+        torch.set_num_threads(int(cfg.train["num_threads"]))
+    return _generate_into(cfg, generator, store, out, members, resume, force, progress, log, state)
+
+
+def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Path,
+                   members: list[Member], resume: bool, force: bool, progress: Any,
+                   log: Callable[[str], None], state: Any) -> GenerateResult:
+    task = generator.prepare(cfg)  # bad data fails here, before any file is touched
+    resume_state = ResumeState(path)
+    if resume and path.exists():
+        writer = store.resume(path)
+    else:
+        if force and resume_state.dir.exists():
+            for p in resume_state.dir.iterdir():
+                p.unlink()
+        writer = store.create(path, _header(cfg, generator, task), members)
+    result = GenerateResult(path=path)
+    device = _device(cfg, state)
+    with writer, _StopFlag() as stop:
+        bars = _Bars(progress, cfg, members, writer)
+        run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
+                        resume_state=resume_state, device=device, stop=stop,
+                        on_step=bars.step, on_epoch=bars.epoch, on_setup=bars.steps_total)
+        for member in members:
+            epochs = cfg.epochs_of(member)
+            if writer.completed_epochs(member) == list(range(epochs + 1)):
+                writer.set_status(member, COMPLETE)
+                result.skipped += 1
+                bars.member_done(member, skipped=True)
+                continue
+            bars.member_start(member)
+            try:
+                metrics = train_member(run, member)
+            except Interrupted:
+                raise
+            except ZooscopeError:
+                writer.set_status(member, FAILED)
+                raise
+            result.trained += 1
+            result.members.append({"id": member.id, **member.factors, **metrics})
+            bars.member_done(member)
+    log(f"{result.trained} members trained, {result.skipped} already complete")
+    return result
+
+
+class _Bars:
+    """Rich progress bars for members, epochs and steps; no-ops without a Progress."""
+
+    def __init__(self, progress: Any, cfg: ZooConfig, members: list[Member], writer: ZooWriter):
+        self.p = progress
+        self.cfg = cfg
+        if self.p is None:
+            return
+        self.members = self.p.add_task("members", total=len(members))
+        self.epochs = self.p.add_task("epochs", total=1)
+        self.steps = self.p.add_task("steps", total=1)
+
+    def member_start(self, member: Member) -> None:
+        if self.p is None:
+            return
+        lr = member.factors.get("learning_rate")
+        self.p.update(self.epochs, completed=0, total=self.cfg.epochs_of(member),
+                      description=f"epochs (lr={lr:g}, seed={member.factors.get('seed')})")
+
+    def steps_total(self, steps: int) -> None:
+        if self.p is not None:
+            self.p.update(self.steps, completed=0, total=steps)
+
+    def step(self, n: int) -> None:
+        if self.p is not None:
+            self.p.advance(self.steps, n)
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.p is None:
+            return
+        self.p.advance(self.epochs, 1)
+        acc = metrics.get("validation_accuracy")
+        text = f"steps (val acc {acc:.3f})" if acc is not None else "steps"
+        self.p.update(self.steps, completed=0, description=text)
+
+    def member_done(self, member: Member, skipped: bool = False) -> None:
+        if self.p is not None:
+            self.p.advance(self.members, 1)

@@ -1,0 +1,198 @@
+"""The zoo as users see it: members, checkpoints and the read-only ``Zoo`` interface.
+
+Stores implement ``Zoo`` for their file format; nothing here touches a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zooscope.errors import ZooFileError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Member status codes as stored in the zoo file.
+PENDING, RUNNING, COMPLETE, FAILED = 0, 1, 2, 3
+STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed"}
+
+#: What a member id, tensor name or stored file name may contain: no path separators.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+
+
+def check_safe_name(name: str, what: str) -> str:
+    """Reject names that could escape a directory or an HDF5 group."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise ZooFileError(f"unsafe {what} name {name!r}: only letters, digits, '_', '.' and '-'")
+    return name
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def member_id(factors: dict[str, Any]) -> str:
+    """A stable id derived from the generating factors alone.
+
+    Resume, shards and merges agree on identities because every process derives
+    the same id from the same factors.
+    """
+    return "m" + hashlib.sha256(canonical_json(factors).encode()).hexdigest()[:11]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One point of the grid: its generating factors and where its backbone came from."""
+
+    id: str
+    factors: dict[str, Any] = field(hash=False, compare=False)
+    lineage: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    status: str = field(default="pending", hash=False, compare=False)
+
+    @classmethod
+    def from_factors(cls, factors: dict[str, Any], lineage: dict[str, Any] | None = None) -> Member:
+        return cls(id=member_id(factors), factors=dict(factors), lineage=lineage)
+
+    def matches(self, **wanted: Any) -> bool:
+        """True where every named factor equals the value (or is in the list) given."""
+        for key, value in wanted.items():
+            have = self.id if key == "id" else self.factors.get(key)
+            options = value if isinstance(value, (list, tuple, set)) else [value]
+            if not any(_same(have, v) for v in options):
+                return False
+        return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        import numpy as np
+
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0.0))
+    return str(a) == str(b)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One committed model state: a member at an epoch, with its metrics."""
+
+    member: str
+    epoch: int
+    step: int
+    wall_time: float
+    metrics: dict[str, float] = field(hash=False, compare=False)
+
+
+class Zoo(ABC):
+    """A zoo opened read-only. Use as a context manager or call ``close()``."""
+
+    path: Path
+
+    # -- zoo level -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Zoo-level metadata: name, format, generator, versions, data, created."""
+
+    @property
+    @abstractmethod
+    def config_text(self) -> str:
+        """The zoo config, verbatim as it was given to ``generate``."""
+
+    @abstractmethod
+    def members(self, **factors: Any) -> list[Member]:
+        """Members whose factors match (a value or a list of values per factor)."""
+
+    def member(self, member_id: str) -> Member:
+        for m in self.members():
+            if m.id == member_id:
+                return m
+        raise ZooFileError(f"no member {member_id!r} in {self.path}", hint="`zooscope zoo ls` lists them")
+
+    # -- checkpoints -----------------------------------------------------------------
+    @abstractmethod
+    def checkpoints(
+        self, members: Iterable[Member | str] | Member | str | None = None,
+        epochs: Iterable[int] | None = None,
+    ) -> list[Checkpoint]:
+        """Committed checkpoints, ordered by member then epoch."""
+
+    @abstractmethod
+    def tensor_names(self, member: Member | str | None = None) -> list[str]:
+        """State-dict names of the member's (or the first member's) architecture."""
+
+    @abstractmethod
+    def state_dict(self, member: Member | str, epoch: int) -> dict[str, Any]:
+        """Every tensor of one checkpoint as torch tensors in their stored dtype."""
+
+    @abstractmethod
+    def tensor(
+        self, name: str, checkpoints: Sequence[Checkpoint] | None = None
+    ) -> np.ndarray:
+        """One named tensor across checkpoints, stacked: shape (len(checkpoints), *shape).
+
+        Reads only that tensor's bytes. bf16 storage comes back as float32.
+        """
+
+    @abstractmethod
+    def predictions(self, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
+        """Test-split predictions, one row per checkpoint."""
+
+    @abstractmethod
+    def test_labels(self) -> np.ndarray | None:
+        """The test split's gold labels, where the task has class labels."""
+
+    @abstractmethod
+    def model_files(self, member: Member | str) -> dict[str, bytes]:
+        """config.json and tokenizer files needed to rebuild the member's model offline."""
+
+    @abstractmethod
+    def analyses(self) -> list[dict[str, Any]]:
+        """Analyses stored in the zoo: name, key, options, summary, created."""
+
+    @abstractmethod
+    def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
+        """The tables of one stored analysis: table name to column name to values."""
+
+    def metrics_table(self, checkpoints: Sequence[Checkpoint] | None = None) -> list[dict[str, Any]]:
+        """One row per checkpoint: member, epoch, step, wall time and every metric."""
+        rows = []
+        by_id = {m.id: m for m in self.members()}
+        for c in self.checkpoints() if checkpoints is None else checkpoints:
+            row: dict[str, Any] = {"member": c.member, "epoch": c.epoch, "step": c.step,
+                                   "wall_time": c.wall_time}
+            row.update(by_id[c.member].factors)
+            row.update(c.metrics)
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:  # noqa: B027 - optional for stores without handles
+        pass
+
+    def __enter__(self) -> Zoo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _member_id(m: Member | str) -> str:
+    return m if isinstance(m, str) else m.id
+
+
+def open_zoo(path: str | Path) -> Zoo:
+    """Open a zoo read-only with the store that claims its file name."""
+    from zooscope.store import store_for
+
+    path = Path(path)
+    if not path.exists():
+        raise ZooFileError(f"no zoo file at {path}")
+    if path.is_dir():
+        raise ZooFileError(f"{path} is a directory, not a zoo file")
+    return store_for(path).open(path)

@@ -1,0 +1,259 @@
+"""Whole-file operations on zoos: validate, merge shards, export to and import from Hugging Face.
+
+They read through the ``Zoo`` interface and write through a store's writer; the
+file format itself is the store's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zooscope.errors import ZooFileError
+from zooscope.models import HEAD_FILE
+from zooscope.store import Architecture, ZooHeader, store_for
+from zooscope.zoo import COMPLETE, FAILED, RUNNING, Member, check_safe_name, open_zoo
+
+_STATUS_CODES = {"complete": COMPLETE, "failed": FAILED, "running": RUNNING}
+
+
+# -- validate ---------------------------------------------------------------------------------
+@dataclass
+class ValidationReport:
+    path: Path
+    checkpoints: int = 0
+    tensors_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -> ValidationReport:
+    """Check format, layout, shapes against the model config, checksums, NaN/Inf, completeness."""
+    report = ValidationReport(path=path)
+    with open_zoo(path) as zoo:  # format version, safety and declared shapes are checked here
+        checkpoints = zoo.checkpoints()
+        report.checkpoints = len(checkpoints)
+        for member in zoo.members():
+            if member.status != "complete":
+                report.notes.append(f"member {member.id} is {member.status}")
+        uncommitted = zoo.uncommitted_rows()  # type: ignore[attr-defined]
+        if uncommitted:
+            report.notes.append(
+                f"{uncommitted} half-written checkpoint(s) after the last commit "
+                "(ignored by readers, discarded by --resume)")
+        checked_arch: set[str] = set()
+        for c in checkpoints:
+            arch = zoo.architecture(c.member)  # type: ignore[attr-defined]
+            fp = json.dumps(sorted(arch.shapes.items()))
+            if fp not in checked_arch:
+                checked_arch.add(fp)
+                report.problems += _shapes_against_config(arch)
+            for name in arch.shapes:
+                report.problems += zoo.check_tensor(c, name)  # type: ignore[attr-defined]
+                report.tensors_checked += 1
+            on_checkpoint()
+    return report
+
+
+def _shapes_against_config(arch: Architecture) -> list[str]:
+    """Build the model on the meta device from the stored config and compare every shape."""
+    import torch
+
+    from zooscope.models import skeleton
+
+    try:
+        with torch.device("meta"):
+            model = skeleton(arch.files)
+    except Exception as exc:  # a damaged config.json is a finding, not a crash
+        return [f"architecture {arch.key!r}: cannot build the model from its config ({exc})"]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    for name, shape in arch.shapes.items():
+        if name not in expected:
+            problems.append(f"tensor {name!r} is not part of the model its config describes")
+        elif expected[name] != tuple(shape):
+            problems.append(f"tensor {name!r} has shape {tuple(shape)}, the config implies "
+                            f"{expected[name]}")
+    missing = [n for n in expected if n not in arch.shapes and not n.endswith("position_ids")]
+    if missing:
+        problems.append(f"the zoo lacks tensors of the model: {', '.join(missing[:5])}")
+    return problems
+
+
+# -- merge ------------------------------------------------------------------------------------
+def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] | None = None,
+               on_checkpoint: Callable[[], None] = lambda: None) -> int:
+    """Join shards of one zoo into ``out``; returns the number of checkpoints copied.
+
+    Shards must come from the same config and must not share a member with
+    checkpoints. Written to a temporary file first, so a failed merge leaves no
+    half zoo at ``out``.
+    """
+    if not parts:
+        raise ZooFileError("nothing to merge: give at least one shard")
+    zoos = [open_zoo(p) for p in parts]
+    try:
+        first = zoos[0]
+        for p, z in zip(parts[1:], zoos[1:], strict=True):
+            if z.config_text != first.config_text:
+                raise ZooFileError(f"{p} was generated from a different config than {parts[0]}",
+                                   hint="only shards of the same zoo can be merged")
+        owner: dict[str, Path] = {}
+        members: dict[str, Member] = {m.id: m for m in all_members or []}
+        for p, z in zip(parts, zoos, strict=True):
+            for m in z.members():
+                members.setdefault(m.id, m)
+                if z.checkpoints(m):
+                    if m.id in owner:
+                        raise ZooFileError(f"member {m.id} has checkpoints in both {owner[m.id]} "
+                                           f"and {p}", hint="shards must not overlap")
+                    owner[m.id] = p
+        header: ZooHeader = first.header()  # type: ignore[attr-defined]
+        store = store_for(out)
+        tmp = out.with_name(f".{out.name}.merging{out.suffix}")
+        tmp.unlink(missing_ok=True)
+        copied = 0
+        writer = store.create(tmp, header, list(members.values()))
+        try:
+            with writer:
+                for z in zoos:
+                    for m in z.members():
+                        cps = z.checkpoints(m)
+                        if not cps:
+                            continue
+                        arch = z.architecture(m)  # type: ignore[attr-defined]
+                        writer.ensure_architecture(arch)
+                        writer.start_member(m, arch)  # type: ignore[arg-type]
+                        preds = z.predictions(cps) if header.predictions else None
+                        for k, c in enumerate(cps):
+                            writer.write_checkpoint(
+                                m, c.epoch, c.step, c.wall_time, z.state_dict(m, c.epoch),
+                                c.metrics, None if preds is None else preds[k])
+                            copied += 1
+                            on_checkpoint()
+                        writer.set_status(m, _STATUS_CODES.get(m.status, RUNNING))
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return copied
+    finally:
+        for z in zoos:
+            z.close()
+
+
+# -- export -----------------------------------------------------------------------------------
+def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
+                      force: bool = False) -> list[Path]:
+    """Write one checkpoint as a Hugging Face model directory; returns the files written.
+
+    ``config.json``, ``model.safetensors`` and the tokenizer files load with
+    ``AutoModel.from_pretrained``; a classifier's head goes beside them in
+    ``zooscope_head.safetensors`` with its description in ``zooscope_head.json``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
+        raise ZooFileError(f"{out_dir} exists and is not an empty directory",
+                           hint="choose a new directory, or add --force to overwrite its files")
+    with open_zoo(zoo_path) as zoo:
+        member = zoo.member(member_id)
+        files = zoo.model_files(member)
+        state = zoo.state_dict(member, epoch)
+        head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
+        factors = dict(member.factors)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = out_dir.resolve()
+    written: list[Path] = []
+
+    def target(name: str) -> Path:
+        check_safe_name(name, "file")
+        path = (root / name).resolve()
+        if path.parent != root:
+            raise ZooFileError(f"refusing to write {name!r} outside {root}")
+        return path
+
+    def tensors(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: (v.float() if v.dtype == torch.bfloat16 else v).contiguous()
+                for k, v in state.items() if k.startswith(prefix)}
+
+    for name, content in files.items():
+        target(name).write_bytes(content)
+        written.append(target(name))
+    if head["kind"] == "sequence-classification":
+        backbone = tensors(head.get("backbone_prefix", "backbone."))
+        save_file(tensors(head.get("head_prefix", "head.")), str(target("zooscope_head.safetensors")))
+        written.append(target("zooscope_head.safetensors"))
+    else:
+        backbone = tensors("")
+    save_file(backbone, str(target("model.safetensors")), metadata={"format": "pt"})
+    written.append(target("model.safetensors"))
+    provenance = {"zoo": str(Path(zoo_path).resolve()), "member": member_id, "epoch": epoch,
+                  "factors": factors}
+    target("zooscope_export.json").write_text(json.dumps(provenance, indent=1))
+    written.append(target("zooscope_export.json"))
+    return written
+
+
+# -- import -----------------------------------------------------------------------------------
+def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
+                       on_checkpoint: Callable[[], None] = lambda: None) -> int:
+    """Build a zoo from Hugging Face model directories; returns the number of checkpoints.
+
+    Each directory becomes a member at epoch 0, or, with ``as_epochs``, the
+    directories are consecutive epochs of one member (intermediate checkpoints).
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from zooscope.models import architecture_files
+
+    if not dirs:
+        raise ZooFileError("nothing to import: give at least one model directory")
+    loaded = []
+    for d in dirs:
+        if not Path(d, "config.json").exists():
+            raise ZooFileError(f"{d} is not a Hugging Face model directory (no config.json)")
+        try:
+            config = AutoConfig.from_pretrained(str(d))
+            model = AutoModel.from_pretrained(str(d), config=config)
+            tokenizer = AutoTokenizer.from_pretrained(str(d))
+        except (OSError, ValueError) as exc:
+            raise ZooFileError(f"cannot load {d}: {str(exc).splitlines()[0]}") from None
+        loaded.append((Path(d), model, tokenizer))
+    if as_epochs:
+        members = [Member.from_factors({"source": str(dirs[0]), "seed": 0})]
+    else:
+        members = [Member.from_factors({"source": str(d), "seed": 0}) for d in dirs]
+    config_text = "# imported from Hugging Face model directories\n" + "".join(
+        f"# {d}\n" for d in dirs)
+    header = ZooHeader(name=out.stem, config_text=config_text, generator="import",
+                       generator_version="1", metric_columns=[], data={
+                           "source": [str(d) for d in dirs]})
+    store = store_for(out)
+    count = 0
+    with store.create(out, header, members) as writer:
+        for k, (d, model, tok) in enumerate(loaded):
+            member = members[0] if as_epochs else members[k]
+            state = model.state_dict()
+            arch = Architecture(
+                key=d.name, files=architecture_files(model, tok, {"kind": "base-model"}),
+                shapes={n: tuple(v.shape) for n, v in state.items()},
+                dtypes={n: str(v.dtype).removeprefix("torch.") for n, v in state.items()
+                        if not v.is_floating_point()})
+            writer.ensure_architecture(arch)
+            writer.start_member(member, arch)  # type: ignore[arg-type]
+            writer.write_checkpoint(member, k if as_epochs else 0, 0, 0.0, state, {}, None)
+            count += 1
+            on_checkpoint()
+            if not as_epochs or k == len(loaded) - 1:
+                writer.set_status(member, COMPLETE)
+    return count
