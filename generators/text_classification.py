@@ -140,8 +140,43 @@ class TextClassificationGenerator(Generator):
             if backbone == "scratch" or backbone.startswith(("zoo://", "scratch")):
                 continue
             resolved = Path(cfg.resolve(backbone)).expanduser()
-            if (backbone.startswith((".", "/", "~")) and not resolved.is_dir()):
+            if backbone.startswith((".", "/", "~", "package:")) and not resolved.is_dir():
                 raise ConfigError(f"backbone {backbone!r}: no model directory at {resolved}")
+
+    def estimate_bytes(self, cfg: ZooConfig, members: list[Member]) -> int | None:
+        """Size of the zoo's tensors on disk, counting shared tensors once; None if unknown."""
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        width = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.store["dtype"]]
+        sizes: dict[str, tuple[int, int]] = {}
+        total = 0
+        for m in members:
+            name = str(m.factors["backbone"])
+            if name not in sizes:
+                try:
+                    if name == "scratch":
+                        sc = cfg.scratch
+                        config = AutoConfig.for_model(
+                            sc["model_type"], vocab_size=sc["vocab_size"],
+                            hidden_size=sc["hidden_size"], num_hidden_layers=sc["num_hidden_layers"],
+                            num_attention_heads=sc["num_attention_heads"],
+                            intermediate_size=sc["intermediate_size"])
+                    else:
+                        config = AutoConfig.from_pretrained(cfg.resolve(name))
+                except (OSError, ValueError):
+                    return None
+                with torch.device("meta"):
+                    backbone = AutoModel.from_config(config)
+                h = config.hidden_size
+                n = sum(p.numel() for p in backbone.parameters())
+                sizes[name] = (n, h * h + h + 2 * h + 2)
+                total += n  # epoch 0's backbone: the same for every member
+            backbone_n, head_n = sizes[name]
+            epochs = cfg.epochs_of(m)
+            trained = 0 if cfg.train["freeze_backbone"] else backbone_n * epochs
+            total += trained + head_n * (epochs + 1)
+        return total * width
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self, cfg: ZooConfig) -> TaskData:

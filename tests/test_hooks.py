@@ -1,0 +1,158 @@
+"""Every hook: documented with its exact signature, and exercised by a test of its own."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import zooscope
+from zooscope import hookspecs, registry
+from zooscope.analysis import AnalysisResult, Analyzer, run_analysis
+from zooscope.config import parse_config
+from zooscope.training import generate
+
+from .conftest import ROOT, TINY_CONFIG
+
+HOOKS = sorted(n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+               if n.startswith("zooscope_"))
+
+
+def test_every_hook_is_documented_with_its_exact_signature() -> None:
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for name in HOOKS:
+        signature = f"def {name}{inspect.signature(getattr(hookspecs, name))}".replace("'", "")
+        assert signature in docs, f"docs/plugins.md lacks: {signature}"
+
+
+def test_every_hook_has_a_test_and_a_docstring() -> None:
+    tests = Path(__file__).read_text()
+    for name in HOOKS:
+        assert re.search(rf"def test_hook_{name}\(", tests), name
+        assert getattr(hookspecs, name).__doc__
+
+
+def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from zooscope.generators.text_classification import TextClassificationGenerator
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
+            register(TextClassificationGenerator("reviews", "a custom generator",
+                                                 default_source="synthetic:sentiment:300"))
+
+    register_plugin(Plugin(), "reviews-plugin")
+    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "reviews"').replace(
+        'source = "synthetic:sentiment:400"\n', "").replace("seeds = [0, 1]", "seeds = [0]"
+    ).replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]").replace(
+        "epochs = 2", "epochs = 1")
+    out = tmp_path / "reviews.h5"
+    generate(parse_config(text), out)
+    with zooscope.open_zoo(out) as zoo:
+        assert zoo.info["generator"] == "reviews"
+        assert zoo.info["data"]["source"] == "synthetic:sentiment:300"
+        assert [c.epoch for c in zoo.checkpoints()] == [0, 1]
+
+
+def test_hook_zooscope_register_stores(register_plugin, zoo_copy: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from zooscope.stores.hdf5 import HDF5Store
+
+    class RenamedStore(HDF5Store):
+        name = "renamed"
+        suffixes = (".zoo",)
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_stores(self, register):  # type: ignore[no-untyped-def]
+            register(RenamedStore())
+
+    register_plugin(Plugin(), "renamed-store")
+    renamed = zoo_copy.with_suffix(".zoo")
+    zoo_copy.rename(renamed)
+    with zooscope.open_zoo(renamed) as zoo:
+        assert len(zoo.members()) == 4
+    unknown = tmp_path / "x.unknown"
+    unknown.touch()
+    with pytest.raises(zooscope.ZooFileError, match="no store reads 'x.unknown'"):
+        zooscope.open_zoo(unknown)
+
+
+def test_hook_zooscope_register_analyzers(register_plugin, zoo_copy: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    class CountEpochs(Analyzer):
+        name = "count-epochs"
+
+        def analyze(self, zoo, options, selection):  # type: ignore[no-untyped-def]
+            counts = [len(zoo.checkpoints(m)) for m in selection.members]
+            return AnalysisResult(tables={"counts": {"member": [m.id for m in selection.members],
+                                                     "checkpoints": counts}},
+                                  summary=f"{sum(counts)} checkpoints")
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_analyzers(self, register):  # type: ignore[no-untyped-def]
+            register(CountEpochs())
+
+    register_plugin(Plugin(), "count-plugin")
+    result = run_analysis(zoo_copy, registry.get_analyzer("count-epochs"), [], None, None,
+                          tmp_path / "out", force=False)
+    assert result.summary == "12 checkpoints"  # 4 members x epochs 0, 1, 2
+    assert (tmp_path / "out" / "counts.csv").read_text().count("\n") == 5
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, int, dict]] = []
+        self.finished: list[str] = []
+
+    @zooscope.hookimpl
+    def zooscope_checkpoint_saved(self, zoo, member, epoch, metrics):  # type: ignore[no-untyped-def]
+        # The checkpoint is committed and readable when the hook runs.
+        with zooscope.open_zoo(zoo) as z:
+            stored = {c.epoch: c.metrics for c in z.checkpoints(member)}
+        assert stored[epoch] == pytest.approx(metrics)
+        self.saved.append((member.id, epoch, metrics))
+
+    @zooscope.hookimpl
+    def zooscope_member_finished(self, zoo, member):  # type: ignore[no-untyped-def]
+        self.finished.append(member.id)
+
+
+def _one_member_run(register_plugin, tmp_path: Path) -> tuple[Recorder, Path]:  # type: ignore[no-untyped-def]
+    recorder = register_plugin(Recorder(), "recorder")
+    text = TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
+    out = tmp_path / "one.h5"
+    generate(parse_config(text), out)
+    return recorder, out
+
+
+def test_hook_zooscope_checkpoint_saved(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recorder, out = _one_member_run(register_plugin, tmp_path)
+    assert [e for _, e, _ in recorder.saved] == [0, 1, 2]
+    assert set(recorder.saved[0][2]) == {f"{s}_{m}" for s in ("train", "validation", "test")
+                                         for m in ("loss", "accuracy")}
+
+
+def test_hook_zooscope_member_finished(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recorder, out = _one_member_run(register_plugin, tmp_path)
+    with zooscope.open_zoo(out) as zoo:
+        assert recorder.finished == [m.id for m in zoo.members()]
+        assert zoo.members()[0].status == "complete"
+
+
+def test_a_failing_observer_is_named(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    class Broken:
+        @zooscope.hookimpl
+        def zooscope_checkpoint_saved(self, zoo, member, epoch, metrics):  # type: ignore[no-untyped-def]
+            raise RuntimeError("disk full")
+
+    register_plugin(Broken(), "broken-observer")
+    text = TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
+    with pytest.raises(zooscope.PluginError, match="plugin 'broken-observer' failed in "
+                       "zooscope_checkpoint_saved: RuntimeError: disk full"):
+        generate(parse_config(text), tmp_path / "b.h5")
+    with zooscope.open_zoo(tmp_path / "b.h5") as zoo:  # the committed checkpoint is intact
+        assert [c.epoch for c in zoo.checkpoints()] == [0]

@@ -1,0 +1,125 @@
+"""The plugin core: built-ins, registration, clashes, entry points and the allow-list."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zooscope
+from zooscope import registry
+from zooscope.analysis import AnalysisResult, Analyzer
+from zooscope.errors import PluginError
+
+from .conftest import ROOT, run_cli
+
+EXAMPLE = ROOT / "examples" / "zooscope-final-metric"
+
+
+class ToyAnalyzer(Analyzer):
+    name = "toy"
+
+    def analyze(self, zoo, options, selection):  # type: ignore[no-untyped-def]
+        return AnalysisResult(tables={"t": {"n": [len(selection.members)]}}, summary="toy")
+
+
+class ToyPlugin:
+    __name__ = "toy-plugin"
+
+    @zooscope.hookimpl
+    def zooscope_register_analyzers(self, register):  # type: ignore[no-untyped-def]
+        register(ToyAnalyzer())
+
+
+def test_builtins_are_listed_with_kind_version_and_hooks() -> None:
+    rows = {r["name"]: r for r in registry.plugin_table(include_builtins=True)}
+    assert rows["zooscope.stores.hdf5"]["kind"] == "store"
+    assert rows["zooscope.stores.hdf5"]["provides"] == {"store": ["hdf5"]}
+    assert rows["zooscope.generators.text_classification"]["provides"]["generator"] == [
+        "sst2", "text-classification"]
+    assert rows["zooscope.plugins.agreement"]["hooks"] == ["zooscope_register_analyzers"]
+    assert all(r["version"] == zooscope.__version__ for r in rows.values() if r["builtin"])
+    # Without --all, built-ins are hidden.
+    assert not [r for r in registry.plugin_table() if r["builtin"]]
+
+
+def test_registered_plugin_appears_and_goes(register_plugin) -> None:  # type: ignore[no-untyped-def]
+    register_plugin(ToyPlugin(), "toy-plugin")
+    assert isinstance(registry.get_analyzer("toy"), ToyAnalyzer)
+    rows = {r["name"]: r for r in registry.plugin_table()}
+    assert rows["toy-plugin"]["provides"] == {"analyzer": ["toy"]}
+    registry.pm.unregister(name="toy-plugin")
+    with pytest.raises(PluginError, match="unknown analyzer 'toy'"):
+        registry.get_analyzer("toy")
+    registry.pm.register(ToyPlugin(), name="toy-plugin")  # the fixture unregisters it
+
+
+def test_name_clash_names_both_plugins(register_plugin) -> None:  # type: ignore[no-untyped-def]
+    class Clash:
+        @zooscope.hookimpl
+        def zooscope_register_analyzers(self, register):  # type: ignore[no-untyped-def]
+            agreement = ToyAnalyzer()
+            agreement.name = "agreement"
+            register(agreement)
+
+    register_plugin(Clash(), "clashing-plugin")
+    with pytest.raises(PluginError) as info:
+        registry.analyzers()
+    text = str(info.value)
+    assert "two plugins register the analyzer 'agreement'" in text
+    assert "'zooscope.plugins.agreement'" in text and "'clashing-plugin'" in text
+
+
+def test_unknown_plugin_suggests_the_closest() -> None:
+    with pytest.raises(PluginError) as info:
+        registry.get_analyzer("agreemnt")
+    assert info.value.hint == "did you mean 'agreement'?"
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin package, pip-installed into its own target folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                   check=True, capture_output=True)
+    return target
+
+
+def test_out_of_tree_plugin_is_discovered_through_its_entry_point(example_site: Path) -> None:
+    env = {"PYTHONPATH": str(example_site)}
+    result = run_cli("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["final_metric"]["version"] == "0.2.0"
+    assert rows["final_metric"]["provides"] == {"analyzer": ["final-metric"]}
+    assert rows["final_metric"]["builtin"] is False
+
+
+def test_allow_list_controls_entry_point_plugins(example_site: Path) -> None:
+    none = run_cli("plugins", "--json", env={"PYTHONPATH": str(example_site),
+                                             "ZOOSCOPE_LOAD_PLUGINS": ""})
+    assert json.loads(none.stdout) == []
+    allowed = run_cli("plugins", "--json", env={"PYTHONPATH": str(example_site),
+                                                "ZOOSCOPE_LOAD_PLUGINS": "zooscope-final-metric"})
+    assert [r["name"] for r in json.loads(allowed.stdout)] == ["final_metric"]
+
+
+def test_example_analyzer_runs_on_a_zoo(example_site: Path, zoo_copy: Path,
+                                        tmp_path: Path) -> None:
+    from zooscope.zoo import open_zoo
+
+    out = tmp_path / "final"
+    result = run_cli("analyze", str(zoo_copy), "--plugin", "final-metric", "--out", str(out),
+                     "--json", env={"PYTHONPATH": str(example_site)})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    with open_zoo(zoo_copy) as zoo:
+        expected = {m.id: zoo.checkpoints(m)[-1].metrics["test_accuracy"] for m in zoo.members()}
+    got = dict(zip(data["tables"]["final"]["member"], data["tables"]["final"]["test_accuracy"],
+                   strict=True))
+    assert got == pytest.approx(expected)
+    assert (out / "final.csv").exists() and (out / "final.png").read_bytes()[:4] == b"\x89PNG"
