@@ -83,6 +83,10 @@ def _compression(name: str) -> dict[str, Any]:
 
 def to_storage(value: Any, storage_dtype: str) -> np.ndarray:
     """A state-dict value as the array the zoo stores (bf16 as its uint16 bit pattern)."""
+    if isinstance(value, (np.ndarray, np.generic)) and storage_dtype != "bfloat16":
+        # numpy needs no torch (bf16 does): writers of plain arrays start fast.
+        value = np.asarray(value, order="C")
+        return value if value.dtype.kind != "f" else value.astype(storage_dtype, copy=False)
     import torch
 
     t = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
@@ -103,7 +107,7 @@ def from_storage(array: np.ndarray, stored_as: str) -> np.ndarray:
 def _digest(array: np.ndarray) -> bytes:
     h = xxhash.xxh3_128()
     h.update(str(array.dtype).encode() + str(array.shape).encode())
-    h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    h.update(np.asarray(array, order="C").tobytes())
     return h.hexdigest().encode()
 
 
@@ -377,7 +381,7 @@ class HDF5Writer(ZooWriter):
         for j, name in enumerate(self._names[self.arch_keys[a]]):
             ds = group["tensors"][name]
             raw = ds[int(rows[j])]
-            t = torch.from_numpy(np.ascontiguousarray(raw))
+            t = torch.from_numpy(np.asarray(raw, order="C"))
             out[name] = t.view(torch.bfloat16) if ds.attrs.get("stored_as") == "bfloat16" else t
         return out
 
@@ -413,8 +417,7 @@ class HDF5Writer(ZooWriter):
             if row is None:
                 row = ds.shape[0]
                 ds.resize(row + 1, axis=0)
-                ds.write_direct(np.ascontiguousarray(array.astype(ds.dtype, copy=False)),
-                                dest_sel=np.s_[row])
+                ds.write_direct(np.asarray(array, dtype=ds.dtype, order="C"), dest_sel=np.s_[row])
                 maps[j][digest] = row
             rows[j] = row
             digests[j] = digest
