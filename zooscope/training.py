@@ -41,6 +41,8 @@ class GenerateResult:
     members: list[dict[str, Any]] = field(default_factory=list)
     trained: int = 0
     skipped: int = 0
+    #: False on the other processes of a multi-process run; only the main one reports.
+    main: bool = True
 
 
 def shard_members(members: Sequence[Member], index: int, count: int) -> list[Member]:
@@ -316,6 +318,18 @@ def _distributed_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def final_metrics(path: Path) -> list[dict[str, Any]]:
+    """Each member's factors and last-epoch metrics, read back from the zoo."""
+    from zooscope.zoo import open_zoo
+
+    with open_zoo(path) as zoo:
+        rows = []
+        for m in zoo.members():
+            cps = zoo.checkpoints(m)
+            rows.append({"id": m.id, **m.factors, **(cps[-1].metrics if cps else {})})
+        return rows
+
+
 def check_output(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not (resume or force):
         raise ZooFileError(f"{out} already exists",
@@ -362,6 +376,9 @@ def generate(
             for p in parts:
                 p.unlink()
             result.path = out
+            result.members = final_metrics(out)
+            result.trained = len(result.members) - result.skipped
+        result.main = state.is_main_process
         state.wait_for_everyone()
         return result
     if cfg.train["num_threads"]:

@@ -57,7 +57,8 @@ def generate(
     except Interrupted as exc:
         exc.hint = f"continue with: zooscope generate {config} --out {target} --resume"
         raise
-    _summary(result, target, json_)
+    if result.main:
+        _summary(result, target, json_)
 
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]

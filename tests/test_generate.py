@@ -1,0 +1,216 @@
+"""Generation end to end: the CLI, determinism, resume, shards, two processes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zooscope
+from zooscope.config import load_config, parse_config
+from zooscope.training import generate, shard_members
+
+from .conftest import TINY_CONFIG, run_cli, write_config
+
+ONE_MEMBER = (TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]")
+              .replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
+              .replace("epochs = 2", "epochs = 3"))
+
+
+def assert_same_weights(a: Path, b: Path, exact: bool = True) -> None:
+    with zooscope.open_zoo(a) as za, zooscope.open_zoo(b) as zb:
+        ca = {(c.member, c.epoch): c for c in za.checkpoints()}
+        cb = {(c.member, c.epoch): c for c in zb.checkpoints()}
+        assert ca.keys() == cb.keys()
+        for member, epoch in ca:
+            sa, sb = za.state_dict(member, epoch), zb.state_dict(member, epoch)
+            for name in sa:
+                if exact:
+                    assert torch.equal(sa[name], sb[name]), (member, epoch, name)
+                else:
+                    torch.testing.assert_close(sa[name], sb[name], rtol=1e-5, atol=1e-6)
+            assert ca[(member, epoch)].metrics == pytest.approx(cb[(member, epoch)].metrics,
+                                                                abs=1e-5)
+
+
+def test_tiny_zoo_has_every_member_epoch_and_split(tiny_zoo: Path) -> None:
+    result = run_cli("zoo", "ls", str(tiny_zoo), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4
+    cfg = load_config(write_config(tiny_zoo.parent))
+    assert sorted(r["id"] for r in rows) == sorted(m.id for m in cfg.members())
+    for row in rows:
+        assert row["status"] == "complete" and row["epochs"] == [0, 1, 2]
+        for split in ("train", "validation", "test"):
+            assert 0.0 <= row[f"{split}_accuracy"] <= 1.0 and row[f"{split}_loss"] > 0
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        info = zoo.info
+        assert info["data"]["sizes"] == {"train": 320, "validation": 40, "test": 40}
+        assert set(info["data"]["fingerprints"]) == {"train", "validation", "test"}
+        assert zoo.config_text == TINY_CONFIG
+        # Stored test predictions reproduce the stored test accuracy.
+        labels = zoo.test_labels()
+        for c in zoo.checkpoints():
+            acc = (zoo.predictions([c])[0] == labels).mean()
+            assert acc == pytest.approx(c.metrics["test_accuracy"], abs=1e-6)
+        # Epoch 0 is the same backbone for every member: stored once.
+        name = "backbone.embeddings.word_embeddings.weight"
+        epoch0 = zoo.tensor(name, zoo.checkpoints(epochs=[0]))
+        assert all(np.array_equal(epoch0[0], e) for e in epoch0[1:])
+
+
+def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: Path) -> None:
+    from zooscope.generators.text_classification import collate, load_rows
+    from zooscope.models import rebuild
+
+    cfg = load_config(write_config(tiny_zoo.parent))
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        c = zoo.checkpoints()[-1]
+        model, tokenizer = rebuild(zoo, c.member, c.epoch)
+        texts, _ = load_rows(cfg.data["source"], None, "label")
+        ids = [int(i.removeprefix("row-")) for i in zoo.header().test_ids]
+        enc = tokenizer([texts[i] for i in ids], truncation=True, max_length=32)["input_ids"]
+        with torch.no_grad():
+            _, logits = model(**collate(enc, tokenizer.pad_token_id))
+        np.testing.assert_array_equal(logits.argmax(-1).numpy(), zoo.predictions([c])[0])
+
+
+def test_same_member_spec_gives_identical_weights(tmp_path: Path) -> None:
+    cfg = parse_config(ONE_MEMBER.replace("epochs = 3", "epochs = 1"))
+    generate(cfg, tmp_path / "a.h5")
+    generate(cfg, tmp_path / "b.h5")
+    assert_same_weights(tmp_path / "a.h5", tmp_path / "b.h5")
+
+
+def test_existing_zoo_is_not_overwritten(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "z.h5"
+    out.write_bytes(b"precious")
+    result = run_cli("generate", str(tiny_config), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: {out} already exists",
+                                          "hint: add --resume to continue it, or --force to replace it"]
+    assert out.read_bytes() == b"precious"
+
+
+def test_dry_run_trains_nothing(tiny_config: Path, tmp_path: Path) -> None:
+    result = run_cli("generate", str(tiny_config), "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["members"]) == 4 and data["checkpoints"] == 12
+    assert data["estimated_bytes"] > 0
+    assert not list(tmp_path.glob("*.h5"))
+
+
+def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    return subprocess.Popen([sys.executable, "-m", "zooscope", "generate", str(config), "--out",
+                             str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _wait_for_checkpoints(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"generate ended early: {proc.stderr.read() if proc.stderr else ''}")
+        if out.exists():
+            try:
+                with zooscope.open_zoo(out) as zoo:
+                    if len(zoo.checkpoints()) >= n:
+                        return
+            except zooscope.ZooFileError:
+                pass  # the file is being created
+        time.sleep(0.05)
+    pytest.fail("no checkpoints appeared")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ONE_MEMBER, "one.toml")
+    generate(load_config(config), tmp_path / "straight.h5")
+    out = tmp_path / "killed.h5"
+    proc = _start(config, out)
+    _wait_for_checkpoints(out, 2, proc)  # epochs 0 and 1 committed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with zooscope.open_zoo(out) as zoo:
+        done = len(zoo.checkpoints())
+        assert 2 <= done < 4
+    resumed = run_cli("generate", str(config), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "straight.h5", out)
+    assert not out.with_name(out.name + ".state").exists()  # dropped once complete
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ONE_MEMBER, "one.toml")
+    out = tmp_path / "int.h5"
+    proc = _start(config, out)
+    _wait_for_checkpoints(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(("error:", "hint:"))]
+    assert lines[0].startswith("error: interrupted in epoch")
+    assert lines[1] == f"hint: continue with: zooscope generate {config} --out {out} --resume"
+    assert "Traceback" not in stderr
+    resumed = run_cli("generate", str(config), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    with zooscope.open_zoo(out) as zoo:
+        assert [c.epoch for c in zoo.checkpoints()] == [0, 1, 2, 3]
+
+
+def test_shards_split_like_accelerate() -> None:
+    from accelerate import PartialState
+
+    members = list(range(7))
+    assert [shard_members(members, i, 2) for i in range(2)] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert sum((shard_members(members, i, 3) for i in range(3)), []) == members
+    state = PartialState(cpu=True)  # one process: the whole list, as shard 0 of 1
+    with state.split_between_processes(members) as mine:
+        assert list(mine) == shard_members(members, 0, 1)
+
+
+@pytest.mark.slow
+def test_shards_merge_into_the_same_zoo(tiny_zoo: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}.h5"
+        result = run_cli("generate", str(config), "--out", str(part), "--shard", f"{i}/2")
+        assert result.returncode == 0, result.stderr
+        parts.append(part)
+    merged = tmp_path / "merged.h5"
+    result = run_cli("zoo", "merge", *map(str, parts), "--out", str(merged))
+    assert result.returncode == 0, result.stderr
+    assert_same_weights(tiny_zoo, merged)
+    # Overlapping shards are refused and leave nothing behind.
+    again = run_cli("zoo", "merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "x.h5"))
+    assert again.returncode == 1
+    assert "has checkpoints in both" in again.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_produce_the_same_members(tiny_zoo: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    out = tmp_path / "two.h5"
+    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "-m", "zooscope", "generate", str(config), "--out", str(out), "--json"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(tiny_zoo, out, exact=False)
+    assert not list(tmp_path.glob("two.part*"))  # shards merged and removed
+    summary = json.loads(result.stdout)  # only the main process prints
+    assert len(summary["members"]) == 4
