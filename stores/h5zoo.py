@@ -928,9 +928,10 @@ def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) ->
     f.create_group("architectures")
     c = f.create_group("checkpoints")
     c.create_dataset("index", shape=(0,), maxshape=(None,), dtype=_INDEX_DTYPE, chunks=(256,))
-    m = c.create_dataset("metrics", shape=(0, len(header.metric_columns)),
-                         maxshape=(None, len(header.metric_columns)), dtype="<f8",
-                         chunks=(256, max(len(header.metric_columns), 1)))
+    k = len(header.metric_columns)
+    # A chunk dimension must be ≥ 1, so a zoo without metrics leaves the width open.
+    m = c.create_dataset("metrics", shape=(0, k), maxshape=(None, k or None), dtype="<f8",
+                         chunks=(256, max(k, 1)))
     m.attrs["columns"] = json.dumps(list(header.metric_columns))
     if header.predictions is not None:
         shape = tuple(header.predictions["shape"])

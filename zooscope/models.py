@@ -177,6 +177,8 @@ def skeleton(files: dict[str, bytes]) -> nn.Module:
 
         return AutoModelForMaskedLM.from_config(config)
     if head["kind"] == "base-model":
+        if head.get("add_pooling_layer") is False:
+            return AutoModel.from_config(config, add_pooling_layer=False)
         return AutoModel.from_config(config)
     raise ZooFileError(f"unknown model kind {head['kind']!r} in the zoo")
 

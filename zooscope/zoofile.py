@@ -224,11 +224,17 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
             raise ZooFileError(f"{d} is not a Hugging Face model directory (no config.json)")
         try:
             config = AutoConfig.from_pretrained(str(d))
-            model = AutoModel.from_pretrained(str(d), config=config)
+            model, info = AutoModel.from_pretrained(str(d), config=config, output_loading_info=True)
+            head: dict[str, Any] = {"kind": "base-model"}
+            if any(k.startswith("pooler.") for k in info["missing_keys"]):
+                # The checkpoint has no pooler: build without one rather than store a
+                # randomly initialised layer as if it were trained.
+                model = AutoModel.from_pretrained(str(d), config=config, add_pooling_layer=False)
+                head["add_pooling_layer"] = False
             tokenizer = AutoTokenizer.from_pretrained(str(d))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
             raise ZooFileError(f"cannot load {d}: {str(exc).splitlines()[0]}") from None
-        loaded.append((Path(d), model, tokenizer))
+        loaded.append((Path(d), model, tokenizer, head))
     if as_epochs:
         members = [Member.from_factors({"source": str(dirs[0]), "seed": 0})]
     else:
@@ -241,11 +247,11 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
     store = store_for(out)
     count = 0
     with store.create(out, header, members) as writer:
-        for k, (d, model, tok) in enumerate(loaded):
+        for k, (d, model, tok, head) in enumerate(loaded):
             member = members[0] if as_epochs else members[k]
             state = model.state_dict()
             arch = Architecture(
-                key=d.name, files=architecture_files(model, tok, {"kind": "base-model"}),
+                key=d.name, files=architecture_files(model, tok, head),
                 shapes={n: tuple(v.shape) for n, v in state.items()},
                 dtypes={n: str(v.dtype).removeprefix("torch.") for n, v in state.items()
                         if not v.is_floating_point()})

@@ -1,0 +1,135 @@
+"""Whole-file operations: validate, export to Hugging Face, import from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import zooscope
+from zooscope.zoofile import export_checkpoint, import_checkpoints
+
+from .conftest import run_cli
+from .test_store import flip_byte_in
+
+
+def test_validate_passes_on_a_generated_zoo(tiny_zoo: Path) -> None:
+    result = run_cli("zoo", "validate", str(tiny_zoo))
+    assert result.returncode == 0, result.stderr
+    assert f"ok: 12 checkpoints" in result.stdout
+
+
+def test_validate_names_a_flipped_byte(zoo_copy: Path) -> None:
+    name = "backbone.encoder.layer.0.attention.self.query.weight"
+    flip_byte_in(zoo_copy, f"architectures/a0/tensors/{name}", row=2)
+    result = run_cli("zoo", "validate", str(zoo_copy), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["problems"] and all(name in p for p in report["problems"])
+    assert "checksum failed" in report["problems"][0]
+    assert result.stderr.strip().splitlines()[-2].startswith(f"error: {zoo_copy}: ")
+
+
+def test_validate_finds_nan_weights_and_shapes_off_the_config(zoo_copy: Path) -> None:
+    with h5py.File(zoo_copy, "r+") as f:
+        ds = f["architectures/a0/tensors/head.0.bias"]
+        ds[1] = np.full(ds.shape[1:], np.nan, dtype=ds.dtype)
+        files = f["architectures/a0/files"]
+        config = json.loads(bytes(files["config.json"][()]))
+        config["intermediate_size"] = 99
+        del files["config.json"]
+        files["config.json"] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
+    result = run_cli("zoo", "validate", str(zoo_copy), "--json")
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert any("head.0.bias" in p and "NaN or Inf" in p for p in problems)
+    assert any("intermediate.dense.weight" in p and "the config implies (99, 32)" in p
+               for p in problems)
+
+
+def test_export_loads_with_from_pretrained_and_gives_identical_logits(
+        tiny_zoo: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    from zooscope.models import rebuild
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        c = zoo.checkpoints()[-1]
+        model, _ = rebuild(zoo, c.member, c.epoch)
+    out = tmp_path / "hf"
+    result = run_cli("zoo", "export", str(tiny_zoo), "--member", c.member, "--epoch",
+                     str(c.epoch), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    backbone = AutoModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    head = json.loads((out / "zooscope_head.json").read_text())
+    head_weights = load_file(out / "zooscope_head.safetensors")
+    batch = tokenizer(["the film was not good", "a really lovely score"], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        hidden = backbone(input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"]).last_hidden_state[:, 0]
+        h = torch.relu(hidden @ head_weights["0.weight"].T + head_weights["0.bias"])
+        logits = h @ head_weights["3.weight"].T + head_weights["3.bias"]
+        _, expected = model(batch["input_ids"], batch["attention_mask"])
+    assert head["kind"] == "sequence-classification" and head["num_labels"] == 2
+    assert torch.equal(logits, expected)
+    provenance = json.loads((out / "zooscope_export.json").read_text())
+    assert provenance["member"] == c.member and provenance["epoch"] == c.epoch
+    # A non-empty target is refused.
+    again = run_cli("zoo", "export", str(tiny_zoo), "--member", c.member, "--epoch", "0",
+                    "--out", str(out))
+    assert again.returncode == 1 and "is not an empty directory" in again.stderr
+
+
+def test_import_builds_a_zoo_from_model_directories(tiny_zoo: Path, tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        cps = zoo.checkpoints(zoo.members()[0])
+    dirs = []
+    for c in cps:
+        d = tmp_path / f"epoch{c.epoch}"
+        export_checkpoint(tiny_zoo, c.member, c.epoch, d)
+        dirs.append(d)
+    out = tmp_path / "imported.h5"
+    assert import_checkpoints(dirs, out) == 3
+    with zooscope.open_zoo(out) as zoo:
+        assert len(zoo.members()) == 3
+        for m, d in zip(zoo.members(), dirs, strict=True):
+            # The exported backbone has no pooler; from_pretrained adds a random one.
+            want = {k: v for k, v in AutoModel.from_pretrained(d).state_dict().items()
+                    if not k.startswith("pooler.")}
+            got = zoo.state_dict(m, 0)
+            assert got.keys() == want.keys()
+            assert all(torch.equal(got[k], want[k]) for k in want)
+    epochs = tmp_path / "epochs.h5"
+    result = run_cli("zoo", "import", *map(str, dirs), "--out", str(epochs), "--as-epochs")
+    assert result.returncode == 0, result.stderr
+    with zooscope.open_zoo(epochs) as zoo:
+        assert [c.epoch for c in zoo.checkpoints()] == [0, 1, 2]
+        # The frozen-in-time embeddings of epoch 0 differ from later ones; the zoo
+        # still validates and analyzers read one tensor across its epochs.
+        name = "embeddings.word_embeddings.weight"
+        assert zoo.tensor(name).shape[0] == 3
+    assert run_cli("zoo", "validate", str(epochs)).returncode == 0
+
+
+def test_import_refuses_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    result = run_cli("zoo", "import", str(tmp_path), "--out", str(tmp_path / "z.h5"))
+    assert result.returncode == 1
+    assert "is not a Hugging Face model directory (no config.json)" in result.stderr
+    assert not (tmp_path / "z.h5").exists()
+
+
+@pytest.mark.parametrize("member", ["../../evil", "nope"])
+def test_export_of_an_unknown_member(tiny_zoo: Path, tmp_path: Path, member: str) -> None:
+    result = run_cli("zoo", "export", str(tiny_zoo), "--member", member, "--epoch", "0",
+                     "--out", str(tmp_path / "x"))
+    assert result.returncode == 1
+    assert f"no member {member!r}" in result.stderr
