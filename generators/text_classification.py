@@ -58,6 +58,8 @@ def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
                 raise DataError(f"cannot read {path.name}: use .tsv, .csv, .jsonl or .parquet")
+            if fmt in ("csv", "json"):
+                _check_utf8(path)
             kwargs: dict[str, Any] = {}
             if path.suffix == ".tsv":
                 kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: GLUE TSVs hold raw quotes
@@ -72,6 +74,8 @@ def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[
         raise DataError(f"cannot find the data source {source!r}: {exc}") from None
     except Exception as exc:  # datasets wraps parser and hub errors in many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "corresponds to no data" in first:
+            raise DataError(f"{source} holds no rows") from None
         raise DataError(f"cannot load the data source {source!r}: {first}") from None
     columns = list(ds.column_names)
     if text_column is None:
@@ -87,6 +91,21 @@ def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[
         raise DataError(f"{source} holds no rows")
     texts = ["" if t is None else str(t) for t in ds[text_column]]
     return texts, list(ds[label_column])
+
+
+def _check_utf8(path: Path) -> None:
+    """Text files must be UTF-8; checked in a streaming pass before any parser sees them."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as fh:
+        try:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not UTF-8 text",
+                            hint="convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def _label_ids(labels: list[Any], source: str) -> tuple[np.ndarray, list[str]]:

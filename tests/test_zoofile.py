@@ -20,7 +20,7 @@ from .test_store import flip_byte_in
 def test_validate_passes_on_a_generated_zoo(tiny_zoo: Path) -> None:
     result = run_cli("zoo", "validate", str(tiny_zoo))
     assert result.returncode == 0, result.stderr
-    assert f"ok: 12 checkpoints" in result.stdout
+    assert "ok: 12 checkpoints" in result.stdout
 
 
 def test_validate_names_a_flipped_byte(zoo_copy: Path) -> None:

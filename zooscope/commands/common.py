@@ -13,14 +13,17 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer._click.exceptions import TyperException
 from typer.core import TyperGroup
 
 from zooscope.errors import ZooscopeError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Markup off: printed text holds paths and config tables like [zoo], never markup.
+console = Console(highlight=False, markup=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ZooPath = Annotated[Path, typer.Argument(help="A zoo file (.h5).", show_default=False)]
@@ -32,9 +35,10 @@ def debug() -> bool:
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     """One red ``error:`` line, an optional ``hint:`` line, and the exit code."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Messages quote config tables like [zoo]: escape them so Rich prints them as text.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -94,7 +98,7 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
     for col in cols:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(*(fmt(row.get(c, "")) for c in cols))
+        table.add_row(*(Text(fmt(row.get(c, ""))) for c in cols))
     return table
 
 

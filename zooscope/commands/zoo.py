@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from zooscope.commands.common import (
     JsonOption,
@@ -102,7 +103,7 @@ def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
         for note in report.notes:
             console.print(f"note: {note}")
         for problem in report.problems:
-            err_console.print(f"[red]bad:[/] {problem}")
+            err_console.print(f"[red]bad:[/] {escape(problem)}", markup=True)
     if not report.ok:
         fail(f"{zoo}: {len(report.problems)} problem(s) in {report.checkpoints} checkpoints",
              hint="the first problem names the tensor; see above")
