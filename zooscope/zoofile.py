@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zooscope.errors import ZooFileError
 from zooscope.models import HEAD_FILE
