@@ -17,6 +17,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,17 +149,27 @@ class _Lock:
             self.fd = -1
 
 
-def _open_for_reading(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        text = str(exc)
+def _open_for_reading(path: Path, wait: float = 10.0) -> h5py.File:
+    """Open the committed state, whether or not a writer is running.
+
+    A SWMR writer's file opens in SWMR-read mode. For the moment a writer spends
+    outside SWMR mode (adding an architecture, which SWMR forbids) the file cannot
+    be opened at all; readers wait for that window to close instead of failing.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return h5py.File(path, "r", locking=False)
+        except OSError as exc:
+            text = str(exc)
         if "already open for write" in text:
-            # A running (or killed) SWMR writer: read the consistent committed state.
             try:
-                return h5py.File(path, "r", swmr=True)
+                return h5py.File(path, "r", swmr=True, locking=False)
             except OSError as exc2:
                 text = str(exc2)
+            if time.monotonic() < deadline and _Lock.held(path):
+                time.sleep(0.05)
+                continue
         raise ZooFileError(
             f"{path} is not a readable HDF5 file ({text.split('(')[0].strip()})",
             hint="the file may be truncated or not a zoo at all",
@@ -233,7 +244,7 @@ class HDF5Writer(ZooWriter):
     def __init__(self, path: Path, lock: _Lock) -> None:
         self.path = path
         self._lock = lock
-        self.f = h5py.File(path, "r+", libver="latest")
+        self.f = h5py.File(path, "r+", libver="latest", locking=False)
         self._load()
         self._truncate_uncommitted()
         self._enter_swmr()
@@ -290,7 +301,7 @@ class HDF5Writer(ZooWriter):
     def _leave_swmr(self) -> None:
         # SWMR forbids creating objects; a new architecture needs a plain session.
         self.f.close()
-        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
 
     # -- ZooWriter ----------------------------------------------------------------------
     def ensure_architecture(self, arch: Architecture) -> None:
@@ -486,24 +497,29 @@ class HDF5Zoo(Zoo):
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["members/id"][()]]
         for mid in ids:
             check_safe_name(mid, "member")
+        # The index first: it decides what is committed. Everything read after it is
+        # refreshed (SWMR readers otherwise keep extents cached from opening time),
+        # so it holds at least what the index points at.
+        self._index = self._fresh("checkpoints/index")[()]
+        n = len(self._index)
         factors = [json.loads(v) for v in f["members/factors"].asstr()[()]]
         lineage = [json.loads(v) for v in f["members/lineage"].asstr()[()]]
-        status = f["members/status"][()]
+        status = self._fresh("members/status")[()]
         self._members = [
             Member(id=mid, factors=fac, lineage=lin, status=STATUS_LABELS.get(int(s), "unknown"))
             for mid, fac, lin, s in zip(ids, factors, lineage, status, strict=True)
         ]
-        self._member_arch = f["members/architecture"][()]
+        self._member_arch = self._fresh("members/architecture")[()]
         self._by_id = {m.id: i for i, m in enumerate(self._members)}
-        self._index = f["checkpoints/index"][()]  # the committed snapshot
-        n = len(self._index)
         self.metric_columns = _json_attr(f["checkpoints/metrics"], "columns")
-        metrics = f["checkpoints/metrics"][:n]
+        metrics = self._fresh("checkpoints/metrics")[:n]
         self._arch_keys = sorted(f["architectures"], key=lambda s: int(s[1:]))
         self._layouts = [_architecture_layout(f["architectures"][k]) for k in self._arch_keys]
         for (names, shapes), key in zip(self._layouts, self._arch_keys, strict=True):
             tensors = f["architectures"][key]["tensors"]
             for name in names:
+                if name in tensors and self.f.swmr_mode:
+                    tensors[name].refresh()
                 if name not in tensors:
                     raise ZooFileError(f"tensor {name!r} is declared but missing in {key}")
                 if tensors[name].shape[1:] != shapes[name]:
@@ -527,6 +543,13 @@ class HDF5Zoo(Zoo):
                 )
             )
         self._position = {(c.member, c.epoch): i for i, c in enumerate(self._checkpoints)}
+
+    def _fresh(self, path: str) -> h5py.Dataset:
+        """A dataset with its current extent, also while a SWMR writer appends to it."""
+        ds = self.f[path]
+        if self.f.swmr_mode:
+            ds.refresh()
+        return ds
 
     # -- zoo level ------------------------------------------------------------------------
     @property
@@ -606,7 +629,7 @@ class HDF5Zoo(Zoo):
     def _rows(self, a: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_rows_cache", {})
         if a not in cache:
-            cache[a] = self.f["architectures"][self._arch_keys[a]]["rows"][()]
+            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/rows")[()]
         return cache[a]
 
     def _dataset(self, a: int, name: str) -> h5py.Dataset:
@@ -682,7 +705,7 @@ class HDF5Zoo(Zoo):
             raise ZooFileError("this zoo stores no predictions")
         chosen = self.checkpoints() if checkpoints is None else list(checkpoints)
         positions = [self._position[(c.member, c.epoch)] for c in chosen]
-        data = self.f["checkpoints/predictions"][: len(self._checkpoints)]
+        data = self._fresh("checkpoints/predictions")[: len(self._checkpoints)]
         return data[positions]
 
     def prediction_kind(self) -> str | None:
@@ -724,7 +747,7 @@ class HDF5Zoo(Zoo):
         except OSError as exc:
             problems.append(f"{where}: checksum failed ({str(exc).split('(')[0].strip()})")
         else:
-            stored = bytes(self.f["architectures"][self._arch_keys[a]]["digests"][arch_row, j])
+            stored = bytes(self._fresh(f"architectures/{self._arch_keys[a]}/digests")[arch_row, j])
             if _digest(out) != stored:
                 problems.append(f"{where}: content does not match its stored digest")
             values = from_storage(out, _attr_text(ds, "stored_as", str(ds.dtype)))
@@ -826,6 +849,9 @@ def resume_zoo(path: Path) -> HDF5Writer:
         return HDF5Writer(path, lock)
     except OSError as exc:
         lock.release()
+        if "unable to lock file" in str(exc):
+            raise ZooFileError(f"{path} is open for writing in another process",
+                               hint="wait for it to finish, or stop it first") from None
         raise ZooFileError(f"{path} cannot be reopened for writing: {exc}") from None
     except BaseException:
         lock.release()
@@ -840,7 +866,7 @@ def write_analysis(
     lock = _Lock(path)
     try:
         clear_write_flags(path)
-        with h5py.File(path, "r+", libver="latest") as f:
+        with h5py.File(path, "r+", libver="latest", locking=False) as f:
             _check_format(f, path)
             group = f.require_group("analyses").require_group(name)
             tmp = f"{key}.writing"
