@@ -70,7 +70,10 @@ def set_dropout(config: Any, dropout: float) -> None:
 def load_backbone(name_or_path: str, dropout: float) -> tuple[nn.Module, Any]:
     """A pre-trained backbone and its tokenizer, from a hub id or a local directory."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # The load report lists the pre-training heads a backbone leaves out: expected here.
+    hf_logging.set_verbosity_error()
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         set_dropout(config, dropout)

@@ -16,10 +16,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
-from typer._click.exceptions import TyperException
 from typer.core import TyperGroup
 
 from zooscope.errors import ZooscopeError
+
+try:  # typer ≥ 0.26 vendors click; older releases use click itself
+    from typer._click.exceptions import TyperException as _UsageException
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException as _UsageException
 
 # Markup off: printed text holds paths and config tables like [zoo], never markup.
 console = Console(highlight=False, markup=False)
@@ -51,7 +55,7 @@ class ZooscopeGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):
+        except (typer.Exit, typer.Abort, _UsageException):
             raise
         except ZooscopeError as exc:
             if debug():
