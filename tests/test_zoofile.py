@@ -30,7 +30,7 @@ def test_validate_names_a_flipped_byte(zoo_copy: Path) -> None:
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["problems"] and all(name in p for p in report["problems"])
-    assert "checksum failed" in report["problems"][0]
+    assert "does not match its stored digest" in report["problems"][0]
     assert result.stderr.strip().splitlines()[-2].startswith(f"error: {zoo_copy}: ")
 
 

@@ -1,0 +1,115 @@
+"""The zoo store against safetensors and torch.save on BERT-shaped state dicts.
+
+- write throughput and file size: a bert-base state dict (BertConfig(), no hub);
+- reading one tensor across 100 checkpoints: one zoo vs 100 safetensors files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+from zooscope.store import Architecture, ZooHeader
+from zooscope.stores.hdf5 import HDF5Store
+from zooscope.zoo import Member, open_zoo
+
+
+def state_dict(config: BertConfig, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.contiguous() for k, v in BertModel(config).state_dict().items()}
+
+
+def new_zoo(path: Path, sd: dict[str, torch.Tensor], members: int) -> tuple:
+    ms = [Member.from_factors({"seed": i}) for i in range(members)]
+    header = ZooHeader(name="bench", config_text="", generator="bench", generator_version="1",
+                       metric_columns=["test_loss"])
+    arch = Architecture(key="bert", files={"config.json": b"{}"},
+                        shapes={k: tuple(v.shape) for k, v in sd.items()},
+                        dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in sd.items()
+                                if not v.is_floating_point()})
+    w = HDF5Store().create(path, header, ms)
+    w.ensure_architecture(arch)
+    for m in ms:
+        w.start_member(m, arch)
+    return w, ms
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="zooscope-bench-"))
+    try:
+        base = BertConfig()
+        sds = [state_dict(base, s) for s in range(3)]
+        nbytes = sum(v.numel() * v.element_size() for v in sds[0].values())
+        print(f"bert-base state dict: {len(sds[0])} tensors, {nbytes / 1e6:.0f} MB")
+        w, ms = new_zoo(tmp / "w.h5", sds[0], 3)
+        zoo_t, st_t, pt_t = [], [], []
+        for i, sd in enumerate(sds):
+            start = time.perf_counter()
+            w.write_checkpoint(ms[i], 0, 0, 0.0, sd, {}, None)
+            zoo_t.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            save_file(sd, str(tmp / f"w{i}.safetensors"))
+            st_t.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            torch.save(sd, tmp / f"w{i}.pt")
+            pt_t.append(time.perf_counter() - start)
+        w.close()
+        zoo_s, st_s, pt_s = (statistics.median(t) for t in (zoo_t, st_t, pt_t))
+        print(f"write one checkpoint: zoo {nbytes / zoo_s / 1e6:.0f} MB/s, safetensors "
+              f"{nbytes / st_s / 1e6:.0f} MB/s, torch.save {nbytes / pt_s / 1e6:.0f} MB/s")
+        print(f"  ratio zoo/safetensors {st_s / zoo_s:.2f}x (goal ≥ 1.0x), "
+              f"zoo/torch.save {pt_s / zoo_s:.2f}x")
+        zoo_size = (tmp / "w.h5").stat().st_size / 3
+        st_size = statistics.mean((tmp / f"w{i}.safetensors").stat().st_size for i in range(3))
+        print(f"file size per checkpoint: zoo {zoo_size / 1e6:.1f} MB, safetensors "
+              f"{st_size / 1e6:.1f} MB, ratio {zoo_size / st_size:.3f}x (goal ≤ 1.0x, lossless)")
+
+        # One tensor across 100 checkpoints (a smaller BERT keeps the files to ~2 GB).
+        small = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=1024)
+        sd = state_dict(small, 0)
+        rng = np.random.default_rng(0)
+        w, ms = new_zoo(tmp / "r.h5", sd, 10)
+        for i in range(100):
+            noisy = {k: v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))
+                     if v.is_floating_point() else v for k, v in sd.items()}
+            w.write_checkpoint(ms[i // 10], i % 10, i, 0.0, noisy, {}, None)
+            save_file(noisy, str(tmp / f"r{i}.safetensors"))
+        w.close()
+        name = "encoder.layer.1.attention.self.query.weight"
+        opens, reads, st_r = [], [], []
+        for _ in range(7):
+            start = time.perf_counter()
+            zoo = open_zoo(tmp / "r.h5")
+            opened = time.perf_counter()
+            stack = zoo.tensor(name)
+            reads.append(time.perf_counter() - opened)
+            opens.append(opened - start)
+            zoo.close()
+            start = time.perf_counter()
+            tensors = []
+            for i in range(100):
+                with safe_open(str(tmp / f"r{i}.safetensors"), "pt") as f:
+                    tensors.append(f.get_tensor(name))
+            st_r.append(time.perf_counter() - start)
+        assert np.array_equal(stack, torch.stack(tensors).numpy())
+        op, rd, sr = min(opens), min(reads), min(st_r)
+        print(f"read {name} across 100 checkpoints (best of 7): zoo {(op + rd) * 1e3:.1f} ms "
+              f"= open {op * 1e3:.1f} + read {rd * 1e3:.1f}; safe_open x100 {sr * 1e3:.1f} ms")
+        print(f"  ratio {sr / (op + rd):.1f}x faster with the open, {sr / rd:.1f}x for an open zoo "
+              f"(goal ≥ 3x)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
