@@ -315,15 +315,34 @@ class TextClassificationGenerator(Generator):
                            steps_per_epoch=(n + batch_size - 1) // batch_size,
                            state={"encoded": encoded, "pad": pad})
 
+    def evaluate_model(self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module,
+                       tokenizer: Any, device: torch.device, splits: tuple[str, ...] = ("test",),
+                       ) -> tuple[dict[str, float], np.ndarray | None]:
+        import torch
+
+        max_len = int(cfg.train["max_seq_len"])
+        encoded = {}
+        for split in splits:
+            data = task.splits[split]
+            enc = tokenizer(data["texts"], truncation=True, max_length=max_len)
+            encoded[split] = {"input_ids": enc["input_ids"],
+                              "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
+        setup = MemberSetup(model=model.to(device), architecture=None,  # type: ignore[arg-type]
+                            train_batches=lambda g: iter(()), steps_per_epoch=0,
+                            state={"encoded": encoded, "pad": int(tokenizer.pad_token_id or 0)})
+        with torch.no_grad():
+            return self._evaluate(cfg, setup, device, splits)
+
     def evaluate(self, cfg: ZooConfig, setup: MemberSetup, task: TaskData,
                  device: torch.device) -> tuple[dict[str, float], np.ndarray | None]:
         import torch
 
         with torch.no_grad():
-            return self._evaluate(cfg, setup, device)
+            splits = SPLITS if cfg.train["eval_train"] else SPLITS[1:]
+            return self._evaluate(cfg, setup, device, splits)
 
-    def _evaluate(self, cfg: ZooConfig, setup: MemberSetup, device: torch.device
-                  ) -> tuple[dict[str, float], np.ndarray | None]:
+    def _evaluate(self, cfg: ZooConfig, setup: MemberSetup, device: torch.device,
+                  splits: tuple[str, ...]) -> tuple[dict[str, float], np.ndarray | None]:
         import numpy as np
         import torch
 
@@ -333,9 +352,7 @@ class TextClassificationGenerator(Generator):
         metrics: dict[str, float] = {}
         predictions = None
         batch_size = int(cfg.train["eval_batch_size"])
-        for split in SPLITS:
-            if split == "train" and not cfg.train["eval_train"]:
-                continue
+        for split in splits:
             data = setup.state["encoded"][split]
             ids = data["input_ids"]
             # Length-sorted batches pad least; predictions go back to the split's order.

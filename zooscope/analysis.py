@@ -245,3 +245,26 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
         path.write_bytes(png)
         result.files.append(path)
     return result
+
+
+def zoo_task(zoo: Zoo) -> tuple[Any, Any, Any]:
+    """The generator, config and data of a zoo, rebuilt from the file, to re-evaluate models.
+
+    Data sources are taken as the zoo recorded them (resolved paths or hub ids), and the
+    test split must have the fingerprint the zoo stored: the same examples, or an error.
+    """
+    from zooscope import registry
+    from zooscope.config import parse_config
+
+    info = zoo.info
+    generator = registry.get_generator(info["generator"])
+    cfg = parse_config(zoo.config_text)
+    for key in ("source", "test_source"):
+        if info["data"].get(key):
+            cfg.data[key] = info["data"][key]
+    task = generator.prepare(cfg)
+    want = info["data"].get("fingerprints", {}).get("test")
+    if want and task.info.get("fingerprints", {}).get("test") != want:
+        raise ZooFileError("the test data differs from the data this zoo was trained on",
+                           hint=f"restore {info['data'].get('source')} as it was")
+    return generator, cfg, task

@@ -75,3 +75,13 @@ class Generator(ABC):
         self, cfg: ZooConfig, setup: MemberSetup, task: TaskData, device: torch.device,
     ) -> tuple[dict[str, float], np.ndarray | None]:
         """Metrics for every split (``{split}_{metric}``) and the test-split predictions."""
+
+    def evaluate_model(
+        self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module, tokenizer: Any,
+        device: torch.device, splits: tuple[str, ...] = ("test",),
+    ) -> tuple[dict[str, float], np.ndarray | None]:
+        """Evaluate a model rebuilt from a zoo (its stored tokenizer) on the given splits.
+
+        Analyzers that change weights (pruning, say) re-evaluate through this.
+        """
+        raise NotImplementedError(f"generator {self.name!r} cannot evaluate rebuilt models")

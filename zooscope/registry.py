@@ -22,6 +22,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "zooscope.stores.hdf5",
     "zooscope.generators.text_classification",
     "zooscope.plugins.agreement",
+    "zooscope.plugins.weightstats",
+    "zooscope.plugins.predict",
+    "zooscope.plugins.sparsify",
+    "zooscope.plugins.umap",
 )
 
 #: The kind each registration hook fills.

@@ -1,0 +1,163 @@
+"""The ``sparsify`` analyzer: magnitude pruning at several sparsities, re-evaluated on the test split.
+
+Models are rebuilt from the zoo file alone (stored config and tokenizer; data as
+the zoo recorded it). The global threshold is found without concatenating the
+parameters: a binary search over float bit patterns, one pass over the tensors a step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import zooscope
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, zoo_task
+from zooscope.errors import ConfigError
+from zooscope.zoo import Zoo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def global_threshold(magnitudes: list[np.ndarray], k: int) -> np.float32:
+    """The k-th smallest value over several arrays of non-negative float32, without concatenating.
+
+    Non-negative IEEE floats order like their bit patterns read as integers, so a
+    binary search over 31-bit integers finds the exact value in at most 31 passes.
+    """
+    import numpy as np
+
+    if k <= 0:
+        return np.float32(-1.0)  # prunes nothing
+    bits = [m.astype(np.float32, copy=False).view(np.int32) for m in magnitudes]
+    lo, hi = 0, max(int(b.max()) for b in bits if b.size)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(int(np.count_nonzero(b <= mid)) for b in bits) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return np.int32(lo).view(np.float32)
+
+
+def magnitude_masks(tensors: dict[str, np.ndarray], amount: float, scope: str) -> dict[str, np.ndarray]:
+    """Keep-masks (True = kept) pruning the given fraction of smallest-magnitude weights."""
+    import numpy as np
+
+    mags = {n: np.abs(t.astype(np.float32, copy=False)) for n, t in tensors.items()}
+    if scope == "global":
+        total = sum(m.size for m in mags.values())
+        t = global_threshold(list(mags.values()), int(round(amount * total)))
+        return {n: m > t for n, m in mags.items()}
+    masks = {}
+    for n, m in mags.items():
+        k = int(round(amount * m.size))
+        if k == 0:
+            masks[n] = np.ones(m.shape, dtype=bool)
+        else:
+            kth = np.partition(m.reshape(-1), k - 1)[k - 1]
+            masks[n] = m > kth
+    return masks
+
+
+class Sparsify(Analyzer):
+    name = "sparsify"
+    description = "magnitude pruning at several sparsities; test metric against sparsity"
+    options = (
+        Option("sparsities", list, ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8",
+                                    "0.9"], "sparsity levels, comma-separated"),
+        Option("scope", str, "global", "one threshold for all tensors, or one per tensor",
+               choices=("global", "layerwise")),
+        Option("exclude", str, r"(bias|LayerNorm|layer_norm|embeddings)",
+               "regex of tensors left dense"),
+        Option("metric", str, "test_accuracy", "the metric to report"),
+    )
+
+    def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        import numpy as np
+        import torch
+
+        from zooscope.models import rebuild
+
+        try:
+            levels = sorted({float(s) for s in options["sparsities"]})
+        except ValueError:
+            raise ConfigError("sparsities must be numbers between 0 and 1") from None
+        if not levels or not all(0 <= s < 1 for s in levels):
+            raise ConfigError("sparsities must be numbers in [0, 1)")
+        exclude = re.compile(options["exclude"])
+        generator, cfg, task = zoo_task(zoo)
+        cps = selection.checkpoints(zoo)
+        if selection.epochs is None:  # default: each member's last epoch
+            last: dict[str, Any] = {}
+            for c in cps:
+                if c.member not in last or c.epoch > last[c.member].epoch:
+                    last[c.member] = c
+            cps = list(last.values())
+        curves: dict[str, list[Any]] = defaultdict(list)
+        layers: dict[str, list[Any]] = defaultdict(list)
+        device = torch.device("cpu")
+        for c in cps:
+            model, tokenizer = rebuild(zoo, c.member, c.epoch)
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            prunable = {n: v.numpy() for n, v in state.items()
+                        if v.is_floating_point() and v.dim() >= 2 and not exclude.search(n)}
+            for level in levels:
+                masks = magnitude_masks(prunable, level, options["scope"])
+                pruned = dict(state)
+                for n, mask in masks.items():
+                    pruned[n] = state[n] * torch.from_numpy(mask)
+                model.load_state_dict(pruned)
+                metrics, _ = generator.evaluate_model(cfg, task, model, tokenizer, device)
+                kept = sum(int(m.sum()) for m in masks.values())
+                total = sum(m.size for m in masks.values())
+                curves["member"].append(c.member)
+                curves["epoch"].append(c.epoch)
+                curves["sparsity"].append(level)
+                curves["realised_sparsity"].append(1 - kept / max(total, 1))
+                curves[options["metric"]].append(metrics.get(options["metric"], np.nan))
+                for n, mask in masks.items():
+                    layers["member"].append(c.member)
+                    layers["epoch"].append(c.epoch)
+                    layers["sparsity"].append(level)
+                    layers["tensor"].append(n)
+                    layers["realised_sparsity"].append(float(1 - mask.mean()))
+        summary = _summary(curves, options["metric"], levels)
+        return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers)},
+                              summary=summary,
+                              figures={"sparsity_curves": _plot(curves, options["metric"])})
+
+
+def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> str:
+    import numpy as np
+
+    s = np.asarray(curves["sparsity"])
+    v = np.asarray(curves[metric], dtype=float)
+    means = {lv: float(np.nanmean(v[s == lv])) for lv in levels}
+    parts = ", ".join(f"{lv:g}: {m:.3f}" for lv, m in means.items())
+    return f"mean {metric} by sparsity over {len(set(curves['member']))} members: {parts}."
+
+
+def _plot(curves: dict[str, list[Any]], metric: str) -> Any:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    members = np.asarray(curves["member"])
+    for m in sorted(set(members)):
+        sel = members == m
+        ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
+                marker="o", alpha=0.7, label=m)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel(metric)
+    ax.set_title("magnitude pruning")
+    if len(set(members)) <= 10:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+@zooscope.hookimpl
+def zooscope_register_analyzers(register: Any) -> None:
+    register(Sparsify())

@@ -1,0 +1,243 @@
+"""The ``weightstats`` analyzer: layerwise weight statistics for every tensor and checkpoint.
+
+One streaming pass, one tensor at a time over blocks of checkpoints, so memory is
+bounded by a block, not by the zoo. Optional spectral metrics as WeightWatcher
+defines them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import zooscope
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.zoo import Checkpoint, Zoo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PERCENTILES = (0, 1, 25, 50, 75, 99, 100)
+_BLOCK = re.compile(r"(?:layer|layers|block|h)\.(\d+)\.")
+
+
+def tensor_kind(name: str) -> str:
+    """The kind of a state-dict tensor: attention q/k/v/output, FFN, LayerNorm, embeddings, head."""
+    n = name.lower()
+    if n.startswith("head.") or "classifier" in n or n.startswith("cls."):
+        return "head"
+    if "embeddings" in n:
+        return "embeddings"
+    if "layernorm" in n or "layer_norm" in n or ".ln" in n:
+        return "layernorm"
+    for key, kind in (("query", "attention.q"), ("q_lin", "attention.q"), ("key", "attention.k"),
+                      ("k_lin", "attention.k"), ("value", "attention.v"), ("v_lin", "attention.v"),
+                      ("attention.output", "attention.output"), ("out_lin", "attention.output")):
+        if key in n:
+            return kind
+    if "intermediate" in n or "ffn" in n or "output.dense" in n:
+        return "ffn"
+    return "other"
+
+
+def tensor_block(name: str) -> int:
+    m = _BLOCK.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def row_stats(x: np.ndarray, near_zero: float) -> dict[str, np.ndarray]:
+    """Statistics of each row of x (checkpoints × values), computed in float64."""
+    import numpy as np
+    from scipy import stats
+
+    x = x.astype(np.float64, copy=False)
+    out: dict[str, np.ndarray] = {
+        "mean": x.mean(axis=1), "std": x.std(axis=1), "min": x.min(axis=1), "max": x.max(axis=1),
+        "l1": np.abs(x).sum(axis=1), "l2": np.sqrt((x * x).sum(axis=1)),
+        "linf": np.abs(x).max(axis=1), "near_zero": (np.abs(x) < near_zero).mean(axis=1),
+    }
+    pct = np.percentile(x, PERCENTILES, axis=1)
+    for p, values in zip(PERCENTILES, pct, strict=True):
+        out[f"p{p}"] = values
+    if x.shape[1] > 2:
+        import warnings
+
+        with warnings.catch_warnings():  # constant tensors (LayerNorm at init): NaN, no warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["skew"] = stats.skew(x, axis=1)
+            out["kurtosis"] = stats.kurtosis(x, axis=1)
+    else:
+        out["skew"] = out["kurtosis"] = np.full(len(x), np.nan)
+    return out
+
+
+def power_law_alpha(evals: np.ndarray) -> float:
+    """Power-law exponent of an eigenvalue spectrum's tail (Clauset et al. 2009 MLE).
+
+    Like WeightWatcher: xmin is chosen among the eigenvalues to minimise the
+    Kolmogorov-Smirnov distance between the tail and the fitted power law.
+    """
+    import numpy as np
+
+    x = np.sort(evals[evals > 0])
+    best_d, best_alpha = np.inf, np.nan
+    n = len(x)
+    for i in range(n - 1):
+        tail = x[i:]
+        logs = np.log(tail / tail[0])
+        total = logs.sum()
+        if total <= 0 or len(tail) < 2:
+            continue
+        alpha = 1.0 + len(tail) / total
+        empirical = np.arange(len(tail)) / len(tail)
+        fitted = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
+        d = np.abs(empirical - fitted).max()
+        if d < best_d:
+            best_d, best_alpha = d, alpha
+    return float(best_alpha)
+
+
+def spectral_stats(w: np.ndarray) -> dict[str, np.ndarray]:
+    """Spectral metrics of each matrix of w (checkpoints × rows × cols), batched torch SVD in fp32."""
+    import numpy as np
+    import torch
+
+    sv = torch.linalg.svdvals(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+    evals = (sv.double() ** 2).numpy()  # eigenvalues of W^T W
+    spectral = evals.max(axis=1)
+    norm = evals.sum(axis=1)
+    alpha = np.array([power_law_alpha(e) for e in evals])
+    return {"spectral_norm": spectral, "log_spectral_norm": np.log10(spectral),
+            "stable_rank": norm / spectral, "log_norm": np.log10(norm), "alpha": alpha,
+            "alpha_weighted": alpha * np.log10(spectral)}
+
+
+class WeightStats(Analyzer):
+    name = "weightstats"
+    description = ("layerwise weight statistics per tensor and checkpoint, drift from epoch 0, "
+                   "optional spectral metrics (WeightWatcher's definitions)")
+    options = (
+        Option("tensors", str, ".*", "regex selecting tensors by state-dict name"),
+        Option("spectral", bool, False, "add spectral metrics of 2-D weight matrices"),
+        Option("near_zero", float, 1e-3, "|w| below this counts as near zero"),
+        Option("block_mb", float, 256.0, "memory for one block of checkpoints of one tensor"),
+        Option("color_by", str, "learning_rate", "factor that colours the trajectory plot"),
+    )
+
+    def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        import numpy as np
+
+        pattern = re.compile(options["tensors"])
+        cps = selection.checkpoints(zoo)
+        names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
+        origin = self._origins(zoo, cps)
+        table: dict[str, list[Any]] = defaultdict(list)
+        for name in names:
+            shape = zoo.tensor_shape(name, cps[0].member)  # type: ignore[attr-defined]
+            size = max(int(np.prod(shape)), 1)
+            per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
+            for start in range(0, len(cps), per_block):
+                block = cps[start : start + per_block]
+                values = zoo.tensor(name, block)
+                if not np.issubdtype(values.dtype, np.floating):
+                    break
+                flat = values.reshape(len(block), -1)
+                stats = row_stats(flat, options["near_zero"])
+                base = zoo.tensor(name, [origin[c.member] for c in block]).reshape(len(block), -1)
+                stats.update(_drift(flat, base))
+                if options["spectral"] and len(shape) == 2 and min(shape) > 1:
+                    stats.update(spectral_stats(values))
+                for i, c in enumerate(block):
+                    table["member"].append(c.member)
+                    table["epoch"].append(c.epoch)
+                    table["tensor"].append(name)
+                    table["kind"].append(tensor_kind(name))
+                    table["block"].append(tensor_block(name))
+                    for key, col in stats.items():
+                        table[key].append(float(col[i]))
+        table = _fill(table)
+        figures = {"trajectories": _trajectories(zoo, table, options["color_by"])}
+        summary = (f"{len(names)} tensors x {len(cps)} checkpoints = {len(table['tensor'])} rows. "
+                   + _drift_summary(table))
+        return AnalysisResult(tables={"stats": dict(table)}, summary=summary, figures=figures)
+
+    @staticmethod
+    def _origins(zoo: Zoo, cps: list[Checkpoint]) -> dict[str, Checkpoint]:
+        """Each member's first checkpoint (epoch 0, before training) as its drift origin."""
+        first: dict[str, Checkpoint] = {}
+        for c in zoo.checkpoints({c.member for c in cps}):
+            if c.member not in first or c.epoch < first[c.member].epoch:
+                first[c.member] = c
+        return first
+
+
+def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    x = x.astype(np.float64, copy=False)
+    base = base.astype(np.float64, copy=False)
+    diff = np.sqrt(((x - base) ** 2).sum(axis=1))
+    base_norm = np.sqrt((base * base).sum(axis=1))
+    x_norm = np.sqrt((x * x).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(base_norm > 0, diff / base_norm, np.nan)
+        cos = np.where(base_norm * x_norm > 0, (x * base).sum(axis=1) / (base_norm * x_norm), np.nan)
+    return {"drift_l2": rel, "drift_cosine": cos}
+
+
+def _fill(table: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    n = len(table["tensor"])
+    return {k: (v if len(v) == n else v + [float("nan")] * (n - len(v))) for k, v in table.items()}
+
+
+def _drift_summary(table: dict[str, list[Any]]) -> str:
+    import numpy as np
+
+    if not table["tensor"]:
+        return ""
+    epochs = np.asarray(table["epoch"])
+    last = epochs.max()
+    kinds = np.asarray(table["kind"])
+    drift = np.asarray(table["drift_l2"])
+    parts = []
+    for kind in sorted(set(kinds)):
+        sel = (kinds == kind) & (epochs == last)
+        if sel.any():
+            parts.append(f"{kind} {np.nanmean(drift[sel]):.3g}")
+    return f"Mean relative L2 drift from epoch 0 at epoch {last}: " + ", ".join(parts) + "."
+
+
+def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    kinds = sorted(set(table["kind"]))
+    factors = {m.id: m.factors.get(color_by) for m in zoo.members()}
+    values = sorted({str(v) for v in factors.values()})
+    colors = {v: plt.cm.viridis(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
+    member = np.asarray(table["member"])
+    kind = np.asarray(table["kind"])
+    epoch = np.asarray(table["epoch"])
+    drift = np.asarray(table["drift_l2"])
+    for ax, k in zip(axes[0], kinds, strict=True):
+        for m in sorted(set(member)):
+            sel = (member == m) & (kind == k)
+            if not sel.any():
+                continue
+            ep = sorted(set(epoch[sel]))
+            mean = [np.nanmean(drift[sel & (epoch == e)]) for e in ep]
+            ax.plot(ep, mean, color=colors[str(factors.get(m))], alpha=0.8)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("relative L2 drift from epoch 0")
+    handles = [plt.Line2D([], [], color=c, label=f"{color_by}={v}") for v, c in colors.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@zooscope.hookimpl
+def zooscope_register_analyzers(register: Any) -> None:
+    register(WeightStats())

@@ -1,0 +1,180 @@
+"""The built-in analyzers, each number checked against an independent computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import cohen_kappa_score
+
+import zooscope
+from zooscope import registry
+from zooscope.analysis import run_analysis
+
+from .conftest import run_cli
+
+
+def analyze(zoo: Path, name: str, tmp: Path, *sets: str, force: bool = False,
+            epochs: str | None = None, members: str | None = None):  # type: ignore[no-untyped-def]
+    return run_analysis(zoo, registry.get_analyzer(name), list(sets), members, epochs,
+                        tmp / name, force=force)
+
+
+def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> None:
+    from zooscope.plugins.agreement import agreement_matrix
+
+    result = analyze(zoo_copy, "agreement", tmp_path)
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        cps = zoo.checkpoints(epochs=[2])
+        preds = zoo.predictions(cps)
+        labels = zoo.test_labels()
+    pairs = result.tables["pairs"]
+    at = [i for i, e in enumerate(pairs["epoch"]) if e == 2]
+    index = {c.member: i for i, c in enumerate(cps)}
+    for i in at:
+        a, b = preds[index[pairs["member_a"][i]]], preds[index[pairs["member_b"][i]]]
+        assert pairs["agreement"][i] == pytest.approx(np.mean(a == b))
+        expected = cohen_kappa_score(a, b) if len(set(a) | set(b)) > 1 else 1.0
+        assert pairs["kappa"][i] == pytest.approx(expected, abs=1e-9)
+        assert pairs["error_a"][i] == pytest.approx(np.mean(a != labels))
+    # Random predictions: agreement matrix against a plain loop.
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 3, size=(6, 500))
+    agree, kappa = agreement_matrix(p, 3)
+    for i in range(6):
+        for j in range(6):
+            assert agree[i, j] == pytest.approx(np.mean(p[i] == p[j]))
+            assert kappa[i, j] == pytest.approx(cohen_kappa_score(p[i], p[j]))
+    # CSV and heatmap on disk, result stored in the zoo and reused.
+    with open(tmp_path / "agreement" / "matrix.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 5 and rows[0][0] == "member"
+    assert (tmp_path / "agreement" / "agreement_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.stored and not result.reused
+    again = analyze(zoo_copy, "agreement", tmp_path)
+    assert again.reused and again.summary == result.summary
+    assert analyze(zoo_copy, "agreement", tmp_path, force=True).reused is False
+
+
+def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> None:
+    result = analyze(zoo_copy, "weightstats", tmp_path, "tensors=attention.self.query.weight|head",
+                     "spectral=true")
+    table = result.tables["stats"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        member = zoo.members()[1]
+        name = "backbone.encoder.layer.0.attention.self.query.weight"
+        w = zoo.state_dict(member, 2)[name].double().numpy()
+        w0 = zoo.state_dict(member, 0)[name].double().numpy()
+    i = next(k for k in range(len(table["tensor"])) if table["tensor"][k] == name
+             and table["member"][k] == member.id and table["epoch"][k] == 2)
+    x = w.reshape(-1)
+    assert table["kind"][i] == "attention.q" and table["block"][i] == 0
+    assert table["mean"][i] == pytest.approx(x.mean())
+    assert table["std"][i] == pytest.approx(x.std())
+    assert table["p25"][i] == pytest.approx(np.percentile(x, 25))
+    assert table["p99"][i] == pytest.approx(np.percentile(x, 99))
+    assert table["l1"][i] == pytest.approx(np.abs(x).sum())
+    assert table["l2"][i] == pytest.approx(np.linalg.norm(x))
+    assert table["linf"][i] == pytest.approx(np.abs(x).max())
+    assert table["skew"][i] == pytest.approx(stats.skew(x))
+    assert table["kurtosis"][i] == pytest.approx(stats.kurtosis(x))
+    assert table["near_zero"][i] == pytest.approx(np.mean(np.abs(x) < 1e-3))
+    assert table["drift_l2"][i] == pytest.approx(np.linalg.norm(x - w0.reshape(-1))
+                                                 / np.linalg.norm(w0))
+    sv = np.linalg.svd(w, compute_uv=False)
+    assert table["spectral_norm"][i] == pytest.approx(sv[0] ** 2, rel=1e-5)
+    assert table["stable_rank"][i] == pytest.approx((sv ** 2).sum() / sv[0] ** 2, rel=1e-5)
+    assert (tmp_path / "weightstats" / "trajectories.png").exists()
+
+
+def test_power_law_alpha_recovers_a_known_exponent() -> None:
+    from zooscope.plugins.weightstats import power_law_alpha
+
+    rng = np.random.default_rng(1)
+    samples = (1 - rng.random(20000)) ** (-1 / (2.5 - 1))  # Pareto tail, alpha = 2.5
+    assert power_law_alpha(samples) == pytest.approx(2.5, abs=0.1)
+
+
+def test_predict_matches_a_hand_built_sklearn_pipeline(zoo_copy: Path, tmp_path: Path) -> None:
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from zooscope.plugins.predict import feature_matrix
+
+    missing = run_cli("analyze", str(zoo_copy), "--plugin", "predict")
+    assert missing.returncode == 1 and "run `zooscope analyze ZOO --plugin weightstats` first" \
+        in missing.stderr
+    ws = analyze(zoo_copy, "weightstats", tmp_path)
+    result = analyze(zoo_copy, "predict", tmp_path, "folds=2")
+    scores = result.tables["scores"]
+    keys, x, _ = feature_matrix({k: np.asarray(v) for k, v in ws.tables["stats"].items()})
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        acc = {(c.member, c.epoch): c.metrics["test_accuracy"] for c in zoo.checkpoints()}
+    y = np.array([acc[k] for k in keys])
+    groups = np.array([k[0] for k in keys])
+    pred = cross_val_predict(GradientBoostingRegressor(random_state=0), x, y, groups=groups,
+                             cv=GroupKFold(n_splits=2))
+    i = next(k for k in range(len(scores["model"])) if scores["model"][k] == "gradient_boosting"
+             and scores["metric"][k] == "r2")
+    assert scores["value"][i] == pytest.approx(r2_score(y, pred))
+
+
+def test_global_threshold_masks_equal_torch_prune() -> None:
+    import torch.nn.utils.prune as prune
+
+    from zooscope.plugins.sparsify import magnitude_masks
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(50, 30), torch.nn.Linear(30, 20), torch.nn.Linear(20, 5)]
+    weights = {f"l{i}": m.weight.detach().numpy().copy() for i, m in enumerate(layers)}
+    for amount in (0.1, 0.5, 0.9):
+        masks = magnitude_masks(weights, amount, "global")
+        mods = [torch.nn.Linear(1, 1) for _ in layers]
+        for mod, w in zip(mods, weights.values(), strict=True):
+            mod.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        prune.global_unstructured([(m, "weight") for m in mods],
+                                  pruning_method=prune.L1Unstructured, amount=amount)
+        for mod, name in zip(mods, weights, strict=True):
+            assert np.array_equal(mod.weight_mask.numpy().astype(bool), masks[name])
+        layer = magnitude_masks(weights, amount, "layerwise")
+        for name, w in weights.items():
+            mod = torch.nn.Linear(1, 1)
+            mod.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+            prune.l1_unstructured(mod, "weight", amount=amount)
+            assert np.array_equal(mod.weight_mask.numpy().astype(bool), layer[name])
+
+
+def test_sparsify_reevaluates_models_rebuilt_from_the_zoo(zoo_copy: Path, tmp_path: Path) -> None:
+    result = analyze(zoo_copy, "sparsify", tmp_path, "sparsities=0,0.5", members="seed=0")
+    curves = result.tables["curves"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        stored = {c.member: c.metrics["test_accuracy"] for c in zoo.checkpoints(epochs=[2])}
+    for member, level, acc, real in zip(curves["member"], curves["sparsity"],
+                                        curves["test_accuracy"], curves["realised_sparsity"],
+                                        strict=True):
+        assert real == pytest.approx(level, abs=1e-3)
+        if level == 0:  # no pruning: the stored test accuracy, recomputed from the file alone
+            assert acc == pytest.approx(stored[member], abs=1e-6)
+    assert (tmp_path / "sparsify" / "sparsity_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_umap_is_deterministic(zoo_copy: Path, tmp_path: Path) -> None:
+    first = analyze(zoo_copy, "umap", tmp_path, "neighbors=5")
+    second = analyze(zoo_copy, "umap", tmp_path, "neighbors=5", force=True)
+    assert first.tables["coordinates"]["x"] == second.tables["coordinates"]["x"]
+    assert len(first.tables["coordinates"]["x"]) == 12
+    assert (tmp_path / "umap" / "umap.png").exists()
+
+
+def test_analyzer_options_are_listed(tiny_zoo: Path) -> None:
+    result = run_cli("analyze", "--plugin", "sparsify", "--options", "--json")
+    assert result.returncode == 0
+    options = {o["option"]: o for o in json.loads(result.stdout)}
+    assert options["scope"]["default"] == "global"
