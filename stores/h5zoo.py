@@ -652,6 +652,12 @@ class HDF5Zoo(Zoo):
             cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/rows")[()]
         return cache[a]
 
+    def _digest_table(self, a: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_digest_cache", {})
+        if a not in cache:
+            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/digests")[()]
+        return cache[a]
+
     def _dataset(self, a: int, name: str) -> h5py.Dataset:
         cache = self.__dict__.setdefault("_datasets", {})
         if (a, name) in cache:
@@ -780,7 +786,7 @@ class HDF5Zoo(Zoo):
         except OSError as exc:
             problems.append(f"{where}: checksum failed ({str(exc).split('(')[0].strip()})")
         else:
-            stored = bytes(self._fresh(f"architectures/{self._arch_keys[a]}/digests")[arch_row, j])
+            stored = bytes(self._digest_table(a)[arch_row, j])
             if _digest(out) != stored:
                 problems.append(f"{where}: content does not match its stored digest")
             values = from_storage(out, _attr_text(ds, "stored_as", str(ds.dtype)))

@@ -156,3 +156,29 @@ def test_a_failing_observer_is_named(register_plugin, tmp_path: Path) -> None:  
         generate(parse_config(text), tmp_path / "b.h5")
     with zooscope.open_zoo(tmp_path / "b.h5") as zoo:  # the committed checkpoint is intact
         assert [c.epoch for c in zoo.checkpoints()] == [0]
+
+
+def test_a_failing_analyzer_is_named_and_the_zoo_is_unchanged(register_plugin, zoo_copy: Path,
+                                                              tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    class Broken(Analyzer):
+        name = "broken"
+
+        def analyze(self, zoo, options, selection):  # type: ignore[no-untyped-def]
+            raise ZeroDivisionError("division by zero")
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_analyzers(self, register):  # type: ignore[no-untyped-def]
+            register(Broken())
+
+    register_plugin(Plugin(), "broken-analyzer")
+    before = zoo_copy.read_bytes()
+    with pytest.raises(zooscope.PluginError) as info:
+        run_analysis(zoo_copy, registry.get_analyzer("broken"), [], None, None, tmp_path, False)
+    assert str(info.value) == ("analyzer 'broken' (from tests.test_hooks) failed: "
+                               "ZeroDivisionError: division by zero")
+    assert zoo_copy.read_bytes() == before
+    # Other analyzers still run on the same zoo.
+    result = run_analysis(zoo_copy, registry.get_analyzer("agreement"), [], None, None,
+                          tmp_path, False)
+    assert result.stored

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zooscope.errors import ConfigError, ZooFileError
+from zooscope.errors import ConfigError, PluginError, ZooFileError, ZooscopeError
 from zooscope.zoo import Checkpoint, Member, Zoo, canonical_json
 
 
@@ -219,7 +219,17 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
             if not selection.checkpoints(zoo):
                 raise ConfigError("the selection holds no checkpoints",
                                   hint="check --members and --epochs against `zooscope zoo ls`")
-            out = analyzer.analyze(zoo, options, selection)
+            try:
+                out = analyzer.analyze(zoo, options, selection)
+            except ZooscopeError:
+                raise
+            except Exception as exc:
+                # A broken plugin is named; the zoo is untouched (nothing is written yet).
+                raise PluginError(
+                    f"analyzer {analyzer.name!r} (from {type(analyzer).__module__}) failed: "
+                    f"{type(exc).__name__}: {exc}",
+                    hint="report it to the plugin's authors; the zoo was not changed",
+                ) from exc
             figures = {name: figure_png(fig) if not isinstance(fig, bytes) else fig
                        for name, fig in out.figures.items()}
             result = StoredAnalysis(analyzer.name, key, options, out.summary,
