@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BENCHES = ("bench_cli", "bench_store", "bench_training", "bench_processes")
+BENCHES = ("bench_cli", "bench_store", "bench_training", "bench_processes", "bench_analyzers")
 
 
 def main(argv: list[str]) -> None:
