@@ -68,7 +68,7 @@ class Agreement(Analyzer):
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
 
-        kind = zoo.prediction_kind()  # type: ignore[attr-defined]
+        kind = zoo.prediction_kind()
         if kind != "class":
             raise ZooFileError(f"agreement needs class predictions; this zoo stores {kind!r}")
         labels = zoo.test_labels()

@@ -41,7 +41,7 @@ def project_weights(zoo: Zoo, checkpoints: list[Any], names: list[str], k: int, 
 
     out = np.zeros((len(checkpoints), k))
     for name in names:
-        shape = zoo.tensor_shape(name, checkpoints[0].member)  # type: ignore[attr-defined]
+        shape = zoo.tensor_shape(name, checkpoints[0].member)
         dim = max(int(np.prod(shape)), 1)
         proj = sparse_projection(dim, k, seed + zlib.crc32(name.encode()))
         per_block = max(1, int(block_mb * 2**20 // (dim * 4)))

@@ -147,7 +147,7 @@ class WeightStats(Analyzer):
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
         for name in names:
-            shape = zoo.tensor_shape(name, cps[0].member)  # type: ignore[attr-defined]
+            shape = zoo.tensor_shape(name, cps[0].member)
             size = max(int(np.prod(shape)), 1)
             per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
             for start in range(0, len(cps), per_block):

@@ -344,7 +344,7 @@ class HDF5Writer(ZooWriter):
             tensors = g.create_group("tensors")
             filters = _compression(self.compression)
             for name, shape in arch.shapes.items():
-                dtype = arch_dtypes(arch).get(name, "float")
+                dtype = arch.dtypes.get(name, "float")  # non-float tensors keep their dtype
                 stored = (
                     np.dtype(dtype)
                     if dtype != "float"
@@ -486,11 +486,6 @@ class HDF5Writer(ZooWriter):
         if self.f.id.valid:
             self.f.close()
         self._lock.release()
-
-
-def arch_dtypes(arch: Architecture) -> dict[str, str]:
-    """Non-float tensors keep their own dtype; the rest follow the storage dtype."""
-    return dict(arch.dtypes)
 
 
 def _fingerprint(arch: Architecture) -> str:
@@ -1008,13 +1003,6 @@ def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) ->
         d.create_dataset("test_labels", data=np.asarray(header.test_labels))
     if header.test_ids is not None:
         d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=_STR)
-
-
-def member_status_code(label: str) -> int:
-    for code, name in STATUS_LABELS.items():
-        if name == label:
-            return code
-    raise ValueError(label)
 
 
 __all__ = ["FORMAT_VERSION", "HDF5Writer", "HDF5Zoo", "create_zoo", "resume_zoo", "write_analysis"]

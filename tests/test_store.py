@@ -71,6 +71,9 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
             {"test_loss": 1 / 3, "test_accuracy": 0.7})
         np.testing.assert_array_equal(zoo.predictions(cps)[1], (np.arange(7) + 3) % 2)
         assert zoo.members(learning_rate=2e-3)[0].id == ms[1].id
+        rows = zoo.metrics_table(zoo.checkpoints(ms[2]))
+        assert [(r["member"], r["epoch"], r["seed"], r["test_accuracy"]) for r in rows] == [
+            (ms[2].id, e, 2, pytest.approx(0.5 + 0.1 * e)) for e in range(3)]
         assert zoo.members(seed=[0, 2]) == [ms[0], ms[2]]
 
 

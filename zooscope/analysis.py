@@ -212,7 +212,7 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
                       None)
         if stored is not None and not force:
             tables = zoo.analysis_tables(analyzer.name, key)
-            figures = zoo.analysis_figures(analyzer.name, key)  # type: ignore[attr-defined]
+            figures = zoo.analysis_figures(analyzer.name, key)
             result = StoredAnalysis(analyzer.name, key, options, stored["summary"], tables,
                                     figures, reused=True, stored=True)
         else:

@@ -19,6 +19,8 @@ from zooscope.errors import ZooFileError
 if TYPE_CHECKING:
     import numpy as np
 
+    from zooscope.store import Architecture, ZooHeader
+
 #: Member status codes as stored in the zoo file.
 PENDING, RUNNING, COMPLETE, FAILED = 0, 1, 2, 3
 STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed"}
@@ -160,6 +162,34 @@ class Zoo(ABC):
     def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
         """The tables of one stored analysis: table name to column name to values."""
 
+    @abstractmethod
+    def tensor_shape(self, name: str, member: Member | str | None = None) -> tuple[int, ...]:
+        """The shape of one checkpoint's tensor (the member's architecture, or the first)."""
+
+    @abstractmethod
+    def prediction_kind(self) -> str | None:
+        """``"class"`` for class-id predictions, None where the zoo stores none."""
+
+    @abstractmethod
+    def architecture(self, member: Member | str) -> Architecture:
+        """The member's architecture: model files and tensor shapes."""
+
+    @abstractmethod
+    def header(self) -> ZooHeader:
+        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
+
+    @abstractmethod
+    def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
+        """Problems of one stored tensor (checksum, NaN/Inf); empty when it is sound."""
+
+    @abstractmethod
+    def uncommitted_rows(self) -> int:
+        """Rows a writer appended after its last commit (a killed or running writer)."""
+
+    @abstractmethod
+    def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
+        """The PNG figures of one stored analysis."""
+
     def metrics_table(self, checkpoints: Sequence[Checkpoint] | None = None) -> list[dict[str, Any]]:
         """One row per checkpoint: member, epoch, step, wall time and every metric."""
         rows = []
@@ -180,10 +210,6 @@ class Zoo(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _member_id(m: Member | str) -> str:
-    return m if isinstance(m, str) else m.id
 
 
 def open_zoo(path: str | Path) -> Zoo:

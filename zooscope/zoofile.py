@@ -44,20 +44,20 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
         for member in zoo.members():
             if member.status != "complete":
                 report.notes.append(f"member {member.id} is {member.status}")
-        uncommitted = zoo.uncommitted_rows()  # type: ignore[attr-defined]
+        uncommitted = zoo.uncommitted_rows()
         if uncommitted:
             report.notes.append(
                 f"{uncommitted} half-written checkpoint(s) after the last commit "
                 "(ignored by readers, discarded by --resume)")
         checked_arch: set[str] = set()
         for c in checkpoints:
-            arch = zoo.architecture(c.member)  # type: ignore[attr-defined]
+            arch = zoo.architecture(c.member)
             fp = json.dumps(sorted(arch.shapes.items()))
             if fp not in checked_arch:
                 checked_arch.add(fp)
                 report.problems += _shapes_against_config(arch)
             for name in arch.shapes:
-                report.problems += zoo.check_tensor(c, name)  # type: ignore[attr-defined]
+                report.problems += zoo.check_tensor(c, name)
                 report.tensors_checked += 1
             on_checkpoint()
     return report
@@ -116,7 +116,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         raise ZooFileError(f"member {m.id} has checkpoints in both {owner[m.id]} "
                                            f"and {p}", hint="shards must not overlap")
                     owner[m.id] = p
-        header: ZooHeader = first.header()  # type: ignore[attr-defined]
+        header: ZooHeader = first.header()
         store = store_for(out)
         tmp = out.with_name(f".{out.name}.merging{out.suffix}")
         tmp.unlink(missing_ok=True)
@@ -129,7 +129,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         cps = z.checkpoints(m)
                         if not cps:
                             continue
-                        arch = z.architecture(m)  # type: ignore[attr-defined]
+                        arch = z.architecture(m)
                         writer.ensure_architecture(arch)
                         writer.start_member(m, arch)  # type: ignore[arg-type]
                         preds = z.predictions(cps) if header.predictions else None

@@ -60,7 +60,12 @@ def analyze(
         if name in result.tables and result.tables[name]:
             cols = result.tables[name]
             n = len(next(iter(cols.values())))
-            rows = [{c: cols[c][i] for c in cols} for i in range(min(n, 30))]
+            keep = range(n)
+            if "epoch" in cols and n:  # per-epoch tables: the last epoch tells the story
+                last = max(cols["epoch"])
+                keep = [i for i in range(n) if cols["epoch"][i] == last]
+                n = len(keep)
+            rows = [{c: cols[c][i] for c in cols} for i in list(keep)[:30]]
             console.print(rich_table(rows, title=f"{result.name}: {name}"
                                      + (f" (first 30 of {n})" if n > 30 else "")))
             break
