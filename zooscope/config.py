@@ -62,7 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "store": {"dtype": "float32", "compression": "none"},
 }
 CHOICES = {
-    ("zoo", "strategy"): ("members",),
+    ("zoo", "strategy"): ("members", "ddp"),
     ("train", "optimizer"): ("adamw", "adam"),
     ("train", "lr_schedule"): ("constant",),
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),

@@ -213,6 +213,8 @@ class MemberRun:
     stop: _StopFlag
     on_step: Callable[[int], None] = lambda n: None
     on_setup: Callable[[int], None] = lambda steps: None
+    #: Accelerate's state when one member trains data-parallel over several processes.
+    dist: Any = None
     on_epoch: Callable[[int, dict[str, float]], None] = lambda e, m: None
 
 
@@ -228,13 +230,22 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
     cfg, writer = run.cfg, run.writer
     epochs = cfg.epochs_of(member)
     seed = int(member.factors["seed"])
+    _barrier(run)  # every process reads the same committed state before anyone writes
     done = writer.completed_epochs(member)
+    _barrier(run)
     seed_everything(seed)
     setup: MemberSetup = run.generator.setup(cfg, member, run.task)
     run.on_setup(setup.steps_per_epoch)
     writer.ensure_architecture(setup.architecture)
     writer.start_member(member, setup.architecture)  # type: ignore[arg-type]
     model = setup.model.to(run.device)
+    main = run.dist is None or run.dist.is_main_process
+    train_model: torch.nn.Module = model
+    if run.dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     optimizer = _make_optimizer(cfg, member, model, run.generator)
     scaler = torch.amp.GradScaler("cuda") if (
         cfg.train["mixed_precision"] == "fp16" and run.device.type == "cuda") else None
@@ -255,17 +266,22 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
         step = last * setup.steps_per_epoch
         first_epoch = last + 1
     else:
-        metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
-        run.resume_state.save(member, 0, optimizer)
-        _commit(run, member, 0, 0, 0.0, model, metrics, preds)
+        if main:
+            metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
+            run.resume_state.save(member, 0, optimizer)
+            _commit(run, member, 0, 0, 0.0, model, metrics, preds)
+        _barrier(run)
         first_epoch = 1
     model.train()
     for epoch in range(first_epoch, epochs + 1):
         loss_sum = torch.zeros((), device=run.device)
         for batch in setup.train_batches(epoch_generator(seed, epoch)):
             batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+            weight = 1.0
+            if run.dist is not None:
+                batch, weight = _shard(batch, run.dist.process_index, run.dist.num_processes)
             with _autocast(cfg, run.device):
-                loss = run.generator.train_loss(model, batch)
+                loss = run.generator.train_loss(train_model, batch) * weight
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -281,15 +297,35 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
                 raise Interrupted(
                     f"interrupted in epoch {epoch} of member {member.id}; "
                     f"checkpoints up to epoch {epoch - 1} are saved")
-        metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
-        run.resume_state.save(member, epoch, optimizer)
-        _commit(run, member, epoch, step, time.perf_counter() - start, model, metrics, preds)
-        run.resume_state.keep_only(member, epoch)
-        run.on_epoch(epoch, metrics)
-    writer.set_status(member, COMPLETE)
-    run.resume_state.keep_only(member, None)
-    registry.notify("zooscope_member_finished", zoo=str(writer.path), member=member)
+        if main:
+            metrics, preds = run.generator.evaluate(cfg, setup, run.task, run.device)
+            run.resume_state.save(member, epoch, optimizer)
+            _commit(run, member, epoch, step, time.perf_counter() - start, model, metrics, preds)
+            run.resume_state.keep_only(member, epoch)
+            run.on_epoch(epoch, metrics)
+        _barrier(run)
+    if main:
+        writer.set_status(member, COMPLETE)
+        run.resume_state.keep_only(member, None)
+        registry.notify("zooscope_member_finished", zoo=str(writer.path), member=member)
     return metrics
+
+
+def _barrier(run: MemberRun) -> None:
+    if run.dist is not None:
+        run.dist.wait_for_everyone()
+
+
+def _shard(batch: dict[str, torch.Tensor], rank: int, world: int
+           ) -> tuple[dict[str, torch.Tensor], float]:
+    """This process's rows of a batch, and the weight that makes the averaged gradient
+    equal the whole batch's: DDP averages per-process means, so each is scaled by its
+    share of the rows. A batch with fewer rows than processes is used whole by all."""
+    n = next(iter(batch.values())).shape[0]
+    if n < world:
+        return batch, 1.0
+    rows = torch.arange(rank, n, world)
+    return {k: v[rows.to(v.device)] for k, v in batch.items()}, len(rows) * world / n
 
 
 def _commit(run: MemberRun, member: Member, epoch: int, step: int, wall: float,
@@ -383,28 +419,44 @@ def generate(
         return result
     if cfg.train["num_threads"]:
         torch.set_num_threads(int(cfg.train["num_threads"]))
+    elif state is not None and state.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
+    if state is not None:  # strategy "ddp": every process trains every member together
+        result = _generate_into(cfg, generator, store, out, members, resume, force,
+                                progress if state.is_main_process else None, log, state,
+                                dist=state)
+        result.main = state.is_main_process
+        return result
     return _generate_into(cfg, generator, store, out, members, resume, force, progress, log, state)
 
 
 def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Path,
                    members: list[Member], resume: bool, force: bool, progress: Any,
-                   log: Callable[[str], None], state: Any) -> GenerateResult:
+                   log: Callable[[str], None], state: Any, dist: Any = None) -> GenerateResult:
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
     resume_state = ResumeState(path)
-    if resume and path.exists():
-        writer = store.resume(path)
+    writer: ZooWriter
+    if dist is not None and not dist.is_main_process:
+        dist.wait_for_everyone()  # the main process has created or reopened the zoo
+        writer = _Follower(path)
     else:
-        if force and resume_state.dir.exists():
-            for p in resume_state.dir.iterdir():
-                p.unlink()
-        writer = store.create(path, _header(cfg, generator, task), members)
+        if resume and path.exists():
+            writer = store.resume(path)
+        else:
+            if force and resume_state.dir.exists():
+                for p in resume_state.dir.iterdir():
+                    p.unlink()
+            writer = store.create(path, _header(cfg, generator, task), members)
+        if dist is not None:
+            dist.wait_for_everyone()
     result = GenerateResult(path=path)
     device = _device(cfg, state)
     with writer, _StopFlag() as stop:
         bars = _Bars(progress, cfg, members, writer)
         run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
                         resume_state=resume_state, device=device, stop=stop,
-                        on_step=bars.step, on_epoch=bars.epoch, on_setup=bars.steps_total)
+                        on_step=bars.step, on_epoch=bars.epoch, on_setup=bars.steps_total,
+                        dist=dist)
         for member in members:
             epochs = cfg.epochs_of(member)
             if writer.completed_epochs(member) == list(range(epochs + 1)):
@@ -425,6 +477,45 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
             bars.member_done(member)
     log(f"{result.trained} members trained, {result.skipped} already complete")
     return result
+
+
+class _Follower(ZooWriter):
+    """The zoo as a non-main process of a data-parallel run sees it: read-only.
+
+    The main process writes every checkpoint; the others only need what is
+    committed, to skip finished members and to resume from the same state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _zoo(self) -> Any:
+        from zooscope.zoo import open_zoo
+
+        return open_zoo(self.path)
+
+    def ensure_architecture(self, arch: Any) -> None:
+        pass
+
+    def start_member(self, member: Member, arch_key: Any) -> None:
+        pass
+
+    def set_status(self, member: Member, status: int) -> None:
+        pass
+
+    def completed_epochs(self, member: Member) -> list[int]:
+        with self._zoo() as zoo:
+            return [c.epoch for c in zoo.checkpoints(member)]
+
+    def read_state_dict(self, member: Member, epoch: int) -> dict[str, Any]:
+        with self._zoo() as zoo:
+            return zoo.state_dict(member, epoch)
+
+    def write_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _Bars:
