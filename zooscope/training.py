@@ -389,11 +389,14 @@ def generate(
     generator = registry.get_generator(cfg.generator)
     generator.validate(cfg)
     store: Store = store_for(out)
-    check_output(out, resume, force)
+    state = _distributed_state()
+    if state is None or state.is_main_process or cfg.zoo["strategy"] == "members":
+        # Under ddp the main process creates the zoo: a slower rank must not find it
+        # there and stop with "already exists" while the others wait for it.
+        check_output(out, resume, force)
     members = cfg.members()
     if shard is not None:
         members = shard_members(members, *shard)
-    state = _distributed_state()
     if state is not None and cfg.zoo["strategy"] == "members":
         if cfg.train["num_threads"] == 0 and state.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
