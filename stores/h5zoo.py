@@ -105,6 +105,14 @@ def from_storage(array: np.ndarray, stored_as: str) -> np.ndarray:
     return array
 
 
+def to_torch(raw: np.ndarray, stored_as: str) -> Any:
+    """A stored row as a torch tensor in its stored dtype (bf16 bit patterns viewed as bf16)."""
+    import torch
+
+    t = torch.from_numpy(np.asarray(raw, order="C"))
+    return t.view(torch.bfloat16) if stored_as == "bfloat16" else t
+
+
 def _digest(array: np.ndarray) -> bytes:
     h = xxhash.xxh3_128()
     h.update(str(array.dtype).encode() + str(array.shape).encode())
@@ -322,10 +330,16 @@ class HDF5Writer(ZooWriter):
         self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
 
     # -- ZooWriter ----------------------------------------------------------------------
+    def _find_architecture(self, arch: Architecture) -> int | None:
+        fp = _fingerprint(arch)
+        for a, key in enumerate(self.arch_keys):
+            if _attr_text(self.f["architectures"][key], "fingerprint") == fp:
+                return a
+        return None
+
     def ensure_architecture(self, arch: Architecture) -> None:
-        for key in self.arch_keys:
-            if _attr_text(self.f["architectures"][key], "fingerprint") == _fingerprint(arch):
-                return
+        if self._find_architecture(arch) is not None:
+            return
         self._leave_swmr()
         try:
             key = f"a{len(self.arch_keys)}"
@@ -369,11 +383,10 @@ class HDF5Writer(ZooWriter):
             self._enter_swmr()
 
     def arch_index(self, arch: Architecture) -> int:
-        fp = _fingerprint(arch)
-        for a, key in enumerate(self.arch_keys):
-            if _attr_text(self.f["architectures"][key], "fingerprint") == fp:
-                return a
-        raise ZooFileError(f"architecture {arch.key!r} was never recorded")
+        a = self._find_architecture(arch)
+        if a is None:
+            raise ZooFileError(f"architecture {arch.key!r} was never recorded")
+        return a
 
     def start_member(self, member: Member, arch_key: str | Architecture) -> None:
         i = self._member(member)
@@ -397,22 +410,16 @@ class HDF5Writer(ZooWriter):
         return sorted(int(e) for e in mine["epoch"])
 
     def read_state_dict(self, member: Member, epoch: int) -> dict[str, Any]:
-        import torch
-
         index = self.f["checkpoints/index"][()]
         hit = index[(index["member"] == self._member(member)) & (index["epoch"] == epoch)]
         if not len(hit):
             raise ZooFileError(f"no checkpoint of member {member.id} at epoch {epoch}")
         a, arch_row = int(hit[0]["architecture"]), int(hit[0]["arch_row"])
-        group = self.f["architectures"][self.arch_keys[a]]
-        rows = group["rows"][arch_row]
-        out = {}
-        for j, name in enumerate(self._names[self.arch_keys[a]]):
-            ds = group["tensors"][name]
-            raw = ds[int(rows[j])]
-            t = torch.from_numpy(np.asarray(raw, order="C"))
-            out[name] = t.view(torch.bfloat16) if ds.attrs.get("stored_as") == "bfloat16" else t
-        return out
+        key = self.arch_keys[a]
+        rows = self.f["architectures"][key]["rows"][arch_row]
+        return {name: to_torch(ds[int(rows[j])], _attr_text(ds, "stored_as", str(ds.dtype)))
+                for j, (name, ds) in enumerate(zip(self._names[key], self._tensor_datasets(key),
+                                                   strict=True))}
 
     def write_checkpoint(
         self, member: Member, epoch: int, step: int, wall_time: float,
@@ -670,18 +677,7 @@ class HDF5Zoo(Zoo):
         cache[(a, name)] = ds
         return ds
 
-    def read_row(self, a: int, name: str, row: int) -> np.ndarray:
-        ds = self._dataset(a, name)
-        out = np.empty(ds.shape[1:], dtype=ds.dtype)
-        try:
-            ds.read_direct(out, source_sel=np.s_[row])
-        except OSError as exc:
-            raise ZooFileError(f"tensor {name!r} (row {row}) is corrupt: {exc}") from None
-        return from_storage(out, _attr_text(ds, "stored_as", str(ds.dtype)))
-
     def state_dict(self, member: Member | str, epoch: int) -> dict[str, Any]:
-        import torch
-
         mid = member if isinstance(member, str) else member.id
         pos = self._position.get((mid, int(epoch)))
         if pos is None:
@@ -698,9 +694,7 @@ class HDF5Zoo(Zoo):
                 ds.read_direct(raw, source_sel=np.s_[int(rows[j])])
             except OSError as exc:
                 raise ZooFileError(f"tensor {name!r} of {mid}@{epoch} is corrupt: {exc}") from None
-            stored_as = _attr_text(ds, "stored_as", str(ds.dtype))
-            t = torch.from_numpy(raw)
-            out[name] = t.view(torch.bfloat16) if stored_as == "bfloat16" else t
+            out[name] = to_torch(raw, _attr_text(ds, "stored_as", str(ds.dtype)))
         return out
 
     def tensor(self, name: str, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:

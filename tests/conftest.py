@@ -91,13 +91,17 @@ def register_plugin():
         registry.pm.unregister(name=name)
 
 
+def cli_env() -> dict[str, str]:
+    """This environment without ZOOSCOPE_DEBUG, so subprocesses print errors as users see them."""
+    return {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the real `zooscope` entry point in a subprocess."""
-    full_env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
-    full_env.update(env or {})
+    full_env = {**cli_env(), **(env or {})}
     return subprocess.run([sys.executable, "-m", "zooscope", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
-__all__ = ["ROOT", "SHARED_DATA", "TINY_CONFIG", "run_cli", "write_config", "zooscope"]
+__all__ = ["ROOT", "SHARED_DATA", "TINY_CONFIG", "cli_env", "run_cli", "write_config", "zooscope"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import zooscope
 from zooscope.config import load_config, parse_config
 from zooscope.training import generate, shard_members
 
-from .conftest import TINY_CONFIG, run_cli, write_config
+from .conftest import TINY_CONFIG, cli_env, run_cli, write_config
 
 ONE_MEMBER = (TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]")
               .replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
@@ -111,7 +110,7 @@ def test_dry_run_trains_nothing(tiny_config: Path, tmp_path: Path) -> None:
 
 
 def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    env = cli_env()
     return subprocess.Popen([sys.executable, "-m", "zooscope", "generate", str(config), "--out",
                              str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -205,7 +204,7 @@ def test_shards_merge_into_the_same_zoo(tiny_zoo: Path, tmp_path: Path) -> None:
 def test_two_processes_produce_the_same_members(tiny_zoo: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path)
     out = tmp_path / "two.h5"
-    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    env = cli_env()
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "-m", "zooscope", "generate", str(config), "--out", str(out), "--json"],
                             capture_output=True, text=True, env=env, timeout=600)
@@ -223,7 +222,7 @@ def test_ddp_strategy_trains_one_member_over_two_processes(tmp_path: Path) -> No
     config = write_config(tmp_path, text, "ddp.toml")
     generate(load_config(config), tmp_path / "one.h5")
     out = tmp_path / "ddp.h5"
-    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    env = cli_env()
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "-m", "zooscope", "generate", str(config), "--out", str(out)],
                             capture_output=True, text=True, env=env, timeout=600)

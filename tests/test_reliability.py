@@ -20,7 +20,7 @@ from zooscope.config import parse_config
 from zooscope.training import generate
 from zooscope.zoofile import validate_zoo
 
-from .conftest import TINY_CONFIG, write_config
+from .conftest import TINY_CONFIG, cli_env, write_config
 from .test_generate import assert_same_weights
 
 KILL_CONFIG = (TINY_CONFIG.replace("epochs = 2", "epochs = 10")
@@ -41,7 +41,7 @@ def _fingerprints(path: Path) -> dict[tuple[str, int], str]:
 
 
 def _launch(args: list[str]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "ZOOSCOPE_DEBUG"}
+    env = cli_env()
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             start_new_session=True)
 

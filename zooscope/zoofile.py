@@ -50,8 +50,11 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
                 f"{uncommitted} half-written checkpoint(s) after the last commit "
                 "(ignored by readers, discarded by --resume)")
         checked_arch: set[str] = set()
+        archs: dict[str, Architecture] = {}  # read each member's model files once
         for c in checkpoints:
-            arch = zoo.architecture(c.member)
+            if c.member not in archs:
+                archs[c.member] = zoo.architecture(c.member)
+            arch = archs[c.member]
             fp = json.dumps(sorted(arch.shapes.items()))
             if fp not in checked_arch:
                 checked_arch.add(fp)
