@@ -35,16 +35,12 @@ def _is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix in _FORMATS
 
 
-def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[list[str], list[Any]]:
-    """Texts and labels of a data source: the synthetic task, a local file or a hub dataset."""
-    if source.startswith("synthetic:"):
-        from zooscope.generators.synthetic import synthetic_sentiment
+def load_table(source: str) -> Any:
+    """A data source as a ``datasets.Dataset``: a local file or folder, or a hub dataset.
 
-        kind, _, n = source.partition(":")[2].partition(":")
-        if kind != "sentiment":
-            raise DataError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment")
-        rows = synthetic_sentiment(int(n or 3000))
-        return [t for t, _ in rows], [y for _, y in rows]
+    A hub id may name its split after a colon (``google/boolq:validation``); the
+    default is ``train``. Every failure is a ``DataError`` naming the source.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -65,7 +61,8 @@ def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[
                 kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: GLUE TSVs hold raw quotes
             ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
         else:
-            ds = datasets.load_dataset(source, split="train")
+            name, _, split = source.partition(":")
+            ds = datasets.load_dataset(name, split=split or "train")
     except DataError:
         raise
     except UnicodeDecodeError:
@@ -77,20 +74,36 @@ def load_rows(source: str, text_column: str | None, label_column: str) -> tuple[
         if "corresponds to no data" in first:
             raise DataError(f"{source} holds no rows") from None
         raise DataError(f"cannot load the data source {source!r}: {first}") from None
+    if len(ds) == 0:
+        raise DataError(f"{source} holds no rows")
+    return ds
+
+
+def load_rows(source: str, text_column: str | None, label_column: str,
+              pair_column: str | None = None) -> tuple[list[str], list[Any], list[str] | None]:
+    """Texts, labels and (for sentence pairs) second texts of a data source."""
+    if source.startswith("synthetic:"):
+        from zooscope.generators.synthetic import synthetic_sentiment
+
+        kind, _, n = source.partition(":")[2].partition(":")
+        if kind != "sentiment":
+            raise DataError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment")
+        rows = synthetic_sentiment(int(n or 3000))
+        return [t for t, _ in rows], [y for _, y in rows], None
+    ds = load_table(source)
     columns = list(ds.column_names)
     if text_column is None:
         text_column = next((c for c in TEXT_COLUMNS if c in columns), None)
         if text_column is None:
             raise DataError(f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}; "
                             f"it has {', '.join(columns)})", hint="set [data] text_column")
-    for col in (text_column, label_column):
-        if col not in columns:
+    for col in (text_column, label_column, pair_column):
+        if col is not None and col not in columns:
             raise DataError(f"{source} has no column {col!r} (it has {', '.join(columns)})",
-                            hint="set [data] text_column / label_column")
-    if len(ds) == 0:
-        raise DataError(f"{source} holds no rows")
+                            hint="set [data] text_column / text_pair_column / label_column")
     texts = ["" if t is None else str(t) for t in ds[text_column]]
-    return texts, list(ds[label_column])
+    pairs = None if pair_column is None else ["" if t is None else str(t) for t in ds[pair_column]]
+    return texts, list(ds[label_column]), pairs
 
 
 def _check_utf8(path: Path) -> None:
@@ -137,10 +150,13 @@ class TextClassificationGenerator(Generator):
     version = "1"
     default_source: str | None = None
 
-    def __init__(self, name: str, description: str, default_source: str | None = None) -> None:
+    def __init__(self, name: str, description: str, default_source: str | None = None,
+                 columns: tuple[str | None, str, str | None] = (None, "label", None)) -> None:
         self.name = name
         self.description = description
         self.default_source = default_source
+        #: Default text, label and pair-text columns; [data] keys override them.
+        self.columns = columns
 
     def _source(self, cfg: ZooConfig) -> str:
         source = cfg.data.get("source", self.default_source)
@@ -149,7 +165,7 @@ class TextClassificationGenerator(Generator):
         return cfg.resolve(source)
 
     def validate(self, cfg: ZooConfig) -> None:
-        for key in ("source", "test_source"):
+        for key in ("source", "test_source", "validation_source"):
             value = cfg.data.get(key) or (self.default_source if key == "source" else None)
             if value and not value.startswith("synthetic:"):
                 resolved = Path(cfg.resolve(value)).expanduser()
@@ -198,51 +214,75 @@ class TextClassificationGenerator(Generator):
         return total * width
 
     # -- data ------------------------------------------------------------------------------
+    def _columns(self, cfg: ZooConfig) -> tuple[str | None, str, str | None]:
+        text, label, pair = self.columns
+        return (cfg.data.get("text_column", text), cfg.data.get("label_column", label),
+                cfg.data.get("text_pair_column", pair))
+
     def prepare(self, cfg: ZooConfig) -> TaskData:
         import numpy as np
 
         source = self._source(cfg)
-        texts, raw_labels = load_rows(source, cfg.data.get("text_column"),
-                                      cfg.data.get("label_column", "label"))
+        text_col, label_col, pair_col = self._columns(cfg)
+        texts, raw_labels, pairs = load_rows(source, text_col, label_col, pair_col)
         split_cfg = cfg.data["split"]
         rng = np.random.default_rng(int(split_cfg.get("seed", 0)))
         order = rng.permutation(len(texts))
         fractions = {k: float(split_cfg.get(k, 0.0)) for k in SPLITS}
         test_source = cfg.data.get("test_source")
-        if test_source:
-            kept = fractions["train"] + fractions["validation"]
-            fractions = {"train": fractions["train"] / kept,
-                         "validation": fractions["validation"] / kept, "test": 0.0}
+        validation_source = cfg.data.get("validation_source")
+        fixed = int(cfg.data.get("train_examples", 0))
         n = len(texts)
-        n_train = int(round(fractions["train"] * n))
-        n_val = int(round(fractions["validation"] * n)) if fractions["test"] else n - n_train
-        parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val],
-                 "test": order[n_train + n_val :]}
+        if fixed:
+            # The homework's split: a fixed number of training examples, the rest of the
+            # training source as test, the validation source (the official dev set) as dev.
+            if not validation_source:
+                raise ConfigError("[data] train_examples needs a validation_source (the dev set)")
+            if fixed >= n:
+                raise DataError(f"{source} has {n} rows: none left for the test split after "
+                                f"{fixed} training examples", hint="lower [data] train_examples")
+            parts = {"train": order[:fixed], "validation": order[:0], "test": order[fixed:]}
+        else:
+            if test_source:
+                kept = fractions["train"] + fractions["validation"]
+                fractions = {"train": fractions["train"] / kept,
+                             "validation": fractions["validation"] / kept, "test": 0.0}
+            n_train = int(round(fractions["train"] * n))
+            n_val = int(round(fractions["validation"] * n)) if fractions["test"] else n - n_train
+            parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val],
+                     "test": order[n_train + n_val :]}
         labels, names = _label_ids(raw_labels, source)
         splits: dict[str, dict[str, Any]] = {}
         for split, idx in parts.items():
             idx = np.sort(idx) if split != "train" else idx
             splits[split] = {"ids": [f"row-{i}" for i in idx], "texts": [texts[i] for i in idx],
+                             "pairs": None if pairs is None else [pairs[i] for i in idx],
                              "labels": labels[idx]}
         cap = int(cfg.train["max_train_examples"])
         if cap:
-            splits["train"] = {k: v[:cap] for k, v in splits["train"].items()}
-        if test_source:
-            t_texts, t_raw = load_rows(cfg.resolve(test_source), cfg.data.get("text_column"),
-                                       cfg.data.get("label_column", "label"))
-            t_labels, t_names = _label_ids(t_raw, test_source)
-            if len(t_names) > len(names):
-                raise DataError(f"{test_source} has labels the training data lacks")
-            splits["test"] = {"ids": [f"test-{i}" for i in range(len(t_texts))], "texts": t_texts,
-                              "labels": t_labels}
+            splits["train"] = {k: None if v is None else v[:cap] for k, v in splits["train"].items()}
+        for key, split, prefix in (("test_source", "test", "test"),
+                                   ("validation_source", "validation", "dev")):
+            other = cfg.data.get(key) if key != "test_source" or not fixed else None
+            if not other:
+                continue
+            if key == "validation_source" and not fixed:
+                raise ConfigError("[data] validation_source goes with train_examples",
+                                  hint="set [data] train_examples, or drop validation_source")
+            o_texts, o_raw, o_pairs = load_rows(cfg.resolve(other), text_col, label_col, pair_col)
+            o_labels, o_names = _label_ids(o_raw, other)
+            if o_names != names[: len(o_names)]:
+                raise DataError(f"{other} has labels the training data lacks")
+            splits[split] = {"ids": [f"{prefix}-{i}" for i in range(len(o_texts))],
+                             "texts": o_texts, "pairs": o_pairs, "labels": o_labels}
         for split in SPLITS:
             if len(splits[split]["ids"]) == 0:
                 raise DataError(f"the {split} split of {source} is empty",
                                 hint="use more data or change [data] split")
         info = {
-            "source": source, "test_source": test_source, "label_names": names,
-            "sizes": {s: len(splits[s]["ids"]) for s in SPLITS},
-            "fingerprints": {s: fingerprint(splits[s]["ids"], splits[s]["texts"],
+            "source": source, "test_source": test_source, "validation_source": validation_source,
+            "label_names": names, "sizes": {s: len(splits[s]["ids"]) for s in SPLITS},
+            "fingerprints": {s: fingerprint(splits[s]["ids"], _joined(splits[s]),
                                             splits[s]["labels"]) for s in SPLITS},
         }
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy")]
@@ -253,34 +293,35 @@ class TextClassificationGenerator(Generator):
                         cache={"num_labels": len(names)})
 
     # -- models ----------------------------------------------------------------------------
-    def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
-        """Load (once per zoo and backbone) the backbone and tokenise every split with it."""
+    def _encode(self, cfg: ZooConfig, tok: Any, data: dict[str, Any], token_types: bool
+                ) -> dict[str, Any]:
         import torch
 
-        from zooscope.models import load_backbone, scratch_backbone
+        max_len = int(cfg.train["max_seq_len"])
+        enc = tok(data["texts"], data["pairs"], truncation=True, max_length=max_len)
+        out = {"input_ids": enc["input_ids"],
+               "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
+        if token_types and data["pairs"] is not None and "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
+        """Load (once per zoo and backbone) the backbone and tokenise every split with it."""
+        from zooscope.models import backbone_for, uses_token_types
 
         key = f"backbone:{name}"
         if key not in task.cache:
-            dropout = float(cfg.train["dropout"])
-            max_len = int(cfg.train["max_seq_len"])
-            if name == "scratch":
-                model, tok = scratch_backbone(cfg.scratch, task.splits["train"]["texts"], dropout,
-                                              max_len)
-            else:
-                model, tok = load_backbone(cfg.resolve(name), dropout)
-            encoded = {}
-            for split, data in task.splits.items():
-                enc = tok(data["texts"], truncation=True, max_length=max_len)
-                encoded[split] = {"input_ids": enc["input_ids"],
-                                  "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
+            model, tok = backbone_for(cfg, name, _joined(task.splits["train"]))
+            types = uses_token_types(model)
+            encoded = {split: self._encode(cfg, tok, data, types)
+                       for split, data in task.splits.items()}
             task.cache[key] = (model, tok, encoded)
         return task.cache[key]
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
         import torch
 
-        from zooscope.models import SequenceClassifier, architecture_files
-        from zooscope.store import Architecture
+        from zooscope.models import SequenceClassifier
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
@@ -292,13 +333,7 @@ class TextClassificationGenerator(Generator):
         if cfg.train["freeze_backbone"]:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
-        state = model.state_dict()
-        arch = Architecture(
-            key=name, files=architecture_files(backbone, tok, model.head_spec()),
-            shapes={k: tuple(v.shape) for k, v in state.items()},
-            dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
-                    if not v.is_floating_point()},
-        )
+        arch = architecture_record(name, model, backbone, tok)
         pad = int(tok.pad_token_id or 0)
         train = encoded["train"]
         batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
@@ -308,8 +343,7 @@ class TextClassificationGenerator(Generator):
             order = torch.randperm(n, generator=generator).tolist()
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                yield collate([train["input_ids"][i] for i in idx], pad,
-                              labels=train["labels"][idx])
+                yield collate(train, idx, pad, labels=train["labels"][idx])
 
         return MemberSetup(model=model, architecture=arch, train_batches=batches,
                            steps_per_epoch=(n + batch_size - 1) // batch_size,
@@ -320,13 +354,11 @@ class TextClassificationGenerator(Generator):
                        ) -> tuple[dict[str, float], np.ndarray | None]:
         import torch
 
-        max_len = int(cfg.train["max_seq_len"])
-        encoded = {}
-        for split in splits:
-            data = task.splits[split]
-            enc = tokenizer(data["texts"], truncation=True, max_length=max_len)
-            encoded[split] = {"input_ids": enc["input_ids"],
-                              "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
+        from zooscope.models import uses_token_types
+
+        types = uses_token_types(getattr(model, "backbone", model))
+        encoded = {split: self._encode(cfg, tokenizer, task.splits[split], types)
+                   for split in splits}
         setup = MemberSetup(model=model.to(device), architecture=None,  # type: ignore[arg-type]
                             train_batches=lambda g: iter(()), steps_per_epoch=0,
                             state={"encoded": encoded, "pad": int(tokenizer.pad_token_id or 0)})
@@ -361,8 +393,7 @@ class TextClassificationGenerator(Generator):
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                batch = collate([ids[i] for i in idx], setup.state["pad"],
-                                labels=data["labels"][idx])
+                batch = collate(data, idx, setup.state["pad"], labels=data["labels"][idx])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 _, logits = model(**batch)
                 loss_sum += torch.nn.functional.cross_entropy(
@@ -377,21 +408,49 @@ class TextClassificationGenerator(Generator):
         return metrics, predictions
 
 
-def collate(sequences: list[list[int]], pad: int, labels: torch.Tensor | None = None
-            ) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of the batch (never to max_seq_len)."""
+def _joined(data: dict[str, Any]) -> list[str]:
+    """The split's texts, each with its pair text where there is one (for fingerprints
+    and for training a scratch tokenizer)."""
+    if data.get("pairs") is None:
+        return data["texts"]
+    return [f"{a}\t{b}" for a, b in zip(data["texts"], data["pairs"], strict=True)]
+
+
+def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Module, tok: Any
+                        ) -> Any:
+    """The architecture a member's model has: stored files, tensor shapes, integer dtypes."""
+    from zooscope.models import architecture_files
+    from zooscope.store import Architecture
+
+    state = model.state_dict()
+    return Architecture(
+        key=name, files=architecture_files(backbone, tok, model.head_spec()),
+        shapes={k: tuple(v.shape) for k, v in state.items()},
+        dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
+                if not v.is_floating_point()},
+    )
+
+
+def collate(encoded: dict[str, Any], idx: list[int], pad: int,
+            **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of an encoded split, padded to the batch's longest (never to max_seq_len)."""
     import torch
 
+    sequences = [encoded["input_ids"][i] for i in idx]
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
+    types = torch.zeros((len(sequences), width), dtype=torch.long) \
+        if "token_type_ids" in encoded else None
+    for row, (i, seq) in enumerate(zip(idx, sequences, strict=True)):
         input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
+        if types is not None:
+            types[row, : len(seq)] = torch.as_tensor(encoded["token_type_ids"][i], dtype=torch.long)
     out = {"input_ids": input_ids, "attention_mask": mask}
-    if labels is not None:
-        out["labels"] = labels
-    return out
+    if types is not None:
+        out["token_type_ids"] = types
+    return {**out, **extra}
 
 
 @zooscope.hookimpl
@@ -400,4 +459,7 @@ def zooscope_register_generators(register: Any) -> None:
         "sst2", "SST-2 sentiment (accuracy): fine-tune a backbone with an MLP head",
         default_source="stanfordnlp/sst2"))
     register(TextClassificationGenerator(
-        "text-classification", "any sentence classification data set (accuracy)"))
+        "text-classification", "any sentence (or sentence-pair) classification data set (accuracy)"))
+    register(TextClassificationGenerator(
+        "boolq", "BoolQ yes/no questions over a passage (accuracy): question [SEP] passage",
+        default_source="google/boolq", columns=("question", "answer", "passage")))

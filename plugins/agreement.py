@@ -44,6 +44,35 @@ def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
     return agree, kappa
 
 
+def span_agreement(answers: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise exact match and token F1 between members' answers to the same questions.
+
+    ``answers[m][q]`` is member m's answer text to question q; both are compared after
+    SQuAD's normalisation. Per question, F1 is computed once per pair of distinct
+    answers and spread to all member pairs by indexing.
+    """
+    import numpy as np
+
+    from zooscope.qa import normalize_answer, token_f1
+
+    n_members = len(answers)
+    n_questions = len(answers[0]) if answers else 0
+    em = np.zeros((n_members, n_members))
+    f1 = np.zeros((n_members, n_members))
+    for q in range(n_questions):
+        norm = [normalize_answer(a[q]) for a in answers]
+        unique, inverse = np.unique(np.asarray(norm, dtype=object).astype(str), return_inverse=True)
+        tokens = [u.split() for u in unique]
+        table = np.array([[1.0 if a == b else token_f1(a, b) for b in tokens] for a in tokens])
+        same = inverse[:, None] == inverse[None, :]
+        em += same
+        f1 += table[inverse][:, inverse]
+    if n_questions:
+        em /= n_questions
+        f1 /= n_questions
+    return em, f1
+
+
 def _sort_key(value: Any) -> tuple[int, float, str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
@@ -69,8 +98,12 @@ class Agreement(Analyzer):
         import numpy as np
 
         kind = zoo.prediction_kind()
-        if kind != "class":
-            raise ZooFileError(f"agreement needs class predictions; this zoo stores {kind!r}")
+        if kind not in ("class", "span"):
+            raise ZooFileError("agreement needs stored test predictions (class ids or answer "
+                               f"spans); this zoo stores {kind or 'none'}")
+        # Classes: agreement and Cohen's kappa. Answer spans (QA): exact match and token
+        # F1 between the two members' answers, after SQuAD's normalisation.
+        second = "kappa" if kind == "class" else "f1"
         labels = zoo.test_labels()
         order_keys = [k for k in options["order"].split(",") if k] or sorted(
             {k for m in selection.members for k in m.factors})
@@ -86,14 +119,26 @@ class Agreement(Analyzer):
         last = max(by_epoch)
         matrix_table: dict[str, list[Any]] = {}
         heat = None
-        num_classes = int(max(labels.max() if labels is not None else 0,
-                              zoo.predictions().max()) + 1)
+        if kind == "class":
+            num_classes = int(max(labels.max() if labels is not None else 0,
+                                  zoo.predictions().max()) + 1)
+        else:
+            from zooscope.qa import best_over_truths
+
+            gold = zoo.test_answers() or []
         for epoch in sorted(by_epoch):
             cps = by_epoch[epoch]
-            preds = zoo.predictions(cps)
-            agree, kappa = agreement_matrix(preds, num_classes)
-            errors = (preds != labels[None, :]).mean(axis=1) if labels is not None else \
-                np.full(len(cps), np.nan)
+            if kind == "class":
+                preds = zoo.predictions(cps)
+                agree, kappa = agreement_matrix(preds, num_classes)
+                errors = (preds != labels[None, :]).mean(axis=1) if labels is not None else \
+                    np.full(len(cps), np.nan)
+            else:
+                answers = zoo.predicted_answers(cps)
+                agree, kappa = span_agreement(answers)
+                errors = np.array([1 - np.mean([best_over_truths(a, g)[0]
+                                                for a, g in zip(row, gold, strict=True)])
+                                   for row in answers])
             for i, c in enumerate(cps):
                 per_member["epoch"].append(epoch)
                 per_member["member"].append(c.member)
@@ -108,7 +153,7 @@ class Agreement(Analyzer):
                 pairs["member_b"].append(b.id)
                 pairs["differ_in"].append(diff)
                 pairs["agreement"].append(float(agree[i, j]))
-                pairs["kappa"].append(float(kappa[i, j]))
+                pairs[second].append(float(kappa[i, j]))
                 pairs["disagreement"].append(float(1 - agree[i, j]))
                 pairs["error_a"].append(float(errors[i]))
                 pairs["error_b"].append(float(errors[j]))
@@ -119,7 +164,7 @@ class Agreement(Analyzer):
                 groups["differ_in"].append(diff)
                 groups["pairs"].append(len(values))
                 groups["mean_agreement"].append(float(arr[:, 0].mean()))
-                groups["mean_kappa"].append(float(arr[:, 1].mean()))
+                groups[f"mean_{second}"].append(float(arr[:, 1].mean()))
                 groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
                 groups["mean_test_error"].append(float(arr[:, 2].mean()))
             if epoch == last:
@@ -127,7 +172,7 @@ class Agreement(Analyzer):
                 matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
                                                   for k, mid in enumerate(ids)}}
                 heat = (agree, ids)
-        summary = self._summary(pairs, per_member, last, len(by_epoch[last]))
+        summary = self._summary(pairs, per_member, last, len(by_epoch[last]), second)
         figures = {"agreement_heatmap": _heatmap(heat[0], heat[1], by_id, order_keys, last)} \
             if heat is not None else {}
         return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
@@ -136,7 +181,7 @@ class Agreement(Analyzer):
 
     @staticmethod
     def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,
-                 n: int) -> str:
+                 n: int, second: str = "kappa") -> str:
         import numpy as np
 
         at = [i for i, e in enumerate(pairs["epoch"]) if e == epoch]
@@ -144,11 +189,16 @@ class Agreement(Analyzer):
         if not at:
             return f"one member at epoch {epoch}: nothing to compare."
         agree = np.mean([pairs["agreement"][i] for i in at])
-        kappa = np.mean([pairs["kappa"][i] for i in at])
+        kappa = np.mean([pairs[second][i] for i in at])
         seed_only = [pairs["disagreement"][i] for i in at if pairs["differ_in"][i] == "seed"]
-        text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "
-                f"Cohen's kappa {kappa:.3f}; mean test error {np.mean(errs):.3f}.")
-        if seed_only:
+        if second == "kappa":
+            text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "
+                    f"Cohen's kappa {kappa:.3f}; mean test error {np.mean(errs):.3f}.")
+        else:
+            text = (f"{n} members at epoch {epoch}: members' answers match exactly on {agree:.3f} "
+                    f"of test questions (token F1 {kappa:.3f} between members); mean test error "
+                    f"(1 - exact match) {np.mean(errs):.3f}.")
+        if seed_only and second == "kappa":
             text += (f" Pairs that differ only in seed disagree on {np.mean(seed_only):.3f} of "
                      f"test examples; Jiang et al. (2022) expect this to match the mean test "
                      f"error.")

@@ -804,11 +804,15 @@ class HDF5Zoo(Zoo):
         preds = None if p is None else {"kind": _attr_text(p, "kind", "class"),
                                         "shape": list(p.shape[1:])}
         ids = self.f.get("data/test_ids")
+        contexts = self.f.get("data/test_contexts")
+        answers = self.f.get("data/test_answers")
         return ZooHeader(
             name=info["name"], config_text=self.config_text, generator=info["generator"],
             generator_version=info["generator_version"], metric_columns=list(self.metric_columns),
             data=info["data"], predictions=preds, test_labels=self.test_labels(),
             test_ids=None if ids is None else list(ids.asstr()[()]),
+            test_contexts=None if contexts is None else list(contexts.asstr()[()]),
+            test_answers=None if answers is None else [json.loads(a) for a in answers.asstr()[()]],
             storage_dtype=info["storage_dtype"], compression=info["compression"],
             extra=info["extra"],
         )
@@ -997,6 +1001,13 @@ def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) ->
         d.create_dataset("test_labels", data=np.asarray(header.test_labels))
     if header.test_ids is not None:
         d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=_STR)
+    if header.test_contexts is not None:
+        d.create_dataset("test_contexts", data=np.array(header.test_contexts, dtype=object),
+                         dtype=_STR)
+    if header.test_answers is not None:
+        d.create_dataset("test_answers", data=np.array(
+            [json.dumps(a, ensure_ascii=False) for a in header.test_answers], dtype=object),
+            dtype=_STR)
 
 
 __all__ = ["FORMAT_VERSION", "HDF5Writer", "HDF5Zoo", "create_zoo", "resume_zoo", "write_analysis"]

@@ -75,11 +75,12 @@ def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: 
     with zooscope.open_zoo(tiny_zoo) as zoo:
         c = zoo.checkpoints()[-1]
         model, tokenizer = rebuild(zoo, c.member, c.epoch)
-        texts, _ = load_rows(cfg.data["source"], None, "label")
+        texts, _, _ = load_rows(cfg.data["source"], None, "label")
         ids = [int(i.removeprefix("row-")) for i in zoo.header().test_ids]
         enc = tokenizer([texts[i] for i in ids], truncation=True, max_length=32)["input_ids"]
         with torch.no_grad():
-            _, logits = model(**collate(enc, tokenizer.pad_token_id))
+            batch = collate({"input_ids": enc}, list(range(len(enc))), tokenizer.pad_token_id)
+            _, logits = model(**batch)
         np.testing.assert_array_equal(logits.argmax(-1).numpy(), zoo.predictions([c])[0])
 
 

@@ -36,6 +36,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "data": {
         "source": (str,), "split": (dict,), "text_column": (str,), "label_column": (str,),
         "test_source": (str,), "num_examples": (int,), "seed": (int,),
+        "text_pair_column": (str,), "validation_source": (str,), "train_examples": (int,),
+        "stride": (int,), "mlm_probability": _NUMBER,
     },
     "scratch": {
         "model_type": (str,), "hidden_size": (int,), "num_hidden_layers": (int,),
@@ -86,6 +88,7 @@ class ZooConfig:
     scratch: dict[str, Any]
     store: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict)
+    _expanded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -119,22 +122,44 @@ class ZooConfig:
         looks_local = value.startswith((".", "/", "~")) or local.exists()
         return str(local.resolve()) if looks_local else value
 
-    def members(self) -> list[Member]:
-        """The product of the grid and the seeds, in a fixed order."""
+    def members(self, expand: bool = True) -> list[Member]:
+        """The product of the grid and the seeds, in a fixed order.
+
+        ``zoo://`` selectors expand into one backbone per selected parent checkpoint
+        (which reads the parent zoo); ``expand=False`` leaves them as written.
+        """
         grid = dict(self.grid)
+        backbones = grid.pop("backbone", [self.zoo["backbone"]])
+        lineage: dict[str, dict[str, Any]] = {}
+        grid["backbone"] = []
+        for name in backbones:
+            for concrete, parent in (self.expand_backbone(name) if expand else [(name, None)]):
+                grid["backbone"].append(concrete)
+                if parent is not None:
+                    lineage[concrete] = parent
         keys = sorted(grid)
         members = []
         for values in itertools.product(*(grid[k] for k in keys)):
             for seed in self.zoo["seeds"]:
                 factors = dict(zip(keys, values, strict=True))
-                factors.setdefault("backbone", self.zoo["backbone"])
                 factors["seed"] = seed
-                members.append(Member.from_factors(factors))
+                members.append(Member.from_factors(factors, lineage.get(factors["backbone"])))
         ids = [m.id for m in members]
         if len(set(ids)) != len(ids):
             raise ConfigError("the grid lists the same member twice",
                               hint="remove repeated values from [grid] or [zoo] seeds")
         return members
+
+    def expand_backbone(self, name: Any) -> list[tuple[Any, dict[str, Any] | None]]:
+        """A backbone value, or the exact ``zoo://`` checkpoints a selector stands for."""
+        from zooscope import lineage
+
+        if not lineage.is_zoo_ref(name):
+            return [(name, None)]
+        if name not in self._expanded:
+            base = self.path.parent if self.path is not None else None
+            self._expanded[name] = lineage.expand(name, base)
+        return list(self._expanded[name])
 
     def epochs_of(self, member: Member) -> int:
         return int(member.factors.get("epochs", self.zoo["epochs"]))
@@ -258,7 +283,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
             _check_positive(f"[scratch] {key}", value)
     cfg = ZooConfig(text=text, path=path, zoo=zoo, grid=grid, train=train, data=tables["data"],
                     scratch=scratch, store=tables["store"], raw=raw)
-    cfg.members()  # refuses repeated members early
+    cfg.members(expand=False)  # refuses repeated members early, without reading parent zoos
     return cfg
 
 

@@ -31,6 +31,8 @@ class TaskData:
     predictions: dict[str, Any] | None = None
     test_labels: np.ndarray | None = None
     test_ids: list[str] | None = None
+    test_contexts: list[str] | None = None
+    test_answers: list[list[str]] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from zooscope.errors import ConfigError, ZooFileError
 
 if TYPE_CHECKING:
+    from zooscope.config import ZooConfig
     from zooscope.zoo import Member, Zoo
 
 HEAD_FILE = "zooscope_head.json"
@@ -42,7 +43,7 @@ class SequenceClassifier(nn.Module):
         layers.append(nn.Linear(h, num_labels))
         self.head = nn.Sequential(*layers)
         self.num_labels = num_labels
-        self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+        self._takes_token_types = uses_token_types(backbone)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None,
@@ -61,15 +62,74 @@ class SequenceClassifier(nn.Module):
                 "head_prefix": "head.", "input": "first token ([CLS]) of last_hidden_state"}
 
 
+class QuestionAnswerer(nn.Module):
+    """Every token → Linear(h, h) → ReLU → dropout → Linear(h, 2): start and end logits."""
+
+    def __init__(self, backbone: nn.Module, hidden: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        h = backbone.config.hidden_size
+        layers: list[nn.Module] = []
+        if hidden:
+            layers += [nn.Linear(h, h), nn.ReLU(), nn.Dropout(dropout)]
+        layers.append(nn.Linear(h, 2))
+        self.head = nn.Sequential(*layers)
+        self._takes_token_types = uses_token_types(backbone)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None,
+                end_positions: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        logits = self.head(self.backbone(**kwargs).last_hidden_state)
+        start, end = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (nn.functional.cross_entropy(start, start_positions)
+                    + nn.functional.cross_entropy(end, end_positions)) / 2
+        return loss, start, end
+
+    def head_spec(self) -> dict[str, Any]:
+        return {"kind": "question-answering", "hidden": int(len(self.head) > 1),
+                "backbone_prefix": "backbone.", "head_prefix": "head.",
+                "input": "every token of last_hidden_state; outputs start and end logits"}
+
+
+def uses_token_types(backbone: nn.Module) -> bool:
+    """Whether to pass segment ids: BERT does; RoBERTa (one type) and DistilBERT (none) do not."""
+    return getattr(backbone.config, "type_vocab_size", 0) > 1 and \
+        "token_type_ids" in inspect.signature(backbone.forward).parameters
+
+
 def set_dropout(config: Any, dropout: float) -> None:
     for key in _DROPOUT_KEYS:
         if hasattr(config, key):
             setattr(config, key, dropout)
 
 
-def load_backbone(name_or_path: str, dropout: float) -> tuple[nn.Module, Any]:
+def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "base"
+                 ) -> tuple[nn.Module, Any]:
+    """A member's starting model and tokenizer: built from [scratch], a zoo checkpoint
+    (``zoo://``), a local directory or a hub id. ``kind`` is ``"base"`` (the encoder)
+    or ``"masked-lm"`` (with its pre-training head)."""
+    from zooscope import lineage
+
+    dropout = float(cfg.train["dropout"])
+    max_len = int(cfg.train["max_seq_len"])
+    if name == "scratch":
+        return scratch_backbone(cfg.scratch, texts, dropout, max_len, kind)
+    if lineage.is_zoo_ref(name):
+        base = cfg.path.parent if cfg.path is not None else None
+        return lineage.load_from_zoo(name, base, dropout, kind)
+    return load_backbone(cfg.resolve(name), dropout, kind)
+
+
+def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tuple[nn.Module, Any]:
     """A pre-trained backbone and its tokenizer, from a hub id or a local directory."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     # The load report lists the pre-training heads a backbone leaves out: expected here.
@@ -77,9 +137,12 @@ def load_backbone(name_or_path: str, dropout: float) -> tuple[nn.Module, Any]:
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         set_dropout(config, dropout)
-        model = AutoModel.from_pretrained(name_or_path, config=config, add_pooling_layer=False) \
-            if config.model_type in ("bert", "roberta") else \
-            AutoModel.from_pretrained(name_or_path, config=config)
+        if kind == "masked-lm":
+            model = AutoModelForMaskedLM.from_pretrained(name_or_path, config=config)
+        elif config.model_type in ("bert", "roberta"):
+            model = AutoModel.from_pretrained(name_or_path, config=config, add_pooling_layer=False)
+        else:
+            model = AutoModel.from_pretrained(name_or_path, config=config)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -124,13 +187,13 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Any:
 
 
 def scratch_backbone(scratch: dict[str, Any], texts: Iterable[str], dropout: float,
-                     max_seq_len: int) -> tuple[nn.Module, Any]:
+                     max_seq_len: int, kind: str = "base") -> tuple[nn.Module, Any]:
     """A small randomly initialised backbone built from a config, with a tokenizer trained here.
 
     The backbone's initialisation depends only on ``scratch.seed``, so every member of
     a zoo starts from the same backbone, as members of a fine-tuning zoo do.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     tokenizer = train_wordpiece(texts, int(scratch["vocab_size"]))
     config = AutoConfig.for_model(
@@ -140,13 +203,19 @@ def scratch_backbone(scratch: dict[str, Any], texts: Iterable[str], dropout: flo
         intermediate_size=scratch["intermediate_size"],
         max_position_embeddings=max(scratch["max_position_embeddings"], max_seq_len + 2),
         pad_token_id=tokenizer.pad_token_id,
+        # DistilBERT names its feed-forward width hidden_dim
+        **({"hidden_dim": scratch["intermediate_size"]} if scratch["model_type"] == "distilbert"
+           else {}),
     )
     set_dropout(config, dropout)
     tokenizer.model_max_length = max_seq_len
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(scratch["seed"]))
-        kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
-        model = AutoModel.from_config(config, **kwargs)
+        if kind == "masked-lm":
+            model = AutoModelForMaskedLM.from_config(config)
+        else:
+            kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+            model = AutoModel.from_config(config, **kwargs)
     return model, tokenizer
 
 
@@ -175,6 +244,8 @@ def skeleton(files: dict[str, bytes]) -> nn.Module:
     if head["kind"] == "sequence-classification":
         backbone = AutoModel.from_config(config, **kwargs)
         return SequenceClassifier(backbone, head["num_labels"], head["hidden"])
+    if head["kind"] == "question-answering":
+        return QuestionAnswerer(AutoModel.from_config(config, **kwargs), head["hidden"])
     if head["kind"] == "masked-lm":
         from transformers import AutoModelForMaskedLM
 

@@ -21,6 +21,8 @@ from zooscope.errors import PluginError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "zooscope.stores.hdf5",
     "zooscope.generators.text_classification",
+    "zooscope.generators.pretext",
+    "zooscope.generators.squad",
     "zooscope.plugins.agreement",
     "zooscope.plugins.weightstats",
     "zooscope.plugins.predict",

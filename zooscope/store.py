@@ -32,6 +32,10 @@ class ZooHeader:
     predictions: dict[str, Any] | None = None
     test_labels: np.ndarray | None = None
     test_ids: list[str] | None = None
+    #: Extractive QA: each test question's context and gold answers, so that stored
+    #: character spans turn back into answer text without the data set.
+    test_contexts: list[str] | None = None
+    test_answers: list[list[str]] | None = None
     storage_dtype: str = "float32"
     compression: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -150,6 +150,25 @@ class Zoo(ABC):
     def test_labels(self) -> np.ndarray | None:
         """The test split's gold labels, where the task has class labels."""
 
+    def test_contexts(self) -> list[str] | None:
+        """Extractive QA: each test question's context, where the zoo stores spans."""
+        return self.header().test_contexts
+
+    def test_answers(self) -> list[list[str]] | None:
+        """Extractive QA: each test question's gold answers."""
+        return self.header().test_answers
+
+    def predicted_answers(self, checkpoints: Sequence[Checkpoint] | None = None) -> list[list[str]]:
+        """Extractive QA: the answer text each checkpoint predicted for each test question.
+
+        Spans are character offsets ``[start, end)`` into the question's context.
+        """
+        if self.prediction_kind() != "span":
+            raise ZooFileError("this zoo stores no answer spans")
+        contexts = self.test_contexts() or []
+        spans = self.predictions(checkpoints)
+        return [[contexts[q][int(s) : int(e)] for q, (s, e) in enumerate(row)] for row in spans]
+
     @abstractmethod
     def model_files(self, member: Member | str) -> dict[str, bytes]:
         """config.json and tokenizer files needed to rebuild the member's model offline."""
@@ -168,7 +187,7 @@ class Zoo(ABC):
 
     @abstractmethod
     def prediction_kind(self) -> str | None:
-        """``"class"`` for class-id predictions, None where the zoo stores none."""
+        """``"class"`` for class ids, ``"span"`` for answer character spans, None for none."""
 
     @abstractmethod
     def architecture(self, member: Member | str) -> Architecture:

@@ -63,7 +63,9 @@ class ZooscopeGroup(TyperGroup):
             fail(exc.message, exc.hint, getattr(exc, "exit_code", 1))
         except KeyboardInterrupt:
             fail("interrupted", code=130)
-        except Exception as exc:
+        except (SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # Rust extensions (tokenizers) panic with a BaseException
             if debug():
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc}",

@@ -1,0 +1,354 @@
+"""Extractive question answering on SQuAD v1.1 (``squad``): exact match and F1.
+
+Data from the official nested JSON (``data[].paragraphs[].qas[]``), a file in the
+hub's flat layout (``id, title, context, question, answers{text, answer_start}``) or
+the hub itself (``rajpurkar/squad``). Questions are split 80/10/10 by paragraph, so
+no context is seen in training and then tested. Long contexts are cut into windows
+of ``max_seq_len`` tokens overlapping by ``[data] stride`` tokens; each question's
+best span over its windows is mapped back to characters of the context.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zooscope
+from zooscope.errors import ConfigError, DataError
+from zooscope.generation import Generator, MemberSetup, TaskData
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from zooscope.config import ZooConfig
+    from zooscope.zoo import Member
+
+SPLITS = ("train", "validation", "test")
+MAX_ANSWER_TOKENS = 30
+
+
+def load_squad(source: str) -> list[dict[str, Any]]:
+    """Questions as dicts (id, title, context, question, answers, starts), in file order."""
+    path = Path(source).expanduser()
+    local = source.startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl", ".parquet")
+    if local and not path.exists():
+        raise DataError(f"no SQuAD file at {path}")
+    if local and path.suffix == ".json":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(doc, dict) and "data" in doc:
+            return _nested(doc, path)
+    from zooscope.generators.text_classification import load_table
+
+    ds = load_table(source)
+    need = {"id", "context", "question", "answers"}
+    if not need <= set(ds.column_names):
+        raise DataError(f"{source} is neither SQuAD's nested JSON nor its flat layout "
+                        f"(columns {', '.join(sorted(need))}; it has {', '.join(ds.column_names)})")
+    rows = []
+    for r in ds:
+        answers = r["answers"] or {}
+        rows.append({"id": str(r["id"]), "title": str(r.get("title") or ""),
+                     "context": r["context"], "question": r["question"],
+                     "answers": list(answers.get("text", [])),
+                     "starts": [int(s) for s in answers.get("answer_start", [])]})
+    return rows
+
+
+def _nested(doc: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        for article in doc["data"]:
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    rows.append({
+                        "id": str(qa["id"]), "title": str(article.get("title", "")),
+                        "context": para["context"], "question": qa["question"],
+                        "answers": [a["text"] for a in qa["answers"]],
+                        "starts": [int(a["answer_start"]) for a in qa["answers"]],
+                    })
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path} does not have SQuAD's layout (data[].paragraphs[].qas[]): "
+                        f"missing {exc}") from None
+    if not rows:
+        raise DataError(f"{path} holds no questions")
+    return rows
+
+
+class SquadGenerator(Generator):
+    """Fine-tunes a backbone with a token-level MLP head predicting answer start and end."""
+
+    name = "squad"
+    version = "1"
+    description = "SQuAD v1.1 extractive QA (exact match, F1): a start/end head on every token"
+    default_source = "rajpurkar/squad"
+
+    def _source(self, cfg: ZooConfig) -> str:
+        return cfg.resolve(cfg.data.get("source", self.default_source))
+
+    def validate(self, cfg: ZooConfig) -> None:
+        source = cfg.data.get("source", self.default_source)
+        resolved = Path(cfg.resolve(source)).expanduser()
+        if source.startswith((".", "/", "~")) or resolved.suffix in (".json", ".jsonl"):
+            if not resolved.exists():
+                raise ConfigError(f"[data] source: no SQuAD file at {resolved}")
+        stride = int(cfg.data.get("stride", 128))
+        if not 0 < stride < cfg.train["max_seq_len"] // 2:
+            raise ConfigError(f"[data] stride = {stride} must be positive and less than half of "
+                              f"[train] max_seq_len = {cfg.train['max_seq_len']}")
+
+    def prepare(self, cfg: ZooConfig) -> TaskData:
+        import numpy as np
+
+        source = self._source(cfg)
+        rows = load_squad(source)
+        for r in rows:
+            for text, start in zip(r["answers"], r["starts"], strict=True):
+                if r["context"][start : start + len(text)] != text:
+                    raise DataError(f"question {r['id']} of {source}: answer {text!r} is not at "
+                                    f"character {start} of its context")
+        # Split by paragraph: every question about a context lands in the same split.
+        contexts = sorted({r["context"] for r in rows})
+        split_cfg = cfg.data["split"]
+        order = np.random.default_rng(int(split_cfg.get("seed", 0))).permutation(len(contexts))
+        n = len(contexts)
+        n_train = int(round(float(split_cfg.get("train", 0.8)) * n))
+        n_val = int(round(float(split_cfg.get("validation", 0.1)) * n))
+        where = {}
+        for rank, i in enumerate(order):
+            where[contexts[i]] = ("train" if rank < n_train else
+                                  "validation" if rank < n_train + n_val else "test")
+        splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        for r in rows:
+            splits[where[r["context"]]].append(r)
+        cap = int(cfg.train["max_train_examples"])
+        if cap:
+            splits["train"] = splits["train"][:cap]
+        for split in SPLITS:
+            if not splits[split]:
+                raise DataError(f"the {split} split of {source} has no questions",
+                                hint="use more data or change [data] split")
+            if split == "train" and not any(r["answers"] for r in splits[split]):
+                raise DataError(f"the training questions of {source} have no answers")
+        info = {"source": source, "sizes": {s: len(v) for s, v in splits.items()},
+                "paragraphs": {s: len({r["context"] for r in v}) for s, v in splits.items()},
+                "fingerprints": {s: _fingerprint(v) for s, v in splits.items()},
+                "stride": int(cfg.data.get("stride", 128))}
+        columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "exact_match", "f1")]
+        test = splits["test"]
+        return TaskData(splits=splits, info=info, metric_columns=columns,
+                        predictions={"kind": "span", "shape": [len(test), 2]},
+                        test_ids=[r["id"] for r in test],
+                        test_contexts=[r["context"] for r in test],
+                        test_answers=[r["answers"] for r in test])
+
+    # -- features ----------------------------------------------------------------------------
+    def _encode(self, cfg: ZooConfig, tok: Any, rows: list[dict[str, Any]], token_types: bool
+                ) -> dict[str, Any]:
+        return encode_windows(tok, rows, int(cfg.train["max_seq_len"]),
+                              int(cfg.data.get("stride", 128)), token_types)
+
+    def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
+        from zooscope.models import backbone_for, uses_token_types
+
+        key = f"backbone:{name}"
+        if key not in task.cache:
+            texts = (t for r in task.splits["train"] for t in (r["question"], r["context"]))
+            model, tok = backbone_for(cfg, name, texts)
+            if not getattr(tok, "is_fast", False):
+                raise ConfigError(f"backbone {name!r} has no fast tokenizer: SQuAD needs character "
+                                  "offsets", hint="use a backbone with a tokenizer.json")
+            types = uses_token_types(model)
+            encoded = {s: self._encode(cfg, tok, rows, types) for s, rows in task.splits.items()}
+            task.cache[key] = (model, tok, encoded)
+        return task.cache[key]
+
+    def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
+        import torch
+
+        from zooscope.generators.text_classification import architecture_record, collate
+        from zooscope.models import QuestionAnswerer
+
+        name = str(member.factors["backbone"])
+        base, tok, encoded = self._backbone(cfg, name, task)
+        backbone = copy.deepcopy(base)
+        torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
+        model = QuestionAnswerer(backbone, hidden=int(cfg.train["head"].get("hidden", 1)),
+                                 dropout=float(cfg.train["dropout"]))
+        if cfg.train["freeze_backbone"]:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        arch = architecture_record(name, model, backbone, tok)
+        pad = int(tok.pad_token_id or 0)
+        train = encoded["train"]
+        batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
+        n = len(train["input_ids"])
+
+        def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+            order = torch.randperm(n, generator=generator).tolist()
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield collate(train, idx, pad, start_positions=train["starts"][idx],
+                              end_positions=train["ends"][idx])
+
+        return MemberSetup(model=model, architecture=arch, train_batches=batches,
+                           steps_per_epoch=(n + batch_size - 1) // batch_size,
+                           state={"encoded": encoded, "pad": pad, "rows": task.splits})
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, cfg: ZooConfig, setup: MemberSetup, task: TaskData,
+                 device: torch.device) -> tuple[dict[str, float], np.ndarray | None]:
+        splits = SPLITS if cfg.train["eval_train"] else SPLITS[1:]
+        return self._evaluate(cfg, setup.model, setup.state, device, splits)
+
+    def evaluate_model(self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module,
+                       tokenizer: Any, device: torch.device, splits: tuple[str, ...] = ("test",),
+                       ) -> tuple[dict[str, float], np.ndarray | None]:
+        from zooscope.models import uses_token_types
+
+        types = uses_token_types(model.backbone)
+        state = {"encoded": {s: self._encode(cfg, tokenizer, task.splits[s], types) for s in splits},
+                 "pad": int(tokenizer.pad_token_id or 0), "rows": task.splits}
+        return self._evaluate(cfg, model.to(device), state, device, splits)
+
+    def _evaluate(self, cfg: ZooConfig, model: torch.nn.Module, state: dict[str, Any],
+                  device: torch.device, splits: tuple[str, ...]
+                  ) -> tuple[dict[str, float], np.ndarray | None]:
+        import numpy as np
+        import torch
+
+        from zooscope.generators.text_classification import collate
+        from zooscope.qa import squad_scores
+
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        predictions = None
+        batch_size = int(cfg.train["eval_batch_size"])
+        with torch.no_grad():
+            for split in splits:
+                data = state["encoded"][split]
+                rows = state["rows"][split]
+                n = len(data["input_ids"])
+                best = np.full(len(rows), -np.inf)
+                spans = np.zeros((len(rows), 2), dtype=np.int32)
+                loss_sum = 0.0
+                order = sorted(range(n), key=lambda i: len(data["input_ids"][i]))
+                for start in range(0, n, batch_size):
+                    idx = order[start : start + batch_size]
+                    batch = collate(data, idx, state["pad"], start_positions=data["starts"][idx],
+                                    end_positions=data["ends"][idx])
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    loss, s_logits, e_logits = model(**batch)
+                    loss_sum += float(loss) * len(idx)
+                    scores, s_tok, e_tok = best_spans(s_logits.float(), e_logits.float(),
+                                                      [data["context_mask"][i] for i in idx])
+                    for k, i in enumerate(idx):
+                        q = data["example"][i]
+                        if scores[k] > best[q]:
+                            offsets = data["offsets"][i]
+                            best[q] = scores[k]
+                            spans[q] = (offsets[s_tok[k]][0], offsets[e_tok[k]][1])
+                answers = [r["context"][s:e] for r, (s, e) in zip(rows, spans, strict=True)]
+                em, f1 = squad_scores(answers, [r["answers"] for r in rows])
+                metrics[f"{split}_loss"] = loss_sum / max(n, 1)
+                metrics[f"{split}_exact_match"] = em
+                metrics[f"{split}_f1"] = f1
+                if split == "test":
+                    predictions = spans
+        model.train(was_training)
+        return metrics, predictions
+
+
+def best_spans(start: torch.Tensor, end: torch.Tensor, context_masks: list[list[bool]],
+               max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window, the best context span: max start + end logit with start ≤ end and at
+    most ``max_tokens`` tokens. Returns scores (-inf where a window has no context) and
+    the start and end token positions."""
+    import torch
+
+    rows, width = start.shape
+    mask = torch.zeros((rows, width), dtype=torch.bool, device=start.device)
+    for r, m in enumerate(context_masks):
+        mask[r, : len(m)] = torch.as_tensor(m, dtype=torch.bool)
+    neg = torch.finfo(start.dtype).min
+    s = start.masked_fill(~mask, neg)
+    e = end.masked_fill(~mask, neg)
+    pos = torch.arange(width, device=start.device)
+    band = (pos[None, :] >= pos[:, None]) & (pos[None, :] - pos[:, None] < max_tokens)
+    pair = s[:, :, None] + e[:, None, :]
+    pair = pair.masked_fill(~band[None], neg)
+    flat = pair.view(rows, -1).argmax(dim=1)
+    score = pair.view(rows, -1).gather(1, flat[:, None])[:, 0]
+    score = score.masked_fill(~mask.any(dim=1), float("-inf"))
+    return (score.cpu().numpy(), (flat // width).cpu().numpy(), (flat % width).cpu().numpy())
+
+
+def encode_windows(tok: Any, rows: list[dict[str, Any]], max_len: int, stride: int,
+                   token_types: bool) -> dict[str, Any]:
+    """Question + context windows: token ids, which tokens are context, their character
+    offsets, the question each window belongs to and its answer's token positions
+    (the first gold answer; position 0 where the window does not hold it)."""
+    import torch
+
+    # A window must keep more than `stride` context tokens: cut overlong questions.
+    room = max_len - stride - 4
+    questions = [r["question"].lstrip() for r in rows]
+    q_enc = tok(questions, add_special_tokens=False, return_offsets_mapping=True)
+    questions = [q if len(ids) <= room else q[: offsets[room - 1][1]]
+                 for q, ids, offsets in zip(questions, q_enc["input_ids"], q_enc["offset_mapping"],
+                                            strict=True)]
+    enc = tok(questions, [r["context"] for r in rows], truncation="only_second",
+              max_length=max_len, stride=stride, return_overflowing_tokens=True,
+              return_offsets_mapping=True, padding=False)
+    out: dict[str, Any] = {"input_ids": enc["input_ids"], "example": [], "offsets": [],
+                           "context_mask": []}
+    if token_types and "token_type_ids" in enc:
+        out["token_type_ids"] = enc["token_type_ids"]
+    starts, ends = [], []
+    for w in range(len(enc["input_ids"])):
+        q = int(enc["overflow_to_sample_mapping"][w])
+        seq = enc.sequence_ids(w)
+        offsets = enc["offset_mapping"][w]
+        context = [s == 1 for s in seq]
+        out["example"].append(q)
+        out["offsets"].append([tuple(o) for o in offsets])
+        out["context_mask"].append(context)
+        s_tok = e_tok = 0
+        row = rows[q]
+        if row["answers"]:
+            a_start = row["starts"][0]
+            a_end = a_start + len(row["answers"][0])
+            inside = [i for i, c in enumerate(context) if c]
+            if inside and offsets[inside[0]][0] <= a_start and offsets[inside[-1]][1] >= a_end:
+                s_tok = next(i for i in inside if offsets[i][1] > a_start)
+                e_tok = next(i for i in reversed(inside) if offsets[i][0] < a_end)
+        starts.append(s_tok)
+        ends.append(e_tok)
+    out["starts"] = torch.as_tensor(starts, dtype=torch.long)
+    out["ends"] = torch.as_tensor(ends, dtype=torch.long)
+    return out
+
+
+def _fingerprint(rows: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["id"], r["question"], r["context"], r["answers"], r["starts"]],
+                            ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@zooscope.hookimpl
+def zooscope_register_generators(register: Any) -> None:
+    register(SquadGenerator())

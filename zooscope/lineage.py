@@ -1,0 +1,218 @@
+"""Backbones taken from another zoo: ``zoo://`` references, selectors and lineage records.
+
+A downstream config names a pretext checkpoint as its backbone::
+
+    backbone = "zoo://pretext.h5#member=m3f9c0a1b2c4&epoch=10"
+
+or a selector over the pretext zoo, which the config expands into one backbone per
+selected checkpoint (the downstream grid is crossed with each)::
+
+    backbone = "zoo://pretext.h5#epoch=last"            # every member at its last epoch
+    backbone = "zoo://pretext.h5#member=m3f9c0a1b2c4"   # every epoch of one member
+    backbone = "zoo://pretext.h5#learning_rate=1e-4&epoch=2,4"
+
+Keys: ``member`` (ids, comma-separated, or ``*``), ``epoch`` (numbers, ``last`` or
+``*``); any other key filters the parent's members by a generating factor. The path
+is relative to the config file (``zoo:///abs/path.h5`` for an absolute one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from zooscope.errors import ConfigError, ZooscopeError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+SCHEME = "zoo://"
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class ZooRef:
+    """A parsed ``zoo://`` reference: the parent zoo's path and the selector."""
+
+    path: str
+    member: tuple[str, ...] | None
+    epoch: tuple[int, ...] | str | None  # numbers, "last", or None for every epoch
+    factors: tuple[tuple[str, str], ...]
+
+    @property
+    def exact(self) -> bool:
+        return self.member is not None and len(self.member) == 1 and \
+            isinstance(self.epoch, tuple) and len(self.epoch) == 1
+
+
+def is_zoo_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(SCHEME)
+
+
+def parse_ref(uri: str) -> ZooRef:
+    """Parse ``zoo://PATH#key=value&...``; every mistake is a ``ConfigError`` naming it."""
+    rest = uri.removeprefix(SCHEME)
+    path, _, fragment = rest.partition("#")
+    if not path:
+        raise ConfigError(f"backbone {uri!r} names no zoo file",
+                          hint="write zoo://pretext.h5#member=ID&epoch=E")
+    member: tuple[str, ...] | None = None
+    epoch: tuple[int, ...] | str | None = None
+    factors: list[tuple[str, str]] = []
+    for part in filter(None, fragment.split("&")):
+        key, sep, value = part.partition("=")
+        key, value = unquote(key.strip()), unquote(value.strip())
+        if not sep or not key or not value:
+            raise ConfigError(f"backbone {uri!r}: {part!r} is not key=value")
+        if key == "member":
+            member = None if value == "*" else tuple(v.strip() for v in value.split(","))
+        elif key == "epoch":
+            if value in ("*", "last"):
+                epoch = None if value == "*" else "last"
+            else:
+                try:
+                    epoch = tuple(int(v) for v in value.split(","))
+                except ValueError:
+                    raise ConfigError(f"backbone {uri!r}: epoch must be numbers, 'last' or '*', "
+                                      f"not {value!r}") from None
+        else:
+            factors.append((key, value))
+    return ZooRef(path=unquote(path), member=member, epoch=epoch, factors=tuple(factors))
+
+
+def format_ref(path: str, member: str, epoch: int) -> str:
+    return f"{SCHEME}{path}#member={member}&epoch={epoch}"
+
+
+def zoo_sha256(path: Path) -> str:
+    """The parent zoo file's sha256, computed once per file version in a process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _hash_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        _hash_cache[key] = h.hexdigest()
+    return _hash_cache[key]
+
+
+def _resolve(ref: ZooRef, base: Path | None) -> Path:
+    p = Path(ref.path).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return p
+
+
+def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
+    """The exact references a (selector) reference stands for, with each one's lineage."""
+    from zooscope.zoo import _same, open_zoo
+
+    ref = parse_ref(uri)
+    path = _resolve(ref, base)
+    if not path.exists():
+        raise ConfigError(f"backbone {uri!r}: no zoo file at {path}",
+                          hint="generate the pretext zoo first, or fix the path")
+    try:
+        with open_zoo(path) as zoo:
+            members = zoo.members()
+            known = {m.id for m in members}
+            for mid in ref.member or ():
+                if mid not in known:
+                    raise ConfigError(f"backbone {uri!r}: {path.name} has no member {mid!r}",
+                                      hint="list them with: zooscope zoo ls " + str(path))
+            chosen = []
+            for m in members:
+                if ref.member is not None and m.id not in ref.member:
+                    continue
+                if any(k not in m.factors or not _same(m.factors[k], _number(v))
+                       for k, v in ref.factors):
+                    continue
+                epochs = [c.epoch for c in zoo.checkpoints(m)]
+                if not epochs:
+                    if ref.member is not None:
+                        raise ConfigError(f"backbone {uri!r}: member {m.id} has no committed "
+                                          "checkpoint yet")
+                    continue
+                if ref.epoch == "last":
+                    wanted = [epochs[-1]]
+                elif ref.epoch is None:
+                    wanted = epochs
+                else:
+                    missing = [e for e in ref.epoch if e not in epochs]
+                    if missing and ref.member is not None:
+                        raise ConfigError(
+                            f"backbone {uri!r}: member {m.id} has no epoch {missing[0]} "
+                            f"(it has {epochs[0]}..{epochs[-1]})")
+                    wanted = [e for e in ref.epoch if e in epochs]
+                chosen += [(m.id, e) for e in wanted]
+    except ZooscopeError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"backbone {uri!r}: {exc.message}") from None
+    if not chosen:
+        raise ConfigError(f"backbone {uri!r} selects no checkpoint of {path.name}")
+    digest = zoo_sha256(path)
+    return [(format_ref(ref.path, mid, e), {"zoo": digest, "path": ref.path, "member": mid,
+                                             "epoch": e}) for mid, e in chosen]
+
+
+def _number(value: str) -> Any:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base"
+                  ) -> tuple[nn.Module, Any]:
+    """The model a zoo checkpoint holds, as a fresh backbone with the given dropout.
+
+    ``kind`` ``"base"`` gives the bare encoder (``AutoModel``), ``"masked-lm"`` the
+    encoder with its masked-LM head (continuing pre-training from a checkpoint).
+    """
+    import json
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    from zooscope.models import HEAD_FILE, load_tokenizer, rebuild, set_dropout
+    from zooscope.zoo import open_zoo
+
+    ref = parse_ref(uri)
+    if not ref.exact:
+        raise ConfigError(f"backbone {uri!r} is a selector, not one checkpoint")
+    path = _resolve(ref, base)
+    with open_zoo(path) as zoo:
+        files = zoo.model_files(ref.member[0])  # type: ignore[index]
+        parent, _ = rebuild(zoo, ref.member[0], ref.epoch[0])  # type: ignore[index]
+    head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.json").write_bytes(files["config.json"])
+        config = AutoConfig.from_pretrained(tmp)
+    set_dropout(config, dropout)
+    if kind == "masked-lm":
+        if head["kind"] != "masked-lm":
+            raise ConfigError(f"backbone {uri!r} holds a {head['kind']} model, not a masked LM")
+        model = AutoModelForMaskedLM.from_config(config)
+        source = parent.state_dict()
+    else:
+        kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        model = AutoModel.from_config(config, **kwargs)
+        encoder = parent.backbone if head["kind"] == "sequence-classification" or \
+            head["kind"] == "question-answering" else getattr(parent, "base_model", parent)
+        source = encoder.state_dict()
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in source and not k.endswith("position_ids")]
+    if missing:
+        raise ConfigError(f"backbone {uri!r}: the stored model lacks {missing[:3]}")
+    with torch.no_grad():
+        model.load_state_dict({k: source[k] for k in wanted if k in source}, strict=False)
+    return model, load_tokenizer(files)
