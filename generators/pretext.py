@@ -121,6 +121,7 @@ class MaskedLMGenerator(Generator):
     version = "1"
     description = "continued masked-LM pre-training on a text corpus (MLM loss, accuracy, perplexity)"
     default_optimizer = "adam"
+    supports_overfit = False
     default_source = "Skylion007/openwebtext"
 
     def _source(self, cfg: ZooConfig) -> str:

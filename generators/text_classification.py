@@ -186,6 +186,7 @@ class TextClassificationGenerator(Generator):
         width = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.store["dtype"]]
         sizes: dict[str, tuple[int, int]] = {}
         total = 0
+        ids = {m.id for m in members}
         for m in members:
             name = str(m.factors["backbone"])
             if name not in sizes:
@@ -208,6 +209,8 @@ class TextClassificationGenerator(Generator):
                 sizes[name] = (n, h * h + h + 2 * h + 2)
                 total += n  # epoch 0's backbone: the same for every member
             backbone_n, head_n = sizes[name]
+            if (m.lineage or {}).get("checkpoints_from") in ids:
+                continue  # a longer run's checkpoints: no tensors of its own
             epochs = cfg.epochs_of(m)
             trained = 0 if cfg.train["freeze_backbone"] else backbone_n * epochs
             total += trained + head_n * (epochs + 1)

@@ -489,6 +489,34 @@ class HDF5Writer(ZooWriter):
         idx[c] = np.array([(i, epoch, step, wall_time, a, arch_row)], dtype=_INDEX_DTYPE)[0]
         f.flush()
 
+    def share_checkpoint(self, source: Member, member: Member, epoch: int) -> dict[str, float]:
+        """Commit ``source``'s checkpoint at ``epoch`` as ``member``'s too, pointing at the
+        same tensor rows (nothing is copied but metrics and predictions); its metrics."""
+        f = self.f
+        i, s = self._member(member), self._member(source)
+        index = f["checkpoints/index"][()]
+        hit = np.flatnonzero((index["member"] == s) & (index["epoch"] == epoch))
+        if not len(hit):
+            raise ZooFileError(f"no checkpoint of member {source.id} at epoch {epoch}")
+        src = index[hit[0]]
+        f["members/architecture"][i] = int(src["architecture"])
+        c = index.shape[0]
+        m = f["checkpoints/metrics"]
+        m.resize(c + 1, axis=0)
+        m[c] = m[hit[0]]
+        if "checkpoints/predictions" in f:
+            p = f["checkpoints/predictions"]
+            p.resize(c + 1, axis=0)
+            p[c] = p[hit[0]]
+        f.flush()
+        idx = f["checkpoints/index"]
+        idx.resize(c + 1, axis=0)
+        row = src.copy()
+        row["member"] = i
+        idx[c] = row
+        f.flush()
+        return {k: float(v) for k, v in zip(self.metric_columns, m[c], strict=True)}
+
     def close(self) -> None:
         if self.f.id.valid:
             self.f.close()

@@ -6,12 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import zooscope
 from zooscope import registry
+
+# Arrow caches of the data sets tests build (tokenised corpora) stay out of ~/.cache;
+# zooscope imports `datasets` only when a generator loads data, after this line.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="zooscope-datasets-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ZOOSCOPE_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from zooscope.errors import ConfigError, DataError, PluginError, ZooFileError, ZooscopeError
 from zooscope.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from zooscope.zoo import Zoo

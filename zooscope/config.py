@@ -16,7 +16,7 @@ from typing import Any
 import tomllib
 
 from zooscope.errors import ConfigError
-from zooscope.zoo import Member
+from zooscope.zoo import Member, canonical_json
 
 _NUMBER = (int, float)
 
@@ -32,6 +32,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "dropout": _NUMBER, "lr_schedule": (str,), "max_seq_len": (int,), "head": (dict,),
         "freeze_backbone": (bool,), "max_train_examples": (int,), "eval_train": (bool,),
         "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
+        "share_epochs": (bool,),
     },
     "data": {
         "source": (str,), "split": (dict,), "text_column": (str,), "label_column": (str,),
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 32, "eval_batch_size": 256, "optimizer": "adamw", "dropout": 0.1,
         "lr_schedule": "constant", "max_seq_len": 512, "head": {"hidden": 1, "activation": "relu"},
         "freeze_backbone": False, "max_train_examples": 0, "eval_train": True,
-        "mixed_precision": "no", "device": "auto", "num_threads": 0,
+        "mixed_precision": "no", "device": "auto", "num_threads": 0, "share_epochs": True,
     },
     "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0}},
     "scratch": {
@@ -144,6 +145,8 @@ class ZooConfig:
                 factors = dict(zip(keys, values, strict=True))
                 factors["seed"] = seed
                 members.append(Member.from_factors(factors, lineage.get(factors["backbone"])))
+        if self.train["share_epochs"] and len(self.grid.get("epochs", [])) > 1:
+            members = _share_epochs(members)
         ids = [m.id for m in members]
         if len(set(ids)) != len(ids):
             raise ConfigError("the grid lists the same member twice",
@@ -163,6 +166,29 @@ class ZooConfig:
 
     def epochs_of(self, member: Member) -> int:
         return int(member.factors.get("epochs", self.zoo["epochs"]))
+
+
+def _share_epochs(members: list[Member]) -> list[Member]:
+    """Mark members whose checkpoints are a longer run's first epochs.
+
+    With a constant learning rate (the only schedule here), the member trained for 5
+    epochs is the 9-epoch member's first 5 checkpoints: same seed, same data order,
+    same steps. Such members record ``checkpoints_from`` (the longest sibling's id) in
+    their lineage; the engine commits that run's checkpoints for them.
+    """
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        rest = {k: v for k, v in m.factors.items() if k != "epochs"}
+        groups.setdefault(canonical_json(rest), []).append(m)
+    out = []
+    for m in members:
+        rest = {k: v for k, v in m.factors.items() if k != "epochs"}
+        longest = max(groups[canonical_json(rest)], key=lambda s: int(s.factors["epochs"]))
+        if longest.id != m.id and int(longest.factors["epochs"]) > int(m.factors["epochs"]):
+            m = Member(id=m.id, factors=m.factors,
+                       lineage={**(m.lineage or {}), "checkpoints_from": longest.id})
+        out.append(m)
+    return out
 
 
 def _closest(key: str, valid: list[str]) -> str:

@@ -56,6 +56,8 @@ class Generator(ABC):
     description: str = ""
     #: The optimizer the seed protocol uses for this task when the config does not say.
     default_optimizer: str = "adamw"
+    #: Whether ``zooscope generate --overfit`` applies (fine-tuning on labelled examples).
+    supports_overfit: bool = True
 
     def validate(self, cfg: ZooConfig) -> None:  # noqa: B027 - optional hook
         """Check generator-specific config (data files, columns) before anything runs."""

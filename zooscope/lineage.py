@@ -12,8 +12,9 @@ selected checkpoint (the downstream grid is crossed with each)::
     backbone = "zoo://pretext.h5#learning_rate=1e-4&epoch=2,4"
 
 Keys: ``member`` (ids, comma-separated, or ``*``), ``epoch`` (numbers, ``last`` or
-``*``); any other key filters the parent's members by a generating factor. The path
-is relative to the config file (``zoo:///abs/path.h5`` for an absolute one).
+``*``); any other key filters the parent's members by a generating factor. A relative
+path is looked up beside the config file, then in the working directory
+(``zoo:///abs/path.h5`` for an absolute one).
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ def zoo_sha256(path: Path) -> str:
 
 
 def _resolve(ref: ZooRef, base: Path | None) -> Path:
+    """The parent zoo's path: beside the config file, else in the working directory
+    (where ``zooscope generate`` writes zoos by default)."""
     p = Path(ref.path).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    return p
+    if p.is_absolute() or base is None:
+        return p
+    return base / p if (base / p).exists() or not p.exists() else p
 
 
 def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:

@@ -134,6 +134,7 @@ def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tupl
 
     # The load report lists the pre-training heads a backbone leaves out: expected here.
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         set_dropout(config, dropout)

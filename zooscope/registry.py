@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "zooscope.plugins.predict",
     "zooscope.plugins.sparsify",
     "zooscope.plugins.umap",
+    "zooscope.plugins.backbones",
 )
 
 #: The kind each registration hook fills.

@@ -84,6 +84,15 @@ class ZooWriter(ABC):
     ) -> None:
         """Commit one checkpoint: all tensors, metrics and predictions, or nothing."""
 
+    def share_checkpoint(self, source: Member, member: Member, epoch: int) -> dict[str, float]:
+        """Commit ``source``'s checkpoint at ``epoch`` as ``member``'s too (the shorter run
+        of a constant learning rate is the longer run's prefix); returns its metrics.
+
+        Stores that cannot point two checkpoints at the same tensors keep the default:
+        the engine then trains the member itself.
+        """
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None: ...
 

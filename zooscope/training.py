@@ -41,6 +41,8 @@ class GenerateResult:
     members: list[dict[str, Any]] = field(default_factory=list)
     trained: int = 0
     skipped: int = 0
+    #: Members whose checkpoints are a longer member's first epochs, committed without training.
+    shared: int = 0
     #: False on the other processes of a multi-process run; only the main one reports.
     main: bool = True
 
@@ -311,6 +313,51 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
     return metrics
 
 
+def training_order(members: Sequence[Member]) -> list[Member]:
+    """Members in config order, except that a member sharing a longer run's checkpoints
+    comes right after that run."""
+    ids = {m.id for m in members}
+    followers: dict[str, list[Member]] = {}
+    for m in members:
+        src = (m.lineage or {}).get("checkpoints_from")
+        if src in ids:
+            followers.setdefault(src, []).append(m)
+    out: list[Member] = []
+    for m in members:
+        if (m.lineage or {}).get("checkpoints_from") in ids:
+            continue
+        out.append(m)
+        out += followers.get(m.id, [])
+    return out
+
+
+def _share(run: MemberRun, source: Member, member: Member) -> dict[str, float] | None:
+    """Commit the longer run's first epochs as this member's checkpoints and return the
+    last one's metrics; None where the store cannot share, the longer run lacks an epoch,
+    or this member already has checkpoints of its own (then it trains)."""
+    writer = run.writer
+    epochs = run.cfg.epochs_of(member)
+    if not set(range(epochs + 1)) <= set(writer.completed_epochs(source)):
+        return None
+    # Checkpoints this member already has (an interrupted run) equal the source's too.
+    done = set(writer.completed_epochs(member))
+    metrics: dict[str, float] = {}
+    for epoch in range(epochs + 1):
+        if epoch in done:
+            continue
+        try:
+            metrics = writer.share_checkpoint(source, member, epoch)
+        except NotImplementedError:
+            return None
+        registry.notify("zooscope_checkpoint_saved", zoo=str(writer.path), member=member,
+                        epoch=epoch, metrics=dict(metrics))
+        if epoch:
+            run.on_epoch(epoch, metrics)
+    writer.set_status(member, COMPLETE)
+    registry.notify("zooscope_member_finished", zoo=str(writer.path), member=member)
+    return metrics
+
+
 def _barrier(run: MemberRun) -> None:
     if run.dist is not None:
         run.dist.wait_for_everyone()
@@ -417,7 +464,7 @@ def generate(
                 p.unlink()
             result.path = out
             result.members = final_metrics(out)
-            result.trained = len(result.members) - result.skipped
+            result.trained = len(result.members) - result.skipped - result.shared
         result.main = state.is_main_process
         state.wait_for_everyone()
         return result
@@ -461,7 +508,8 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
                         resume_state=resume_state, device=device, stop=stop,
                         on_step=bars.step, on_epoch=bars.epoch, on_setup=bars.steps_total,
                         dist=dist)
-        for member in members:
+        ids = {m.id: m for m in members}
+        for member in training_order(members):
             epochs = cfg.epochs_of(member)
             if writer.completed_epochs(member) == list(range(epochs + 1)):
                 writer.set_status(member, COMPLETE)
@@ -469,17 +517,25 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
                 bars.member_done(member, skipped=True)
                 continue
             bars.member_start(member)
+            source = ids.get((member.lineage or {}).get("checkpoints_from", ""))
             try:
-                metrics = train_member(run, member)
+                shared = _share(run, source, member) if source is not None and dist is None \
+                    else None
+                if shared is not None:
+                    metrics = shared
+                    result.shared += 1
+                else:
+                    metrics = train_member(run, member)
+                    result.trained += 1
             except Interrupted:
                 raise
             except ZooscopeError:
                 writer.set_status(member, FAILED)
                 raise
-            result.trained += 1
             result.members.append({"id": member.id, **member.factors, **metrics})
             bars.member_done(member)
-    log(f"{result.trained} members trained, {result.skipped} already complete")
+    log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
+        f"{result.skipped} already complete")
     return result
 
 

@@ -34,6 +34,10 @@ def generate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show members, checkpoints and "
                                           "the zoo's size; train nothing.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    overfit: Annotated[bool, typer.Option("--overfit", help="Sanity check instead: one member "
+                                          "per backbone (smallest learning rate) trained on 10 "
+                                          "examples for 20 epochs must reach 100 % training "
+                                          "accuracy. Writes no zoo.")] = False,
 ) -> None:
     """Train every member of a zoo config and record each epoch into one zoo file.
 
@@ -46,6 +50,9 @@ def generate(
     target = out or Path(f"{cfg.name}.h5")
     if dry_run:
         _dry_run(cfg, shard_t, json_)
+        return
+    if overfit:
+        _overfit(cfg, json_)
         return
     from zooscope.training import Interrupted
     from zooscope.training import generate as run_generate
@@ -73,21 +80,77 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     estimate = getattr(generator, "estimate_bytes", None)
     size = estimate(cfg, members) if estimate else None
-    rows = [{"id": m.id, **m.factors, "epochs": cfg.epochs_of(m)} for m in members]
+    ids = {m.id for m in members}
+    rows = []
+    trained_epochs = 0
+    for m in members:
+        source = (m.lineage or {}).get("checkpoints_from")
+        row = {"id": m.id, **m.factors, "epochs": cfg.epochs_of(m)}
+        if source:
+            row["checkpoints_from"] = source if source in ids else ""
+        if source not in ids:
+            trained_epochs += cfg.epochs_of(m)
+        rows.append(row)
+    all_epochs = sum(cfg.epochs_of(m) for m in members)
     if json_:
-        print_json({"members": rows, "checkpoints": checkpoints, "estimated_bytes": size})
+        print_json({"members": rows, "checkpoints": checkpoints, "estimated_bytes": size,
+                    "epochs_trained": trained_epochs, "epochs_recorded": all_epochs})
         return
     console.print(rich_table(rows, title=f"zoo {cfg.name!r}: {len(members)} members"))
     console.print(f"{checkpoints} checkpoints (epoch 0 included)")
+    if trained_epochs < all_epochs:
+        console.print(f"{trained_epochs} of {all_epochs} member-epochs are trained; the rest are "
+                      f"a longer run's checkpoints ({1 - trained_epochs / all_epochs:.0%} of the "
+                      "training saved)")
     if size is not None:
         console.print(f"estimated size on disk: {size / 2**20:,.1f} MiB "
                       f"({cfg.store['dtype']}, identical tensors stored once)")
 
 
+def _overfit(cfg, json_: bool) -> None:  # type: ignore[no-untyped-def]
+    import tempfile
+
+    from zooscope import registry
+    from zooscope.errors import ConfigError, ZooscopeError
+    from zooscope.training import final_metrics
+    from zooscope.training import generate as run_generate
+
+    generator = registry.get_generator(cfg.generator)
+    if not generator.supports_overfit:
+        raise ConfigError(f"--overfit is for fine-tuning generators; {cfg.generator!r} is not one")
+    examples, epochs = 10, 20
+    cfg.grid = {"learning_rate": [min(cfg.grid["learning_rate"])],
+                "backbone": cfg.grid.get("backbone", [cfg.zoo["backbone"]])}
+    cfg.zoo.update(epochs=epochs, seeds=cfg.zoo["seeds"][:1], name=f"{cfg.name}-overfit")
+    cfg.train.update(max_train_examples=examples, eval_train=True, share_epochs=False)
+    with tempfile.TemporaryDirectory() as tmp, progress() as bars:
+        path = Path(tmp) / "overfit.h5"
+        run_generate(cfg, path, progress=bars)
+        rows = final_metrics(path)
+    column = next((c for c in ("train_accuracy", "train_exact_match") if c in rows[0]), None)
+    if column is None:
+        raise ConfigError("--overfit needs a train_accuracy or train_exact_match metric")
+    report = [{"backbone": r["backbone"], "learning_rate": r["learning_rate"], column: r[column],
+               "passed": r[column] >= 1.0} for r in rows]
+    if json_:
+        print_json({"examples": examples, "epochs": epochs, "backbones": report})
+    else:
+        console.print(rich_table(report, title=f"overfit {examples} examples for {epochs} epochs"))
+    failed = [r for r in report if not r["passed"]]
+    if failed:
+        raise ZooscopeError(
+            f"{len(failed)} of {len(report)} backbones did not fit {examples} training examples "
+            f"in {epochs} epochs ({column} {', '.join(fmt(r[column]) for r in failed)})",
+            hint="a model that cannot memorise 10 examples points at a broken input pipeline, "
+                 "head or learning rate")
+    err_console.print(f"ok: every backbone fits {examples} examples ({column} = 1)")
+
+
 def _summary(result, target: Path, json_: bool) -> None:  # type: ignore[no-untyped-def]
     rows = result.members
     if json_:
-        print_json({"zoo": str(target), "trained": result.trained, "skipped": result.skipped,
+        print_json({"zoo": str(target), "trained": result.trained, "shared": result.shared,
+                    "skipped": result.skipped,
                     "members": rows})
         return
     if rows:
@@ -98,5 +161,6 @@ def _summary(result, target: Path, json_: bool) -> None:  # type: ignore[no-unty
         if metric:
             console.print(f"mean {metric}: {fmt(mean(r[metric] for r in rows))} over "
                           f"{len(rows)} members")
-    err_console.print(f"{result.trained} members trained, {result.skipped} already complete; "
-                      f"zoo: {target}")
+    shared = f"{result.shared} shared a longer run's checkpoints, " if result.shared else ""
+    err_console.print(f"{result.trained} members trained, {shared}{result.skipped} already "
+                      f"complete; zoo: {target}")

@@ -1,0 +1,619 @@
+"""The masked-LM, SQuAD and BoolQ generators, zoo:// lineage and epoch sharing, offline.
+
+Backbones are tiny BERT, DistilBERT and RoBERTa models built from configs here, with
+tokenizers trained in the test; data are small files written by the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zooscope
+from zooscope import registry
+from zooscope.analysis import run_analysis
+from zooscope.config import load_config
+from zooscope.generators.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
+from zooscope.training import generate
+
+from .conftest import run_cli, write_config
+
+MODEL_TYPES = ("bert", "distilbert", "roberta")
+
+
+def corpus_texts(n: int = 600) -> list[str]:
+    return [t for t, _ in synthetic_sentiment(n)]
+
+
+@pytest.fixture(scope="session")
+def backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny pre-trained-style model directories (config, weights with an MLM head, tokenizer)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        AutoModelForMaskedLM,
+        BertConfig,
+        DistilBertConfig,
+        RobertaConfig,
+        RobertaTokenizerFast,
+    )
+
+    from zooscope.models import train_wordpiece
+
+    texts = corpus_texts(2000) + [q for q, _ in squad_questions()]
+    root = tmp_path_factory.mktemp("backbones")
+    out = {}
+    for kind in MODEL_TYPES:
+        folder = root / kind
+        folder.mkdir()
+        if kind == "roberta":
+            bpe = ByteLevelBPETokenizer()
+            bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1,
+                                    special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+            bpe.save_model(str(folder))
+            merges = (folder / "merges.txt").read_text().splitlines()[1:]
+            tok = RobertaTokenizerFast(
+                vocab=json.loads((folder / "vocab.json").read_text()),
+                merges=[tuple(m.split()) for m in merges if m.strip()])
+            assert len(tok) > 300
+            config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64,
+                                   max_position_embeddings=140, type_vocab_size=1,
+                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id)
+        else:
+            tok = train_wordpiece(texts, 300)
+            config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=140, pad_token_id=tok.pad_token_id) \
+                if kind == "bert" else DistilBertConfig(
+                    vocab_size=len(tok), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                    max_position_embeddings=140, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        out[kind] = folder
+    return out
+
+
+# -- masked LM -------------------------------------------------------------------------------
+MLM_CONFIG = """\
+[zoo]
+name = "pretext"
+generator = "mlm"
+backbone = "{backbone}"
+seeds = [0]
+epochs = 2
+
+[grid]
+learning_rate = [2e-3]
+weight_decay = [0.01, 0.0]
+
+[train]
+batch_size = 16
+max_seq_len = 24
+num_threads = 1
+
+[data]
+source = "corpus.txt"
+"""
+
+
+def write_corpus(folder: Path) -> Path:
+    texts = corpus_texts(1500)
+    paragraphs = ["\n".join(texts[i : i + 5]) for i in range(0, len(texts), 5)]
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs) + "\n")
+    return path
+
+
+def test_mask_tokens_follows_bert_80_10_10() -> None:
+    from zooscope.generators.pretext import mask_tokens
+
+    ids = torch.randint(10, 1000, (400, 128))
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = True
+    inputs, labels = mask_tokens(ids, special, mask_id=3, vocab=1000,
+                                 generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert not chosen[special].any()
+    assert torch.equal(labels[chosen], ids[chosen])
+    rate = chosen.sum().item() / (~special).sum().item()
+    assert rate == pytest.approx(0.15, abs=0.005)
+    masked = (inputs == 3) & chosen
+    kept = (inputs == ids) & chosen
+    assert masked.sum().item() / chosen.sum().item() == pytest.approx(0.8, abs=0.01)
+    # "random" replacements can draw the original id (1 in 1000), counted as kept here
+    assert kept.sum().item() / chosen.sum().item() == pytest.approx(0.1 + 0.1 / 1000, abs=0.01)
+    assert torch.equal(inputs[~chosen], ids[~chosen])  # nothing else changes
+
+
+def test_blocks_are_the_concatenated_documents(tmp_path: Path, backbones: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from zooscope.generators.pretext import load_corpus, pack
+
+    write_corpus(tmp_path)
+    ds = load_corpus(str(tmp_path / "corpus.txt"))
+    assert len(ds) == 300  # one document per paragraph
+    for kind in ("bert", "roberta"):
+        tok = AutoTokenizer.from_pretrained(backbones[kind])
+        blocks = pack(ds, tok, 24, f"test-{kind}")
+        flat = [t for text in ds["text"] for t in tok(text, add_special_tokens=False)["input_ids"]]
+        first, last = (tok.cls_token_id, tok.sep_token_id)
+        body = 22
+        assert len(blocks) == len(flat) // body  # one group of documents: one tail dropped
+        rows = blocks[:3]["input_ids"]
+        assert rows.shape == (3, 24)
+        assert (rows[:, 0] == first).all() and (rows[:, -1] == last).all()
+        # Packing keeps the token stream: the first block is its first 22 tokens.
+        assert rows[0, 1:-1].tolist() == flat[:body]
+
+
+@pytest.mark.parametrize("kind", MODEL_TYPES)
+def test_mlm_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
+    from zooscope.analysis import zoo_task
+    from zooscope.models import rebuild
+
+    write_corpus(tmp_path)
+    cfg = load_config(write_config(tmp_path, MLM_CONFIG.format(backbone=backbones[kind]), "p.toml"))
+    out = tmp_path / "pretext.h5"
+    generate(cfg, out)
+    with zooscope.open_zoo(out) as zoo:
+        assert zoo.prediction_kind() is None
+        cps = zoo.checkpoints()
+        assert [c.epoch for c in cps] == [0, 1, 2] * 2
+        for c in cps:
+            for split in ("train", "validation", "test"):
+                loss = c.metrics[f"{split}_loss"]
+                assert c.metrics[f"{split}_perplexity"] == pytest.approx(math.exp(loss))
+                assert 0 <= c.metrics[f"{split}_accuracy"] <= 1
+        # Validation loss falls from the starting backbone with the higher learning rate.
+        m = zoo.members()[0]
+        losses = [c.metrics["validation_loss"] for c in zoo.checkpoints([m])]
+        assert losses[-1] < losses[0]
+        # The model rebuilt from the file alone evaluates to the stored test metrics.
+        model, tok = rebuild(zoo, m, 2)
+        assert type(model).__name__.endswith("ForMaskedLM")
+        generator, zcfg, task = zoo_task(zoo)
+        metrics, _ = generator.evaluate_model(zcfg, task, model, tok, torch.device("cpu"))
+        stored = zoo.checkpoints([m], [2])[0].metrics
+        assert metrics["test_loss"] == pytest.approx(stored["test_loss"], rel=1e-5)
+        assert metrics["test_accuracy"] == pytest.approx(stored["test_accuracy"], abs=1e-9)
+
+
+def test_mlm_refuses_a_missing_corpus_and_an_empty_one(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, MLM_CONFIG.format(backbone="scratch"), "p.toml")
+    proc = run_cli("generate", str(cfg), "--out", str(tmp_path / "p.h5"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: [data] source: no text corpus at")
+    (tmp_path / "corpus.txt").write_text("\n\n  \n")
+    proc = run_cli("generate", str(cfg), "--out", str(tmp_path / "p.h5"))
+    assert proc.returncode == 1 and "holds no text" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.h5").exists()
+
+
+# -- lineage -----------------------------------------------------------------------------------
+DOWNSTREAM = """\
+[zoo]
+name = "down"
+generator = "sst2"
+backbone = "{backbone}"
+seeds = [0]
+epochs = 1
+
+[grid]
+learning_rate = [1e-3]
+
+[train]
+batch_size = 32
+max_seq_len = 24
+num_threads = 1
+
+[data]
+source = "synthetic:sentiment:200"
+"""
+
+
+@pytest.fixture(scope="module")
+def pretext_zoo(tmp_path_factory: pytest.TempPathFactory, backbones: dict[str, Path]) -> Path:
+    folder = tmp_path_factory.mktemp("pretext")
+    write_corpus(folder)
+    generate(load_config(write_config(folder, MLM_CONFIG.format(backbone=backbones["bert"]),
+                                      "p.toml")), folder / "pretext.h5")
+    return folder / "pretext.h5"
+
+
+def test_selectors_expand_and_members_record_their_lineage(pretext_zoo: Path) -> None:
+    folder = pretext_zoo.parent
+    digest = hashlib.sha256(pretext_zoo.read_bytes()).hexdigest()
+    with zooscope.open_zoo(pretext_zoo) as parent:
+        ids = [m.id for m in parent.members()]
+        wd0 = next(m.id for m in parent.members() if m.factors["weight_decay"] == 0.0)
+    cases = {"zoo://pretext.h5#epoch=*": [(i, e) for i in ids for e in (0, 1, 2)],
+             "zoo://pretext.h5#epoch=last": [(i, 2) for i in ids],
+             f"zoo://pretext.h5#member={ids[1]}": [(ids[1], e) for e in (0, 1, 2)],
+             "zoo://pretext.h5#weight_decay=0.0&epoch=1": [(wd0, 1)],
+             f"zoo://pretext.h5#member={ids[0]}&epoch=2": [(ids[0], 2)]}
+    for ref, want in cases.items():
+        cfg = load_config(write_config(folder, DOWNSTREAM.format(backbone=ref), "d.toml"))
+        members = cfg.members()
+        got = [(m.lineage["member"], m.lineage["epoch"]) for m in members]
+        assert got == want, ref
+        assert all(m.lineage["zoo"] == digest for m in members)
+        assert [m.factors["backbone"] for m in members] == [
+            f"zoo://pretext.h5#member={i}&epoch={e}" for i, e in want]
+
+
+def test_downstream_zoo_starts_from_the_pretext_checkpoints(pretext_zoo: Path, tmp_path: Path
+                                                            ) -> None:
+    import shutil
+
+    shutil.copy(pretext_zoo, tmp_path / "pretext.h5")
+    cfg = load_config(write_config(tmp_path, DOWNSTREAM.format(
+        backbone="zoo://pretext.h5#epoch=0,2"), "d.toml"))
+    out = tmp_path / "down.h5"
+    generate(cfg, out)
+    with zooscope.open_zoo(tmp_path / "pretext.h5") as parent, zooscope.open_zoo(out) as zoo:
+        members = zoo.members()
+        assert len(members) == 4  # 2 pretext members x 2 epochs
+        for m in members:
+            lin = m.lineage
+            assert lin["zoo"] == hashlib.sha256((tmp_path / "pretext.h5").read_bytes()).hexdigest()
+            start = zoo.state_dict(m, 0)
+            source = parent.state_dict(lin["member"], lin["epoch"])
+            for name, value in start.items():
+                if name.startswith("backbone."):
+                    torch.testing.assert_close(value, source["bert." + name.removeprefix(
+                        "backbone.")], rtol=0, atol=0)
+    listed = json.loads(run_cli("zoo", "ls", str(out), "--json").stdout)
+    assert [r["factors"]["backbone"] for r in listed] == [m.factors["backbone"] for m in members]
+
+
+def test_bad_zoo_references_are_one_error_line(pretext_zoo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(pretext_zoo, tmp_path / "pretext.h5")
+    cases = {
+        "zoo://missing.h5#epoch=last": "no zoo file at",
+        "zoo://pretext.h5#member=mnope&epoch=1": "has no member 'mnope'",
+        "zoo://pretext.h5#epoch=soon": "epoch must be numbers",
+        "zoo://pretext.h5#epoch=9": "selects no checkpoint",
+        "zoo://pretext.h5#nonsense": "is not key=value",
+    }
+    for ref, text in cases.items():
+        cfg = write_config(tmp_path, DOWNSTREAM.format(backbone=ref), "d.toml")
+        proc = run_cli("generate", str(cfg), "--out", str(tmp_path / "d.h5"))
+        assert proc.returncode == 1, ref
+        assert proc.stderr.startswith("error: ") and text in proc.stderr, (ref, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "d.h5").exists()
+
+
+# -- SQuAD -------------------------------------------------------------------------------------
+def test_squad_normalisation_and_scores_by_hand() -> None:
+    from zooscope.qa import best_over_truths, exact_match, f1_score, normalize_answer, squad_scores
+
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear and THE plum.") == "apple pear and plum"
+    assert normalize_answer("Theater") == "theater"  # articles only as whole words
+    assert exact_match("the Broncos", "Broncos.") == 1.0
+    # pred "denver broncos team" vs gold "broncos": overlap 1, P 1/3, R 1 -> F1 0.5
+    assert f1_score("Denver Broncos team", "the Broncos") == pytest.approx(0.5)
+    # pred "carolina panthers" vs "panthers carolina" -> bag of words equal -> F1 1, EM 0
+    assert f1_score("Carolina Panthers", "Panthers Carolina") == 1.0
+    assert exact_match("Carolina Panthers", "Panthers Carolina") == 0.0
+    assert f1_score("", "x") == 0.0 and f1_score("a", "the") == 0.0
+    # max over the gold answers
+    assert best_over_truths("Santa Clara", ["Levi's Stadium", "Santa Clara, California"]) == \
+        (0.0, pytest.approx(2 * (1 * 2 / 3) / (1 + 2 / 3)))
+    em, f1 = squad_scores(["Denver Broncos", "1990"], [["Denver Broncos"], ["1991", "in 1990"]])
+    assert em == 0.5 and f1 == pytest.approx((1 + 2 * 1 * 0.5 / 1.5) / 2)
+
+
+def squad_questions(n_contexts: int = 90, seed: int = 0) -> list[tuple[str, str]]:
+    """(question, context) pairs of a learnable toy QA task, with answers in contexts."""
+    rows = squad_rows(n_contexts, seed)
+    return [(r["question"], r["context"]) for r in rows]
+
+
+def squad_rows(n_contexts: int = 90, seed: int = 0) -> list[dict]:
+    """Contexts of four sentences, one judging a noun with an adjective; the question asks
+    how that noun was. Small enough a one-layer model learns it in a few epochs."""
+    rng = random.Random(seed)
+    rows = []
+    for c in range(n_contexts):
+        nouns = rng.sample(NOUNS, 8)
+        sentences = [f"the {a} had a {b}." for a, b in zip(nouns[:4], nouns[4:], strict=True)]
+        adj = rng.choice(POSITIVE + NEGATIVE)
+        k = rng.randrange(4)
+        sentences[k] = f"the {nouns[k]} was {adj}."
+        context = " ".join(sentences)
+        start = context.index(f" was {adj}.") + len(" was ")
+        rows.append({"id": f"c{c}", "title": f"t{c % 7}", "context": context,
+                     "question": f"how was the {nouns[k]}?", "answers": [adj], "starts": [start]})
+        for q, other in enumerate(rng.sample(range(4), 2)):  # a second question on another noun
+            if other == k:
+                continue
+            sentences2 = list(sentences)
+            adj2 = rng.choice(POSITIVE + NEGATIVE)
+            sentences2[k] = f"the {nouns[k]} had a {nouns[4 + k]}."
+            sentences2[other] = f"the {nouns[other]} was {adj2}."
+            context2 = " ".join(sentences2)
+            start2 = context2.index(f" was {adj2}.") + len(" was ")
+            rows.append({"id": f"c{c}q{q}", "title": f"t{c % 7}", "context": context2,
+                         "question": f"how was the {nouns[other]}?", "answers": [adj2],
+                         "starts": [start2]})
+    return rows
+
+
+def write_squad(folder: Path) -> tuple[Path, Path]:
+    """The same questions as the official nested JSON and as the hub's flat JSON lines."""
+    rows = squad_rows()
+    articles: dict[str, dict] = {}
+    for r in rows:
+        art = articles.setdefault(r["title"], {"title": r["title"], "paragraphs": []})
+        if not art["paragraphs"] or art["paragraphs"][-1]["context"] != r["context"]:
+            art["paragraphs"].append({"context": r["context"], "qas": []})
+        art["paragraphs"][-1]["qas"].append({"id": r["id"], "question": r["question"], "answers": [
+            {"text": t, "answer_start": s} for t, s in zip(r["answers"], r["starts"], strict=True)]})
+    nested = folder / "squad.json"
+    nested.write_text(json.dumps({"version": "1.1", "data": list(articles.values())}))
+    flat = folder / "squad.jsonl"
+    with open(flat, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps({"id": r["id"], "title": r["title"], "context": r["context"],
+                                 "question": r["question"], "answers": {
+                                     "text": r["answers"], "answer_start": r["starts"]}}) + "\n")
+    return nested, flat
+
+
+def test_nested_and_flat_squad_load_alike(tmp_path: Path) -> None:
+    from zooscope.generators.squad import load_squad
+
+    nested, flat = write_squad(tmp_path)
+    a = sorted(load_squad(str(nested)), key=lambda r: r["id"])
+    b = sorted(load_squad(str(flat)), key=lambda r: r["id"])
+    assert a == b and len(a) == len(squad_rows())
+
+
+def test_windows_locate_the_answer(backbones: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from zooscope.generators.squad import encode_windows
+    from zooscope.qa import normalize_answer
+
+    rows = squad_rows(10)
+    for kind in MODEL_TYPES:
+        tok = AutoTokenizer.from_pretrained(backbones[kind])
+        enc = encode_windows(tok, rows, 24, 6, token_types=False)
+        covered = set()
+        for w in range(len(enc["input_ids"])):
+            s, e = int(enc["starts"][w]), int(enc["ends"][w])
+            if s == 0:
+                continue
+            r = rows[enc["example"][w]]
+            offsets = enc["offsets"][w]
+            text = r["context"][offsets[s][0] : offsets[e][1]]
+            assert normalize_answer(text) == normalize_answer(r["answers"][0]), kind
+            covered.add(enc["example"][w])
+        assert len(enc["input_ids"]) > len(rows)  # long contexts were split into windows
+        assert covered == set(range(len(rows)))  # every answer lies in some window
+
+
+SQUAD_CONFIG = """\
+[zoo]
+name = "squad"
+generator = "squad"
+backbone = "{backbone}"
+seeds = [0, 1]
+epochs = 2
+
+[grid]
+learning_rate = [3e-3]
+
+[train]
+batch_size = 16
+max_seq_len = 48
+num_threads = 1
+
+[data]
+source = "{source}"
+stride = 8
+"""
+
+
+@pytest.mark.parametrize("kind", MODEL_TYPES)
+def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
+    from zooscope.analysis import zoo_task
+    from zooscope.models import rebuild
+    from zooscope.qa import squad_scores
+
+    nested, _ = write_squad(tmp_path)
+    cfg = load_config(write_config(tmp_path, SQUAD_CONFIG.format(
+        backbone=backbones[kind], source=nested.name), "s.toml"))
+    out = tmp_path / "squad.h5"
+    generate(cfg, out)
+    with zooscope.open_zoo(out) as zoo:
+        assert zoo.prediction_kind() == "span"
+        gold = zoo.test_answers()
+        contexts = zoo.test_contexts()
+        assert len(gold) == len(contexts) == zoo.header().predictions["shape"][0]
+        cps = zoo.checkpoints()
+        spans = zoo.predictions(cps)
+        for c, row, answers in zip(cps, spans, zoo.predicted_answers(cps), strict=True):
+            # the stored spans reproduce the stored test scores
+            assert answers == [ctx[s:e] for ctx, (s, e) in zip(contexts, row, strict=True)]
+            em, f1 = squad_scores(answers, gold)
+            assert em == pytest.approx(c.metrics["test_exact_match"])
+            assert f1 == pytest.approx(c.metrics["test_f1"])
+        first, last = zoo.checkpoints(epochs=[0]), zoo.checkpoints(epochs=[2])
+        assert max(c.metrics["test_f1"] for c in first) < 0.5
+        assert min(c.metrics["test_f1"] for c in last) > 0.6  # the toy task is learnt
+        m = zoo.members()[0]
+        model, tok = rebuild(zoo, m, 2)
+        generator, zcfg, task = zoo_task(zoo)
+        metrics, preds = generator.evaluate_model(zcfg, task, model, tok, torch.device("cpu"))
+        np.testing.assert_array_equal(preds, zoo.predictions(zoo.checkpoints([m], [2]))[0])
+
+
+def test_agreement_on_answers_matches_pairwise_scores(tmp_path: Path,
+                                                      backbones: dict[str, Path]) -> None:
+    from zooscope.qa import exact_match, f1_score
+
+    _, flat = write_squad(tmp_path)
+    cfg = load_config(write_config(tmp_path, SQUAD_CONFIG.format(
+        backbone=backbones["bert"], source=flat.name).replace("epochs = 2", "epochs = 1")
+        .replace("learning_rate = [3e-3]", "learning_rate = [1e-3]"), "s.toml"))
+    out = tmp_path / "squad.h5"
+    generate(cfg, out)
+    result = run_analysis(out, registry.get_analyzer("agreement"), [], None, None,
+                          tmp_path / "agreement", force=False)
+    pairs = result.tables["pairs"]
+    assert pairs["epoch"] == [0, 1]
+    with zooscope.open_zoo(out) as zoo:
+        for k, epoch in enumerate(pairs["epoch"]):
+            cps = zoo.checkpoints(epochs=[epoch])
+            answers = dict(zip([c.member for c in cps], zoo.predicted_answers(cps), strict=True))
+            a, b = answers[pairs["member_a"][k]], answers[pairs["member_b"][k]]
+            em = np.mean([exact_match(x, y) for x, y in zip(a, b, strict=True)])
+            f1 = np.mean([f1_score(x, y) if (x.strip() or y.strip()) else 1.0
+                          for x, y in zip(a, b, strict=True)])
+            assert pairs["agreement"][k] == pytest.approx(em)
+            assert pairs["f1"][k] == pytest.approx(f1)
+    assert 0 < pairs["f1"][0] < 1 or 0 < pairs["f1"][1] < 1  # partial overlap was compared
+
+
+# -- BoolQ, shared epochs, backbones -----------------------------------------------------------
+BOOLQ_CONFIG = """\
+[zoo]
+name = "boolq"
+generator = "boolq"
+seeds = [0]
+
+[grid]
+backbone = [{backbones}]
+learning_rate = [1e-3, 3e-3]
+epochs = [1, 2]
+
+[train]
+batch_size = 16
+max_seq_len = 40
+num_threads = 1
+
+[data]
+source = "boolq.jsonl"
+"""
+
+
+def write_boolq(folder: Path, n: int = 240, seed: int = 0) -> Path:
+    """Yes/no questions whose answer is in the passage: "was the plot good?"."""
+    rng = random.Random(seed)
+    path = folder / "boolq.jsonl"
+    with open(path, "w") as fh:
+        for _ in range(n):
+            noun, adj = rng.choice(NOUNS), rng.choice(POSITIVE + NEGATIVE)
+            other = rng.choice(NOUNS)
+            passage = f"the {noun} was {adj}. the {other} was {rng.choice(POSITIVE + NEGATIVE)}."
+            fh.write(json.dumps({"question": f"was the {noun} good", "title": "t",
+                                 "passage": passage, "answer": adj in POSITIVE}) + "\n")
+    return path
+
+
+def test_boolq_on_three_architectures_shares_epochs_and_compares_backbones(
+        tmp_path: Path, backbones: dict[str, Path]) -> None:
+    write_boolq(tmp_path)
+    names = ", ".join(f'"{backbones[k]}"' for k in MODEL_TYPES)
+    cfg = load_config(write_config(tmp_path, BOOLQ_CONFIG.format(backbones=names), "b.toml"))
+    members = cfg.members()
+    assert len(members) == 12
+    short = [m for m in members if m.factors["epochs"] == 1]
+    assert all(m.lineage["checkpoints_from"] for m in short)
+    out = tmp_path / "boolq.h5"
+    result = generate(cfg, out)
+    assert (result.trained, result.shared) == (6, 6)
+    with zooscope.open_zoo(out) as zoo:
+        by_id = {m.id: m for m in zoo.members()}
+        for m in short:
+            source = by_id[m.lineage["checkpoints_from"]]
+            for e in (0, 1):
+                a, b = zoo.state_dict(m, e), zoo.state_dict(source, e)
+                assert all(torch.equal(a[k], b[k]) for k in a)
+                assert zoo.checkpoints([m], [e])[0].metrics == zoo.checkpoints([source], [e])[0].metrics
+        rows = zoo.metrics_table([zoo.checkpoints([m])[-1] for m in zoo.members()])
+    # The analyzer's choice, recomputed by hand: per backbone the best dev accuracy.
+    analysis = run_analysis(out, registry.get_analyzer("backbones"), [], None, None,
+                            tmp_path / "backbones", force=False)
+    best = analysis.tables["best"]
+    assert sorted(best["backbone"]) == sorted(str(backbones[k]) for k in MODEL_TYPES)
+    for i, backbone in enumerate(best["backbone"]):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        assert best["dev_accuracy"][i] == pytest.approx(max(r["validation_accuracy"] for r in mine))
+        chosen = next(r for r in mine if r["learning_rate"] == best["learning_rate"][i]
+                      and r["epochs"] == best["epochs"][i])
+        assert best["dev_accuracy"][i] == pytest.approx(chosen["validation_accuracy"])
+        assert best["test_accuracy"][i] == pytest.approx(chosen["test_accuracy"])
+    assert (tmp_path / "backbones" / "backbones.png").stat().st_size > 1000
+
+
+def test_shared_epochs_equal_training_them_again(tmp_path: Path) -> None:
+    write_boolq(tmp_path)
+    text = BOOLQ_CONFIG.format(backbones='"scratch"').replace(
+        "learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-3]") + (
+        "\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+        "intermediate_size = 64\nvocab_size = 200\n")
+    shared = tmp_path / "shared.h5"
+    alone = tmp_path / "alone.h5"
+    generate(load_config(write_config(tmp_path, text, "a.toml")), shared)
+    generate(load_config(write_config(tmp_path, text.replace(
+        "num_threads = 1", "num_threads = 1\nshare_epochs = false"), "b.toml")), alone)
+    with zooscope.open_zoo(shared) as a, zooscope.open_zoo(alone) as b:
+        assert [m.id for m in a.members()] == [m.id for m in b.members()]
+        for m in a.members():
+            for c in a.checkpoints([m]):
+                x, y = a.state_dict(m, c.epoch), b.state_dict(m, c.epoch)
+                assert all(torch.equal(x[k], y[k]) for k in x), (m.factors, c.epoch)
+                assert c.metrics == b.checkpoints([m], [c.epoch])[0].metrics
+    # Trained alone, the identical tensors are deduplicated too, but each checkpoint has
+    # its own row of tensor pointers; shared ones point at the longer run's.
+    import h5py
+
+    with h5py.File(shared, "r") as a, h5py.File(alone, "r") as b:
+        assert len(a["checkpoints/index"]) == len(b["checkpoints/index"]) == 5
+        assert len(a["architectures/a0/rows"]) == 3 and len(b["architectures/a0/rows"]) == 5
+
+
+def test_overfit_mode_reports_and_fails_with_exit_1(tmp_path: Path) -> None:
+    write_boolq(tmp_path)
+    base = BOOLQ_CONFIG.format(backbones='"scratch"').replace("batch_size = 16", "batch_size = 2")
+    base += ("\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+             "intermediate_size = 64\nvocab_size = 200\n")
+    ok = run_cli("generate", str(write_config(tmp_path, base, "ok.toml")), "--overfit", "--json",
+                 cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["examples"] == 10 and report["epochs"] == 20
+    assert report["backbones"][0]["train_accuracy"] == 1.0
+    bad = base.replace("learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-9]")
+    proc = run_cli("generate", str(write_config(tmp_path, bad, "bad.toml")), "--overfit",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-2].startswith("error: 1 of 1 backbones did not fit")
+    assert not list(tmp_path.glob("*.h5"))
+
+
+def test_plugins_lists_the_generators_and_the_backbones_analyzer() -> None:
+    proc = run_cli("plugins", "--all", "--json")
+    assert proc.returncode == 0
+    names = {(kind, name) for p in json.loads(proc.stdout)
+             for kind, provided in p["provides"].items() for name in provided}
+    for item in [("generator", "mlm"), ("generator", "squad"), ("generator", "boolq"),
+                 ("analyzer", "backbones")]:
+        assert item in names
