@@ -89,26 +89,37 @@ def power_law_alpha(evals: np.ndarray) -> float:
     """Power-law exponent of an eigenvalue spectrum's tail (Clauset et al. 2009 MLE).
 
     Like WeightWatcher: xmin is chosen among the eigenvalues to minimise the
-    Kolmogorov-Smirnov distance between the tail and the fitted power law.
+    Kolmogorov-Smirnov distance between the tail and the fitted power law. Every
+    candidate xmin is scored at once (a block of candidates × eigenvalues at a time).
     """
     import numpy as np
 
-    x = np.sort(evals[evals > 0])
-    best_d, best_alpha = np.inf, np.nan
+    x = np.sort(evals[evals > 0]).astype(np.float64)
     n = len(x)
-    for i in range(n - 1):
-        tail = x[i:]
-        logs = np.log(tail / tail[0])
-        total = logs.sum()
-        if total <= 0 or len(tail) < 2:
-            continue
-        alpha = 1.0 + len(tail) / total
-        empirical = np.arange(len(tail)) / len(tail)
-        fitted = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
-        d = np.abs(empirical - fitted).max()
-        if d < best_d:
-            best_d, best_alpha = d, alpha
-    return float(best_alpha)
+    if n < 2:
+        return float("nan")
+    logx = np.log(x)
+    suffix = np.cumsum(logx[::-1])[::-1]  # sum of log x[j] for j >= i
+    i = np.arange(n - 1)
+    m = n - i
+    total = suffix[:-1] - m * logx[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where(total > 0, 1.0 + m / total, np.nan)
+    best_d = np.full(n - 1, np.inf)
+    j = np.arange(n)
+    for start in range(0, n - 1, 256):
+        rows = i[start : start + 256]
+        a = alpha[rows][:, None]
+        k = j[None, :] - rows[:, None]  # position within the tail
+        inside = k >= 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            fitted = 1.0 - np.exp((1.0 - a) * (logx[None, :] - logx[rows][:, None]))
+        empirical = k / m[rows][:, None]
+        d = np.where(inside, np.abs(empirical - fitted), -np.inf).max(axis=1)
+        best_d[start : start + len(rows)] = np.where(np.isnan(alpha[rows]), np.inf, d)
+    if not np.isfinite(best_d).any():
+        return float("nan")
+    return float(alpha[int(np.argmin(best_d))])
 
 
 def spectral_stats(w: np.ndarray) -> dict[str, np.ndarray]:
