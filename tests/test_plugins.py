@@ -39,7 +39,9 @@ def test_builtins_are_listed_with_kind_version_and_hooks() -> None:
     assert rows["zooscope.stores.hdf5"]["kind"] == "store"
     assert rows["zooscope.stores.hdf5"]["provides"] == {"store": ["hdf5"]}
     assert rows["zooscope.generators.text_classification"]["provides"]["generator"] == [
-        "sst2", "text-classification"]
+        "sst2", "text-classification", "boolq"]
+    assert rows["zooscope.generators.squad"]["provides"] == {"generator": ["squad"]}
+    assert rows["zooscope.generators.pretext"]["provides"] == {"generator": ["mlm"]}
     assert rows["zooscope.plugins.agreement"]["hooks"] == ["zooscope_register_analyzers"]
     assert all(r["version"] == zooscope.__version__ for r in rows.values() if r["builtin"])
     # Without --all, built-ins are hidden.
