@@ -10,10 +10,8 @@ best span over its windows is mapped back to characters of the context.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,36 +172,18 @@ class SquadGenerator(Generator):
         return task.cache[key]
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        import torch
-
-        from zooscope.generators.text_classification import architecture_record, collate
+        from zooscope.generators.text_classification import finetune_setup
         from zooscope.models import QuestionAnswerer
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
-        backbone = copy.deepcopy(base)
-        torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
-        model = QuestionAnswerer(backbone, hidden=int(cfg.train["head"].get("hidden", 1)),
-                                 dropout=float(cfg.train["dropout"]))
-        if cfg.train["freeze_backbone"]:
-            for p in model.backbone.parameters():
-                p.requires_grad_(False)
-        arch = architecture_record(name, model, backbone, tok)
-        pad = int(tok.pad_token_id or 0)
-        train = encoded["train"]
-        batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
-        n = len(train["input_ids"])
-
-        def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-            order = torch.randperm(n, generator=generator).tolist()
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                yield collate(train, idx, pad, start_positions=train["starts"][idx],
-                              end_positions=train["ends"][idx])
-
-        return MemberSetup(model=model, architecture=arch, train_batches=batches,
-                           steps_per_epoch=(n + batch_size - 1) // batch_size,
-                           state={"encoded": encoded, "pad": pad, "rows": task.splits})
+        setup = finetune_setup(
+            cfg, member, name, base, tok, encoded,
+            lambda backbone, hidden, dropout: QuestionAnswerer(backbone, hidden, dropout),
+            lambda train, idx: {"start_positions": train["starts"][idx],
+                                "end_positions": train["ends"][idx]})
+        setup.state["rows"] = task.splits
+        return setup
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, cfg: ZooConfig, setup: MemberSetup, task: TaskData,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -322,35 +322,16 @@ class TextClassificationGenerator(Generator):
         return task.cache[key]
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        import torch
 
         from zooscope.models import SequenceClassifier
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
-        backbone = copy.deepcopy(base)
-        torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
-        model = SequenceClassifier(backbone, task.cache["num_labels"],
-                                   hidden=int(cfg.train["head"].get("hidden", 1)),
-                                   dropout=float(cfg.train["dropout"]))
-        if cfg.train["freeze_backbone"]:
-            for p in model.backbone.parameters():
-                p.requires_grad_(False)
-        arch = architecture_record(name, model, backbone, tok)
-        pad = int(tok.pad_token_id or 0)
-        train = encoded["train"]
-        batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
-        n = len(train["input_ids"])
-
-        def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-            order = torch.randperm(n, generator=generator).tolist()
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                yield collate(train, idx, pad, labels=train["labels"][idx])
-
-        return MemberSetup(model=model, architecture=arch, train_batches=batches,
-                           steps_per_epoch=(n + batch_size - 1) // batch_size,
-                           state={"encoded": encoded, "pad": pad})
+        return finetune_setup(
+            cfg, member, name, base, tok, encoded,
+            lambda backbone, hidden, dropout: SequenceClassifier(
+                backbone, task.cache["num_labels"], hidden=hidden, dropout=dropout),
+            lambda train, idx: {"labels": train["labels"][idx]})
 
     def evaluate_model(self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module,
                        tokenizer: Any, device: torch.device, splits: tuple[str, ...] = ("test",),
@@ -409,6 +390,39 @@ class TextClassificationGenerator(Generator):
                 predictions = preds.numpy().astype(np.int32)
         model.train(was_training)
         return metrics, predictions
+
+
+def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Module, tok: Any,
+                   encoded: dict[str, Any], make_model: Callable[..., torch.nn.Module],
+                   targets: Callable[[dict[str, Any], list[int]], dict[str, torch.Tensor]],
+                   ) -> MemberSetup:
+    """A fine-tuning member: a copy of the backbone under a head seeded by the member's
+    seed (backbone frozen where the config says), and shuffled padded batches of the
+    encoded training split with the targets the task takes."""
+    import torch
+
+    backbone = copy.deepcopy(base)
+    torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
+    model = make_model(backbone, int(cfg.train["head"].get("hidden", 1)),
+                       float(cfg.train["dropout"]))
+    if cfg.train["freeze_backbone"]:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    arch = architecture_record(name, model, backbone, tok)
+    pad = int(tok.pad_token_id or 0)
+    train = encoded["train"]
+    batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
+    n = len(train["input_ids"])
+
+    def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield collate(train, idx, pad, **targets(train, idx))
+
+    return MemberSetup(model=model, architecture=arch, train_batches=batches,
+                       steps_per_epoch=(n + batch_size - 1) // batch_size,
+                       state={"encoded": encoded, "pad": pad})
 
 
 def _joined(data: dict[str, Any]) -> list[str]:

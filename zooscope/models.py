@@ -29,6 +29,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.txt", "vocab.json", "merges.txt")
 
 
+def mlp_head(width: int, outputs: int, hidden: int, dropout: float) -> nn.Sequential:
+    """The task head: Linear(h, h) → ReLU → dropout → Linear(h, outputs), or one Linear."""
+    layers: list[nn.Module] = []
+    if hidden:
+        layers += [nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(width, outputs))
+    return nn.Sequential(*layers)
+
+
 class SequenceClassifier(nn.Module):
     """[CLS] → Linear(h, h) → ReLU → dropout → Linear(h, labels) on a transformer backbone."""
 
@@ -36,12 +45,7 @@ class SequenceClassifier(nn.Module):
                  dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
-        h = backbone.config.hidden_size
-        layers: list[nn.Module] = []
-        if hidden:
-            layers += [nn.Linear(h, h), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(h, num_labels))
-        self.head = nn.Sequential(*layers)
+        self.head = mlp_head(backbone.config.hidden_size, num_labels, hidden, dropout)
         self.num_labels = num_labels
         self._takes_token_types = uses_token_types(backbone)
 
@@ -68,12 +72,7 @@ class QuestionAnswerer(nn.Module):
     def __init__(self, backbone: nn.Module, hidden: int = 1, dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
-        h = backbone.config.hidden_size
-        layers: list[nn.Module] = []
-        if hidden:
-            layers += [nn.Linear(h, h), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(h, 2))
-        self.head = nn.Sequential(*layers)
+        self.head = mlp_head(backbone.config.hidden_size, 2, hidden, dropout)
         self._takes_token_types = uses_token_types(backbone)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
