@@ -23,9 +23,9 @@ from zooscope.zoofile import validate_zoo
 from .conftest import TINY_CONFIG, cli_env, write_config
 from .test_generate import assert_same_weights
 
-KILL_CONFIG = (TINY_CONFIG.replace("epochs = 2", "epochs = 10")
+KILL_CONFIG = (TINY_CONFIG.replace("epochs = 2", "epochs = 12")
                .replace("synthetic:sentiment:400", "synthetic:sentiment:250"))
-TOTAL = 4 * 11  # members x checkpoints, epoch 0 included
+TOTAL = 4 * 13  # members x checkpoints, epoch 0 included
 
 
 def _fingerprints(path: Path) -> dict[tuple[str, int], str]:
@@ -94,7 +94,11 @@ def _check_after_kill(path: Path, before: dict[tuple[str, int], str]) -> dict:
 def test_generate_killed_at_random_moments_resumes_to_the_same_zoo(tmp_path: Path) -> None:
     config = write_config(tmp_path, KILL_CONFIG, "kill.toml")
     reference = tmp_path / "reference.h5"
+    start = time.perf_counter()
     generate(parse_config(KILL_CONFIG), reference)
+    # Kill delays are drawn in units of this machine's time per checkpoint, so that twenty
+    # kills land before the zoo completes on a fast machine and a slow one alike.
+    per_checkpoint = (time.perf_counter() - start) / TOTAL
     out = tmp_path / "killed.h5"
     rng = random.Random(7)
     seen: dict[tuple[str, int], str] = {}
@@ -104,7 +108,7 @@ def test_generate_killed_at_random_moments_resumes_to_the_same_zoo(tmp_path: Pat
         args = [sys.executable, "-m", "zooscope", "generate", str(config), "--out", str(out)]
         proc = _launch(args + (["--resume"] if out.exists() else []))
         # Past start-up, a kill lands in a training step, an evaluation or a write.
-        kills += _kill_after(proc, out, rng.uniform(0.0, 0.25), at_least=len(seen))
+        kills += _kill_after(proc, out, rng.uniform(0.0, 0.8) * per_checkpoint, at_least=len(seen))
         seen = _check_after_kill(out, seen)
         progress.append(len(seen))
     finish = subprocess.run([sys.executable, "-m", "zooscope", "generate", str(config), "--out",
