@@ -165,7 +165,7 @@ def bench_spectral() -> None:
                           for i in ours])
            for key in ("alpha", "spectral_norm", "stable_rank", "log_norm", "alpha_weighted")}
     print(f"spectral metrics of {len(ours)} layers of {what}: weightwatcher "
-          f"{ww.__version__} analyze() {theirs:.1f} s, weightstats {mine:.1f} s "
+          f"{ww.__version__} analyze() {theirs:.2f} s, weightstats {mine:.2f} s "
           f"({theirs / mine:.1f}x faster; goal >= 3x)")
     for key, r in rel.items():
         print(f"  {key}: max relative difference {r.max():.2e}, "

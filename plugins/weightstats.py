@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import zooscope
@@ -46,42 +47,80 @@ def tensor_block(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def row_stats(x: np.ndarray, near_zero: float) -> dict[str, np.ndarray]:
-    """Statistics of each row of x (checkpoints × values).
+def _percentile_ranks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The order statistics np.percentile's "linear" rule interpolates between."""
+    import numpy as np
 
-    Moments are accumulated in float64 from one pass each; the seven percentiles
-    come from a single partition per row (numpy's "linear" interpolation, as
-    ``np.percentile`` computes them).
+    pos = np.asarray(PERCENTILES, dtype=np.float64) / 100 * (n - 1)
+    return pos, np.floor(pos).astype(np.int64), np.ceil(pos).astype(np.int64)
+
+
+def row_stats(x: np.ndarray, near_zero: float,
+              base: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Statistics of each row of x (checkpoints × values), with drift from ``base`` rows.
+
+    The compiled kernel in ``_rowstats`` does every row in three fused passes and
+    exact percentiles; rows holding NaN or infinity go through plain numpy.
     """
     import numpy as np
 
+    from ._rowstats import fused_stats
+
+    if x.dtype == np.float64:  # the kernel works in float32
+        return numpy_row_stats(x, near_zero, base)
     n = x.shape[1]
-    mean = x.mean(axis=1, dtype=np.float64)
-    c = x.astype(np.float64) - mean[:, None]
-    c2 = c * c  # products, not **: numpy's pow is an order of magnitude slower
-    m2 = c2.mean(axis=1)
-    m3 = np.einsum("ij,ij->i", c2, c) / n
-    m4 = np.einsum("ij,ij->i", c2, c2) / n
-    a = np.abs(x)
-    out: dict[str, np.ndarray] = {
-        "mean": mean, "std": np.sqrt(m2), "l1": a.sum(axis=1, dtype=np.float64),
-        "l2": np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64, copy=False),
-                                x.astype(np.float64, copy=False))),
-        "linf": a.max(axis=1).astype(np.float64),
-        "near_zero": (a < near_zero).mean(axis=1),
-    }
-    # One partition for all percentiles: the positions np.percentile interpolates between.
-    pos = np.asarray(PERCENTILES, dtype=np.float64) / 100 * (n - 1)
-    lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
-    part = np.partition(x, np.unique(np.concatenate([lo, hi])), axis=1).astype(np.float64)
+    pos, lo, hi = _percentile_ranks(n)
+    ranks = np.unique(np.concatenate([lo, hi]))
+    sums, values, ok = fused_stats(x, base, near_zero, ranks)
+    mean, m2, m3, m4, l1, l2, linf, nz, dd, bb, xb, xx = sums.T
+    out: dict[str, np.ndarray] = {"mean": mean, "std": np.sqrt(m2), "l1": l1, "l2": l2,
+                                  "linf": linf, "near_zero": nz}
+    at = {int(r): values[:, i] for i, r in enumerate(ranks)}
     for p, li, hi_i, ps in zip(PERCENTILES, lo, hi, pos, strict=True):
-        out[f"p{p}"] = part[:, li] + (part[:, hi_i] - part[:, li]) * (ps - li)
+        out[f"p{p}"] = at[int(li)] + (at[int(hi_i)] - at[int(li)]) * (ps - li)
     out["min"], out["max"] = out["p0"], out["p100"]
     with np.errstate(divide="ignore", invalid="ignore"):
         # Constant tensors (LayerNorm at initialisation) have no skew or kurtosis: NaN.
         out["skew"] = np.where(m2 > 0, m3 / m2**1.5, np.nan) if n > 2 else np.full(len(x), np.nan)
         out["kurtosis"] = np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan) if n > 2 else \
             np.full(len(x), np.nan)
+    if base is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["drift_l2"] = np.where(bb > 0, np.sqrt(dd / bb), np.nan)
+            out["drift_cosine"] = np.where(bb * xx > 0, xb / np.sqrt(bb * xx), np.nan)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        slow = numpy_row_stats(x[bad], near_zero, None if base is None else base[bad])
+        for key, col in slow.items():
+            out[key][bad] = col
+    return out
+
+
+def numpy_row_stats(x: np.ndarray, near_zero: float,
+                    base: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The same statistics with plain numpy (the path for rows holding NaN or infinity)."""
+    import numpy as np
+
+    n = x.shape[1]
+    x64 = x.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        mean = x64.mean(axis=1)
+        c = x64 - mean[:, None]
+        m2, m3, m4 = (c**2).mean(axis=1), (c**3).mean(axis=1), (c**4).mean(axis=1)
+        a = np.abs(x64)
+        out: dict[str, np.ndarray] = {
+            "mean": mean, "std": np.sqrt(m2), "l1": a.sum(axis=1),
+            "l2": np.sqrt((x64 * x64).sum(axis=1)), "linf": a.max(axis=1),
+            "near_zero": (a < near_zero).mean(axis=1),
+        }
+        for p, v in zip(PERCENTILES, np.percentile(x64, PERCENTILES, axis=1), strict=True):
+            out[f"p{p}"] = v
+        out["min"], out["max"] = out["p0"], out["p100"]
+        out["skew"] = np.where(m2 > 0, m3 / m2**1.5, np.nan) if n > 2 else np.full(len(x), np.nan)
+        out["kurtosis"] = np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan) if n > 2 else \
+            np.full(len(x), np.nan)
+        if base is not None:
+            out.update(_drift(x64, base.astype(np.float64)))
     return out
 
 
@@ -127,7 +166,23 @@ def spectral_stats(w: np.ndarray) -> dict[str, np.ndarray]:
     import numpy as np
     import torch
 
-    sv = torch.linalg.svdvals(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+    mats = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    if mats.shape[-2] < mats.shape[-1]:
+        mats = mats.mT  # the same singular values; LAPACK is about twice as fast on tall matrices
+    # One LAPACK call per matrix uses the cores poorly at these sizes: split the batch
+    # over a thread per core instead (torch releases the GIL).
+    torch_threads = torch.get_num_threads()
+    threads = min(torch_threads, len(mats))
+    if threads > 1:
+        torch.set_num_threads(1)  # one LAPACK thread per worker, or they fight over the cores
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(torch.linalg.svdvals, torch.tensor_split(mats, threads)))
+        finally:
+            torch.set_num_threads(torch_threads)
+        sv = torch.cat(parts)
+    else:
+        sv = torch.linalg.svdvals(mats)
     evals = (sv.double() ** 2).numpy()  # eigenvalues of W^T W
     spectral = evals.max(axis=1)
     norm = evals.sum(axis=1)
@@ -167,9 +222,7 @@ class WeightStats(Analyzer):
                 if not np.issubdtype(values.dtype, np.floating):
                     break
                 flat = values.reshape(len(block), -1)
-                stats = row_stats(flat, options["near_zero"])
-                base = zoo.tensor(name, [origin[c.member] for c in block]).reshape(len(block), -1)
-                stats.update(_drift(flat, base))
+                stats = row_stats(flat, options["near_zero"], self._bases(zoo, name, block, flat, origin))
                 if options["spectral"] and len(shape) == 2 and min(shape) > 1:
                     stats.update(spectral_stats(values))
                 for i, c in enumerate(block):
@@ -185,6 +238,20 @@ class WeightStats(Analyzer):
         summary = (f"{len(names)} tensors x {len(cps)} checkpoints = {len(table['tensor'])} rows. "
                    + _drift_summary(table))
         return AnalysisResult(tables={"stats": dict(table)}, summary=summary, figures=figures)
+
+    @staticmethod
+    def _bases(zoo: Zoo, name: str, block: list[Checkpoint], flat: np.ndarray,
+               origin: dict[str, Checkpoint]) -> np.ndarray:
+        """Each row's drift origin, taken from the block where it is there, else read."""
+        import numpy as np
+
+        index = {(c.member, c.epoch): i for i, c in enumerate(block)}
+        outside = {(o.member, o.epoch): o for o in (origin[c.member] for c in block)
+                   if (o.member, o.epoch) not in index}
+        read = zoo.tensor(name, list(outside.values())).reshape(len(outside), -1) if outside else None
+        rows = {k: read[i] for i, k in enumerate(outside)}
+        rows.update({k: flat[i] for k, i in index.items()})
+        return np.stack([rows[(origin[c.member].member, origin[c.member].epoch)] for c in block])
 
     @staticmethod
     def _origins(zoo: Zoo, cps: list[Checkpoint]) -> dict[str, Checkpoint]:

@@ -92,6 +92,48 @@ def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> No
     assert (tmp_path / "weightstats" / "trajectories.png").exists()
 
 
+def test_fused_row_statistics_equal_numpy_on_awkward_rows() -> None:
+    """The compiled three-pass kernel against np.percentile and float64 moments on rows
+    with ties, outliers, constants, negative zero, NaN and infinity, and lengths 1 to 3."""
+    from zooscope.plugins.weightstats import PERCENTILES, row_stats
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    rows = [rng.standard_normal(n) * 0.02,
+            np.round(rng.standard_normal(n), 1),                     # many ties
+            np.concatenate([rng.standard_normal(n - 2) * 1e-3, [1e4, -3e3]]),  # outliers
+            np.full(n, 0.7),                                          # constant
+            np.where(rng.random(n) < 0.5, -0.0, 0.0) + (np.arange(n) % 3 == 0),
+            1.0 + rng.standard_normal(n) * 1e-4,                      # LayerNorm-like
+            np.where(np.arange(n) == 9, np.nan, rng.standard_normal(n)),
+            np.where(np.arange(n) == 9, np.inf, rng.standard_normal(n))]
+    x = np.stack(rows).astype(np.float32)
+    base = (x + rng.standard_normal(x.shape).astype(np.float32) * 0.01)
+    out = row_stats(x, 1e-3, base)
+    for i, row in enumerate(x.astype(np.float64)):
+        b = base[i].astype(np.float64)
+        with np.errstate(all="ignore"):  # the NaN and infinity rows
+            c = row - row.mean()
+            expect = {"mean": row.mean(), "std": row.std(), "l1": np.abs(row).sum(),
+                      "l2": np.linalg.norm(row), "linf": np.abs(row).max(),
+                      "near_zero": np.mean(np.abs(row) < 1e-3),
+                      "drift_l2": np.linalg.norm(row - b) / np.linalg.norm(b),
+                      "drift_cosine": row @ b / (np.linalg.norm(row) * np.linalg.norm(b))}
+            if row.std() > 0 and np.isfinite(row).all():
+                expect["skew"] = (c**3).mean() / row.std() ** 3
+                expect["kurtosis"] = (c**4).mean() / row.std() ** 4 - 3
+            for p, v in zip(PERCENTILES, np.percentile(row, PERCENTILES), strict=True):
+                expect[f"p{p}"] = v
+        for key, value in expect.items():
+            assert out[key][i] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (i, key)
+    for n in (1, 2, 3):
+        short = rng.standard_normal((2, n)).astype(np.float32)
+        got = row_stats(short, 1e-3)
+        for p, v in zip(PERCENTILES, np.percentile(short.astype(np.float64), PERCENTILES, axis=1),
+                        strict=True):
+            np.testing.assert_allclose(got[f"p{p}"], v, rtol=1e-12)
+
+
 def test_power_law_alpha_equals_a_plain_loop_over_xmin() -> None:
     """The vectorised fit against the textbook loop: every xmin, MLE alpha, KS distance."""
     from zooscope.plugins.weightstats import power_law_alpha
