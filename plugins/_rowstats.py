@@ -22,7 +22,20 @@ import numpy as np
 NBINS = 16384
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "nsz", "contract"}, nogil=True)
+def _jit(**options):
+    """numba.njit, cached on disk where the package or the user's cache folder is
+    writable (the first call compiles for a few seconds), else compiled per process."""
+
+    def wrap(function):
+        try:
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **options)(function)
+
+    return wrap
+
+
+@_jit(fastmath={"reassoc", "nsz", "contract"}, nogil=True)
 def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
     n = x.shape[0]
     s = 0.0
@@ -123,22 +136,33 @@ def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
     return True
 
 
-@numba.njit(cache=True, parallel=True)
-def _rows(x, base, has_base, near_zero, ranks, out_stats, out_ranks, ok):
+@_jit(parallel=True, nogil=True)
+def _rows(x, extra, base_index, has_base, near_zero, ranks, out_stats, out_ranks, ok):
     for r in numba.prange(x.shape[0]):
-        ok[r] = _row(x[r], base[r], has_base, near_zero, ranks, out_stats[r], out_ranks[r])
+        k = base_index[r]
+        base = x[k] if k >= 0 else extra[-1 - k]
+        ok[r] = _row(x[r], base, has_base, near_zero, ranks, out_stats[r], out_ranks[r])
 
 
-def fused_stats(x: np.ndarray, base: np.ndarray | None, near_zero: float,
-                ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of x (rows x values, float32): the 12 sums above, the values at ``ranks``
-    (0-based order statistics), and whether the row was finite (else nothing is set)."""
+def fused_stats(x: np.ndarray, near_zero: float, ranks: np.ndarray,
+                base_index: np.ndarray | None = None,
+                extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of x (rows x values): the 12 sums above, the values at ``ranks`` (0-based
+    order statistics), and whether the row was finite (else nothing is set).
+
+    Row r's drift base is row ``base_index[r]`` of x where that is >= 0, else row
+    ``-1 - base_index[r]`` of ``extra``; no drift without ``base_index``. The kernel
+    releases the GIL, so a caller can read the next block meanwhile.
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    has_base = base is not None
-    b = np.ascontiguousarray(base, dtype=np.float32) if has_base else x
+    has_base = base_index is not None
+    index = (np.zeros(len(x), np.int64) if base_index is None
+             else np.ascontiguousarray(base_index, dtype=np.int64))
+    more = (x[:1] if extra is None or len(extra) == 0
+            else np.ascontiguousarray(extra, dtype=np.float32))
     stats = np.full((len(x), 12), np.nan)
     values = np.full((len(x), len(ranks)), np.nan)
     ok = np.zeros(len(x), np.bool_)
-    _rows(x, b, has_base, float(near_zero), np.ascontiguousarray(ranks, dtype=np.int64),
+    _rows(x, more, index, has_base, float(near_zero), np.ascontiguousarray(ranks, dtype=np.int64),
           stats, values, ok)
     return stats, values, ok

@@ -55,23 +55,27 @@ def _percentile_ranks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pos, np.floor(pos).astype(np.int64), np.ceil(pos).astype(np.int64)
 
 
-def row_stats(x: np.ndarray, near_zero: float,
-              base: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Statistics of each row of x (checkpoints × values), with drift from ``base`` rows.
+def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
+              base_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Statistics of each row of x (checkpoints × values), with drift from base rows.
 
-    The compiled kernel in ``_rowstats`` does every row in three fused passes and
-    exact percentiles; rows holding NaN or infinity go through plain numpy.
+    The drift base of row r is ``base[r]``, or with ``base_index``: row ``base_index[r]``
+    of x where that is >= 0, else row ``-1 - base_index[r]`` of ``base``. The compiled
+    kernel in ``_rowstats`` does every row in three fused passes with exact percentiles;
+    rows holding NaN or infinity go through plain numpy.
     """
     import numpy as np
 
     from ._rowstats import fused_stats
 
+    if base is not None and base_index is None:
+        base_index = -1 - np.arange(len(x))
     if x.dtype == np.float64:  # the kernel works in float32
-        return numpy_row_stats(x, near_zero, base)
+        return numpy_row_stats(x, near_zero, None if base_index is None else _bases_of(x, base, base_index))
     n = x.shape[1]
     pos, lo, hi = _percentile_ranks(n)
     ranks = np.unique(np.concatenate([lo, hi]))
-    sums, values, ok = fused_stats(x, base, near_zero, ranks)
+    sums, values, ok = fused_stats(x, near_zero, ranks, base_index, base)
     mean, m2, m3, m4, l1, l2, linf, nz, dd, bb, xb, xx = sums.T
     out: dict[str, np.ndarray] = {"mean": mean, "std": np.sqrt(m2), "l1": l1, "l2": l2,
                                   "linf": linf, "near_zero": nz}
@@ -84,16 +88,23 @@ def row_stats(x: np.ndarray, near_zero: float,
         out["skew"] = np.where(m2 > 0, m3 / m2**1.5, np.nan) if n > 2 else np.full(len(x), np.nan)
         out["kurtosis"] = np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan) if n > 2 else \
             np.full(len(x), np.nan)
-    if base is not None:
+    if base_index is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             out["drift_l2"] = np.where(bb > 0, np.sqrt(dd / bb), np.nan)
             out["drift_cosine"] = np.where(bb * xx > 0, xb / np.sqrt(bb * xx), np.nan)
     if not ok.all():
         bad = np.flatnonzero(~ok)
-        slow = numpy_row_stats(x[bad], near_zero, None if base is None else base[bad])
+        slow = numpy_row_stats(x[bad], near_zero,
+                               None if base_index is None else _bases_of(x, base, base_index)[bad])
         for key, col in slow.items():
             out[key][bad] = col
     return out
+
+
+def _bases_of(x: np.ndarray, base: np.ndarray | None, base_index: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return np.stack([x[k] if k >= 0 else base[-1 - k] for k in base_index])
 
 
 def numpy_row_stats(x: np.ndarray, near_zero: float,
@@ -205,6 +216,15 @@ class WeightStats(Analyzer):
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        table = self.statistics(zoo, options, selection)
+        figures = {"trajectories": _trajectories(zoo, table, options["color_by"])}
+        summary = (f"{len(set(table['tensor']))} tensors x "
+                   f"{len(set(zip(table['member'], table['epoch'], strict=True)))} checkpoints = "
+                   f"{len(table['tensor'])} rows. " + _drift_summary(table))
+        return AnalysisResult(tables={"stats": table}, summary=summary, figures=figures)
+
+    def statistics(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> dict[str, list[Any]]:
+        """The streaming pass: one row per (checkpoint, tensor), without figures."""
         import numpy as np
 
         pattern = re.compile(options["tensors"])
@@ -212,46 +232,54 @@ class WeightStats(Analyzer):
         names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
-        for name in names:
-            shape = zoo.tensor_shape(name, cps[0].member)
-            size = max(int(np.prod(shape)), 1)
-            per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
-            for start in range(0, len(cps), per_block):
-                block = cps[start : start + per_block]
-                values = zoo.tensor(name, block)
-                if not np.issubdtype(values.dtype, np.floating):
-                    break
-                flat = values.reshape(len(block), -1)
-                stats = row_stats(flat, options["near_zero"], self._bases(zoo, name, block, flat, origin))
-                if options["spectral"] and len(shape) == 2 and min(shape) > 1:
-                    stats.update(spectral_stats(values))
-                for i, c in enumerate(block):
-                    table["member"].append(c.member)
-                    table["epoch"].append(c.epoch)
-                    table["tensor"].append(name)
-                    table["kind"].append(tensor_kind(name))
-                    table["block"].append(tensor_block(name))
-                    for key, col in stats.items():
-                        table[key].append(float(col[i]))
-        table = _fill(table)
-        figures = {"trajectories": _trajectories(zoo, table, options["color_by"])}
-        summary = (f"{len(names)} tensors x {len(cps)} checkpoints = {len(table['tensor'])} rows. "
-                   + _drift_summary(table))
-        return AnalysisResult(tables={"stats": dict(table)}, summary=summary, figures=figures)
+
+        def collect(name: str, block: list[Checkpoint], stats: dict[str, np.ndarray]) -> None:
+            for i, c in enumerate(block):
+                table["member"].append(c.member)
+                table["epoch"].append(c.epoch)
+                table["tensor"].append(name)
+                table["kind"].append(tensor_kind(name))
+                table["block"].append(tensor_block(name))
+                for key, col in stats.items():
+                    table[key].append(float(col[i]))
+
+        # Block k+1 is read while block k's statistics are computed (the kernels release
+        # the GIL): at most two blocks are in memory.
+        pending: list[tuple[str, list[Checkpoint], Any]] = []
+        with ThreadPoolExecutor(1) as pool:
+            for name in names:
+                shape = zoo.tensor_shape(name, cps[0].member)
+                size = max(int(np.prod(shape)), 1)
+                per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
+                for start in range(0, len(cps), per_block):
+                    block = cps[start : start + per_block]
+                    values = zoo.tensor(name, block)
+                    if not np.issubdtype(values.dtype, np.floating):
+                        break
+                    bases = self._bases(zoo, name, block, origin)
+                    spectral = options["spectral"] and len(shape) == 2 and min(shape) > 1
+                    pending.append((name, block, pool.submit(
+                        _block_stats, values, bases, options["near_zero"], spectral)))
+                    while len(pending) > 1:
+                        done = pending.pop(0)
+                        collect(done[0], done[1], done[2].result())
+            for name, block, future in pending:
+                collect(name, block, future.result())
+        return _fill(table)
 
     @staticmethod
-    def _bases(zoo: Zoo, name: str, block: list[Checkpoint], flat: np.ndarray,
-               origin: dict[str, Checkpoint]) -> np.ndarray:
-        """Each row's drift origin, taken from the block where it is there, else read."""
+    def _bases(zoo: Zoo, name: str, block: list[Checkpoint],
+               origin: dict[str, Checkpoint]) -> tuple[np.ndarray | None, np.ndarray]:
+        """Each row's drift origin for ``row_stats``: an index into the block where the
+        origin is in it, else into the returned rows, read from the zoo."""
         import numpy as np
 
         index = {(c.member, c.epoch): i for i, c in enumerate(block)}
         outside = {(o.member, o.epoch): o for o in (origin[c.member] for c in block)
                    if (o.member, o.epoch) not in index}
         read = zoo.tensor(name, list(outside.values())).reshape(len(outside), -1) if outside else None
-        rows = {k: read[i] for i, k in enumerate(outside)}
-        rows.update({k: flat[i] for k, i in index.items()})
-        return np.stack([rows[(origin[c.member].member, origin[c.member].epoch)] for c in block])
+        index.update({k: -1 - i for i, k in enumerate(outside)})
+        return read, np.array([index[(origin[c.member].member, origin[c.member].epoch)] for c in block])
 
     @staticmethod
     def _origins(zoo: Zoo, cps: list[Checkpoint]) -> dict[str, Checkpoint]:
@@ -261,6 +289,14 @@ class WeightStats(Analyzer):
             if c.member not in first or c.epoch < first[c.member].epoch:
                 first[c.member] = c
         return first
+
+
+def _block_stats(values: np.ndarray, bases: tuple[np.ndarray | None, np.ndarray],
+                 near_zero: float, spectral: bool) -> dict[str, np.ndarray]:
+    stats = row_stats(values.reshape(len(values), -1), near_zero, *bases)
+    if spectral:
+        stats.update(spectral_stats(values))
+    return stats
 
 
 def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
