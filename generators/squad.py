@@ -132,6 +132,9 @@ class SquadGenerator(Generator):
         cap = int(cfg.train["max_train_examples"])
         if cap:
             splits["train"] = splits["train"][:cap]
+        cap = int(cfg.train["max_eval_examples"])
+        for split in ("validation", "test") if cap else ():
+            splits[split] = splits[split][:cap]
         for split in SPLITS:
             if not splits[split]:
                 raise DataError(f"the {split} split of {source} has no questions",

@@ -278,6 +278,9 @@ class TextClassificationGenerator(Generator):
                 raise DataError(f"{other} has labels the training data lacks")
             splits[split] = {"ids": [f"{prefix}-{i}" for i in range(len(o_texts))],
                              "texts": o_texts, "pairs": o_pairs, "labels": o_labels}
+        cap = int(cfg.train["max_eval_examples"])
+        for split in ("validation", "test") if cap else ():
+            splits[split] = {k: None if v is None else v[:cap] for k, v in splits[split].items()}
         for split in SPLITS:
             if len(splits[split]["ids"]) == 0:
                 raise DataError(f"the {split} split of {source} is empty",

@@ -83,11 +83,7 @@ def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
     for p, li, hi_i, ps in zip(PERCENTILES, lo, hi, pos, strict=True):
         out[f"p{p}"] = at[int(li)] + (at[int(hi_i)] - at[int(li)]) * (ps - li)
     out["min"], out["max"] = out["p0"], out["p100"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # Constant tensors (LayerNorm at initialisation) have no skew or kurtosis: NaN.
-        out["skew"] = np.where(m2 > 0, m3 / m2**1.5, np.nan) if n > 2 else np.full(len(x), np.nan)
-        out["kurtosis"] = np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan) if n > 2 else \
-            np.full(len(x), np.nan)
+    out.update(_shape(m2, m3, m4, n))
     if base_index is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             out["drift_l2"] = np.where(bb > 0, np.sqrt(dd / bb), np.nan)
@@ -99,6 +95,18 @@ def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
         for key, col in slow.items():
             out[key][bad] = col
     return out
+
+
+def _shape(m2: np.ndarray, m3: np.ndarray, m4: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Skew and excess kurtosis from central moments; NaN for constant rows (LayerNorm
+    at initialisation) and rows of fewer than three values."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if n <= 2:
+            return {"skew": np.full(len(m2), np.nan), "kurtosis": np.full(len(m2), np.nan)}
+        return {"skew": np.where(m2 > 0, m3 / m2**1.5, np.nan),
+                "kurtosis": np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan)}
 
 
 def _bases_of(x: np.ndarray, base: np.ndarray | None, base_index: np.ndarray) -> np.ndarray:
@@ -127,9 +135,7 @@ def numpy_row_stats(x: np.ndarray, near_zero: float,
         for p, v in zip(PERCENTILES, np.percentile(x64, PERCENTILES, axis=1), strict=True):
             out[f"p{p}"] = v
         out["min"], out["max"] = out["p0"], out["p100"]
-        out["skew"] = np.where(m2 > 0, m3 / m2**1.5, np.nan) if n > 2 else np.full(len(x), np.nan)
-        out["kurtosis"] = np.where(m2 > 0, m4 / m2**2 - 3.0, np.nan) if n > 2 else \
-            np.full(len(x), np.nan)
+        out.update(_shape(m2, m3, m4, n))
         if base is not None:
             out.update(_drift(x64, base.astype(np.float64)))
     return out
@@ -249,7 +255,9 @@ class WeightStats(Analyzer):
         with ThreadPoolExecutor(1) as pool:
             for name in names:
                 shape = zoo.tensor_shape(name, cps[0].member)
-                size = max(int(np.prod(shape)), 1)
+                size = int(np.prod(shape))
+                if size == 0:
+                    continue
                 per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
                 for start in range(0, len(cps), per_block):
                     block = cps[start : start + per_block]

@@ -91,6 +91,24 @@ def test_same_member_spec_gives_identical_weights(tmp_path: Path) -> None:
     assert_same_weights(tmp_path / "a.h5", tmp_path / "b.h5")
 
 
+def test_max_eval_examples_cuts_validation_and_test(tmp_path: Path) -> None:
+    text = ONE_MEMBER.replace("epochs = 3", "epochs = 1").replace(
+        "num_threads = 1", "num_threads = 1\nmax_train_examples = 50\nmax_eval_examples = 7")
+    generate(parse_config(text), tmp_path / "cut.h5")
+    with zooscope.open_zoo(tmp_path / "cut.h5") as zoo:
+        labels = zoo.test_labels()
+        assert labels is not None and len(labels) == 7
+        assert zoo.predictions().shape == (2, 7)  # epochs 0 and 1
+        last = zoo.checkpoints()[-1]
+        hits = (zoo.predictions([last])[0] == labels).sum()
+        assert last.metrics["test_accuracy"] == pytest.approx(hits / 7)
+        assert zoo.info["data"]["sizes"] == {"train": 50, "validation": 7, "test": 7}
+    bad = run_cli("generate", str(write_config(tmp_path, text.replace("= 7", "= -1"), "bad.toml")),
+                  "--out", str(tmp_path / "bad.h5"))
+    assert bad.returncode == 1 and not (tmp_path / "bad.h5").exists()
+    assert "error: [train] max_eval_examples must be ≥ 0 (0 means all)" in bad.stderr
+
+
 def test_existing_zoo_is_not_overwritten(tiny_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "z.h5"
     out.write_bytes(b"precious")

@@ -464,6 +464,21 @@ def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], 
         np.testing.assert_array_equal(preds, zoo.predictions(zoo.checkpoints([m], [2]))[0])
 
 
+def test_squad_example_caps_cut_each_split(tmp_path: Path) -> None:
+    nested, _ = write_squad(tmp_path)
+    text = SQUAD_CONFIG.format(backbone="scratch", source=nested.name)
+    full = registry.get_generator("squad").prepare(load_config(write_config(tmp_path, text, "a.toml")))
+    capped = text.replace("num_threads = 1", "num_threads = 1\nmax_train_examples = 3\n"
+                          "max_eval_examples = 2")
+    cut = registry.get_generator("squad").prepare(load_config(write_config(tmp_path, capped, "b.toml")))
+    assert cut.info["sizes"] == {"train": 3, "validation": 2, "test": 2}
+    assert min(full.info["sizes"].values()) > 3
+    for split in ("train", "validation", "test"):  # the first questions of each split are kept
+        n = cut.info["sizes"][split]
+        assert [r["id"] for r in cut.splits[split]] == [r["id"] for r in full.splits[split][:n]]
+    assert cut.test_ids == [r["id"] for r in full.splits["test"][:2]]
+
+
 def test_agreement_on_answers_matches_pairwise_scores(tmp_path: Path,
                                                       backbones: dict[str, Path]) -> None:
     from zooscope.qa import exact_match, f1_score

@@ -31,6 +31,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "batch_size": (int,), "eval_batch_size": (int,), "optimizer": (str,),
         "dropout": _NUMBER, "lr_schedule": (str,), "max_seq_len": (int,), "head": (dict,),
         "freeze_backbone": (bool,), "max_train_examples": (int,), "eval_train": (bool,),
+        "max_eval_examples": (int,),
         "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
         "share_epochs": (bool,),
     },
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 32, "eval_batch_size": 256, "optimizer": "adamw", "dropout": 0.1,
         "lr_schedule": "constant", "max_seq_len": 512, "head": {"hidden": 1, "activation": "relu"},
         "freeze_backbone": False, "max_train_examples": 0, "eval_train": True,
+        "max_eval_examples": 0,
         "mixed_precision": "no", "device": "auto", "num_threads": 0, "share_epochs": True,
     },
     "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0}},
@@ -280,8 +282,9 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
         _check_positive(f"[train] {key}", train[key])
     if not 0 <= train["dropout"] < 1:
         raise ConfigError(f"[train] dropout must be in [0, 1), got {train['dropout']!r}")
-    if train["max_train_examples"] < 0:
-        raise ConfigError("[train] max_train_examples must be ≥ 0 (0 means all)")
+    for key in ("max_train_examples", "max_eval_examples"):
+        if train[key] < 0:
+            raise ConfigError(f"[train] {key} must be ≥ 0 (0 means all)")
     head = train["head"]
     for key in head:
         if key not in ("hidden", "activation"):

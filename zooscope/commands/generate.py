@@ -122,7 +122,9 @@ def _overfit(cfg, json_: bool) -> None:  # type: ignore[no-untyped-def]
     cfg.grid = {"learning_rate": [min(cfg.grid["learning_rate"])],
                 "backbone": cfg.grid.get("backbone", [cfg.zoo["backbone"]])}
     cfg.zoo.update(epochs=epochs, seeds=cfg.zoo["seeds"][:1], name=f"{cfg.name}-overfit")
-    cfg.train.update(max_train_examples=examples, eval_train=True, share_epochs=False)
+    # Only training accuracy decides; the other splits are cut to as many examples.
+    cfg.train.update(max_train_examples=examples, max_eval_examples=examples, eval_train=True,
+                     share_epochs=False)
     with tempfile.TemporaryDirectory() as tmp, progress() as bars:
         path = Path(tmp) / "overfit.h5"
         run_generate(cfg, path, progress=bars)
