@@ -351,12 +351,16 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
     factors = {m.id: m.factors.get(color_by) for m in zoo.members()}
     values = sorted({str(v) for v in factors.values()})
     colors = {v: plt.cm.viridis(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
+    cols = min(4, len(kinds))
+    rows = -(-len(kinds) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows + 0.5), squeeze=False)
     member = np.asarray(table["member"])
     kind = np.asarray(table["kind"])
     epoch = np.asarray(table["epoch"])
     drift = np.asarray(table["drift_l2"])
-    for ax, k in zip(axes[0], kinds, strict=True):
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, kinds, strict=False):
         for m in sorted(set(member)):
             sel = (member == m) & (kind == k)
             if not sel.any():
@@ -366,10 +370,12 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
             ax.plot(ep, mean, color=colors[str(factors.get(m))], alpha=0.8)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("relative L2 drift from epoch 0")
+    for row in axes:
+        row[0].set_ylabel("relative L2 drift\nfrom epoch 0", fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f"{color_by}={v}") for v, c in colors.items()]
-    fig.legend(handles=handles, loc="upper right", fontsize=7)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / (2.8 * rows + 0.5), 1, 1))
     return fig
 
 
