@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.errors import ConfigError, DataError
-from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,12 +129,9 @@ class SquadGenerator(Generator):
         splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         for r in rows:
             splits[where[r["context"]]].append(r)
-        cap = int(cfg.train["max_train_examples"])
-        if cap:
-            splits["train"] = splits["train"][:cap]
-        cap = int(cfg.train["max_eval_examples"])
-        for split in ("validation", "test") if cap else ():
-            splits[split] = splits[split][:cap]
+        for split, cap in example_caps(cfg).items():
+            if cap:
+                splits[split] = splits[split][:cap]
         for split in SPLITS:
             if not splits[split]:
                 raise DataError(f"the {split} split of {source} has no questions",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.errors import ConfigError, DataError
-from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,9 +261,6 @@ class TextClassificationGenerator(Generator):
             splits[split] = {"ids": [f"row-{i}" for i in idx], "texts": [texts[i] for i in idx],
                              "pairs": None if pairs is None else [pairs[i] for i in idx],
                              "labels": labels[idx]}
-        cap = int(cfg.train["max_train_examples"])
-        if cap:
-            splits["train"] = {k: None if v is None else v[:cap] for k, v in splits["train"].items()}
         for key, split, prefix in (("test_source", "test", "test"),
                                    ("validation_source", "validation", "dev")):
             other = cfg.data.get(key) if key != "test_source" or not fixed else None
@@ -278,9 +275,9 @@ class TextClassificationGenerator(Generator):
                 raise DataError(f"{other} has labels the training data lacks")
             splits[split] = {"ids": [f"{prefix}-{i}" for i in range(len(o_texts))],
                              "texts": o_texts, "pairs": o_pairs, "labels": o_labels}
-        cap = int(cfg.train["max_eval_examples"])
-        for split in ("validation", "test") if cap else ():
-            splits[split] = {k: None if v is None else v[:cap] for k, v in splits[split].items()}
+        for split, cap in example_caps(cfg).items():
+            if cap:
+                splits[split] = {k: None if v is None else v[:cap] for k, v in splits[split].items()}
         for split in SPLITS:
             if len(splits[split]["ids"]) == 0:
                 raise DataError(f"the {split} split of {source} is empty",
@@ -325,7 +322,6 @@ class TextClassificationGenerator(Generator):
         return task.cache[key]
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-
         from zooscope.models import SequenceClassifier
 
         name = str(member.factors["backbone"])

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
     from zooscope.zoo import Member
 
 
+def example_caps(cfg: ZooConfig) -> dict[str, int]:
+    """How many examples each split keeps (0: all), from ``[train] max_train_examples``
+    and ``max_eval_examples``."""
+    evaluation = int(cfg.train["max_eval_examples"])
+    return {"train": int(cfg.train["max_train_examples"]), "validation": evaluation,
+            "test": evaluation}
+
+
 @dataclass
 class TaskData:
     """A zoo's data, loaded and split once: the same examples for every member."""
