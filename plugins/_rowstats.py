@@ -35,6 +35,12 @@ def _jit(**options):
     return wrap
 
 
+@_jit(inline="always")
+def _bin(v, mn, scale):
+    """The value's histogram bin: monotone in v, the last bin closed at max."""
+    return min(int((v - mn) * scale), NBINS - 1)
+
+
 @_jit(fastmath={"reassoc", "nsz", "contract"}, nogil=True)
 def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
     n = x.shape[0]
@@ -80,15 +86,13 @@ def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
         m2 += c2
         m3 += c2 * c
         m4 += c2 * c2
-        k = int((v - mn) * scale)
-        if k >= NBINS:
-            k = NBINS - 1
-        counts[k] += 1
+        counts[_bin(v, mn, scale)] += 1
     # The bins holding each wanted rank, and where each bin's values start in rank order.
     first = np.zeros(NBINS + 1, np.int64)
     for k in range(NBINS):
         first[k + 1] = first[k] + counts[k]
     slot = np.full(NBINS, -1, np.int64)
+    bins = np.empty(ranks.shape[0], np.int64)  # slot -> bin
     nslots = 0
     rank_bin = np.empty(ranks.shape[0], np.int64)
     for r in range(ranks.shape[0]):
@@ -96,22 +100,15 @@ def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
         rank_bin[r] = k
         if slot[k] < 0:
             slot[k] = nslots
+            bins[nslots] = k
             nslots += 1
     offsets = np.zeros(nslots + 1, np.int64)
-    bins = np.empty(nslots, np.int64)
-    for k in range(NBINS):
-        if slot[k] >= 0:
-            bins[slot[k]] = k
     for j in range(nslots):
         offsets[j + 1] = offsets[j] + counts[bins[j]]
     gathered = np.empty(offsets[nslots], np.float32)
     fill = offsets[:nslots].copy()
     for i in range(n):
-        v = np.float64(x[i])
-        k = int((v - mn) * scale)
-        if k >= NBINS:
-            k = NBINS - 1
-        j = slot[k]
+        j = slot[_bin(np.float64(x[i]), mn, scale)]
         if j >= 0:
             gathered[fill[j]] = x[i]
             fill[j] += 1
@@ -126,13 +123,12 @@ def _row(x, base, has_base, near_zero, ranks, out_stats, out_ranks):
     out_stats[2] = m3 / n
     out_stats[3] = m4 / n
     out_stats[4] = sa
-    out_stats[5] = np.sqrt(sq)
+    out_stats[5] = sq
     out_stats[6] = amax
     out_stats[7] = nz / n
     out_stats[8] = dd
     out_stats[9] = bb
     out_stats[10] = xb
-    out_stats[11] = sq
     return True
 
 
@@ -147,12 +143,13 @@ def _rows(x, extra, base_index, has_base, near_zero, ranks, out_stats, out_ranks
 def fused_stats(x: np.ndarray, near_zero: float, ranks: np.ndarray,
                 base_index: np.ndarray | None = None,
                 extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of x (rows x values): the 12 sums above, the values at ``ranks`` (0-based
-    order statistics), and whether the row was finite (else nothing is set).
+    """Per row of x (rows x values): 11 sums (mean, 2nd-4th central moments, sum |x|,
+    sum x^2, max |x|, near-zero fraction, and for the drift base b: sum (x-b)^2, sum b^2,
+    sum x*b), the values at ``ranks`` (0-based order statistics), and whether the row
+    was finite (else nothing is set).
 
     Row r's drift base is row ``base_index[r]`` of x where that is >= 0, else row
-    ``-1 - base_index[r]`` of ``extra``; no drift without ``base_index``. The kernel
-    releases the GIL, so a caller can read the next block meanwhile.
+    ``-1 - base_index[r]`` of ``extra``; no drift without ``base_index``.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     has_base = base_index is not None
@@ -160,7 +157,7 @@ def fused_stats(x: np.ndarray, near_zero: float, ranks: np.ndarray,
              else np.ascontiguousarray(base_index, dtype=np.int64))
     more = (x[:1] if extra is None or len(extra) == 0
             else np.ascontiguousarray(extra, dtype=np.float32))
-    stats = np.full((len(x), 12), np.nan)
+    stats = np.full((len(x), 11), np.nan)
     values = np.full((len(x), len(ranks)), np.nan)
     ok = np.zeros(len(x), np.bool_)
     _rows(x, more, index, has_base, float(near_zero), np.ascontiguousarray(ranks, dtype=np.int64),

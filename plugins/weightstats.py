@@ -76,8 +76,8 @@ def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
     pos, lo, hi = _percentile_ranks(n)
     ranks = np.unique(np.concatenate([lo, hi]))
     sums, values, ok = fused_stats(x, near_zero, ranks, base_index, base)
-    mean, m2, m3, m4, l1, l2, linf, nz, dd, bb, xb, xx = sums.T
-    out: dict[str, np.ndarray] = {"mean": mean, "std": np.sqrt(m2), "l1": l1, "l2": l2,
+    mean, m2, m3, m4, l1, xx, linf, nz, dd, bb, xb = sums.T
+    out: dict[str, np.ndarray] = {"mean": mean, "std": np.sqrt(m2), "l1": l1, "l2": np.sqrt(xx),
                                   "linf": linf, "near_zero": nz}
     at = {int(r): values[:, i] for i, r in enumerate(ranks)}
     for p, li, hi_i, ps in zip(PERCENTILES, lo, hi, pos, strict=True):
