@@ -238,41 +238,29 @@ class WeightStats(Analyzer):
         names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
-
-        def collect(name: str, block: list[Checkpoint], stats: dict[str, np.ndarray]) -> None:
-            for i, c in enumerate(block):
-                table["member"].append(c.member)
-                table["epoch"].append(c.epoch)
-                table["tensor"].append(name)
-                table["kind"].append(tensor_kind(name))
-                table["block"].append(tensor_block(name))
-                for key, col in stats.items():
-                    table[key].append(float(col[i]))
-
-        # Block k+1 is read while block k's statistics are computed (the kernels release
-        # the GIL): at most two blocks are in memory.
-        pending: list[tuple[str, list[Checkpoint], Any]] = []
-        with ThreadPoolExecutor(1) as pool:
-            for name in names:
-                shape = zoo.tensor_shape(name, cps[0].member)
-                size = int(np.prod(shape))
-                if size == 0:
-                    continue
-                per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
-                for start in range(0, len(cps), per_block):
-                    block = cps[start : start + per_block]
-                    values = zoo.tensor(name, block)
-                    if not np.issubdtype(values.dtype, np.floating):
-                        break
-                    bases = self._bases(zoo, name, block, origin)
-                    spectral = options["spectral"] and len(shape) == 2 and min(shape) > 1
-                    pending.append((name, block, pool.submit(
-                        _block_stats, values, bases, options["near_zero"], spectral)))
-                    while len(pending) > 1:
-                        done = pending.pop(0)
-                        collect(done[0], done[1], done[2].result())
-            for name, block, future in pending:
-                collect(name, block, future.result())
+        for name in names:
+            shape = zoo.tensor_shape(name, cps[0].member)
+            size = int(np.prod(shape))
+            if size == 0:
+                continue
+            per_block = max(1, int(options["block_mb"] * 2**20 // (size * 4)))
+            for start in range(0, len(cps), per_block):
+                block = cps[start : start + per_block]
+                values = zoo.tensor(name, block)
+                if not np.issubdtype(values.dtype, np.floating):
+                    break
+                stats = row_stats(values.reshape(len(block), -1), options["near_zero"],
+                                  *self._bases(zoo, name, block, origin))
+                if options["spectral"] and len(shape) == 2 and min(shape) > 1:
+                    stats.update(spectral_stats(values))
+                for i, c in enumerate(block):
+                    table["member"].append(c.member)
+                    table["epoch"].append(c.epoch)
+                    table["tensor"].append(name)
+                    table["kind"].append(tensor_kind(name))
+                    table["block"].append(tensor_block(name))
+                    for key, col in stats.items():
+                        table[key].append(float(col[i]))
         return _fill(table)
 
     @staticmethod
@@ -297,14 +285,6 @@ class WeightStats(Analyzer):
             if c.member not in first or c.epoch < first[c.member].epoch:
                 first[c.member] = c
         return first
-
-
-def _block_stats(values: np.ndarray, bases: tuple[np.ndarray | None, np.ndarray],
-                 near_zero: float, spectral: bool) -> dict[str, np.ndarray]:
-    stats = row_stats(values.reshape(len(values), -1), near_zero, *bases)
-    if spectral:
-        stats.update(spectral_stats(values))
-    return stats
 
 
 def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
