@@ -9,11 +9,10 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from zooscope.errors import ConfigError
 from zooscope.zoo import Member, canonical_json
