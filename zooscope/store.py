@@ -128,6 +128,10 @@ class Store(ABC):
     ) -> None:
         """Store an analysis result under its name and options key, replacing an older one."""
 
+    def being_written(self, path: Path) -> bool:
+        """Whether a live process holds the zoo for writing; stores without a lock say no."""
+        return False
+
 
 def store_for(path: Path) -> Store:
     from zooscope.registry import stores

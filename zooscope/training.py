@@ -8,6 +8,8 @@ between processes with Accelerate and merge the per-process shards at the end.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import random
@@ -25,14 +27,20 @@ from zooscope import registry
 from zooscope.config import ZooConfig
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.progress import Reporter
+from zooscope.progress import current as current_reporter
 from zooscope.store import Store, ZooHeader, ZooWriter, store_for
-from zooscope.zoo import COMPLETE, FAILED, Member
+from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, Member
 
 
 class Interrupted(ZooscopeError):
     """Ctrl-C: the run stopped after a training step; ``--resume`` continues it."""
 
     exit_code = 130
+
+
+class DiskFull(ZooFileError):
+    """The disk filled up during generation; ``--resume`` continues once there is space."""
 
 
 @dataclass
@@ -430,10 +438,14 @@ def part_path(out: Path, index: int, count: int) -> Path:
 
 def generate(
     cfg: ZooConfig, out: Path, *, resume: bool = False, force: bool = False,
-    shard: tuple[int, int] | None = None, progress: Any = None,
+    shard: tuple[int, int] | None = None, progress: Reporter | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> GenerateResult:
-    """Train every member of the config (or of one shard) into the zoo at ``out``."""
+    """Train every member of the config (or of one shard) into the zoo at ``out``.
+
+    ``progress`` receives each member, epoch and step (default: the current reporter
+    of ``zooscope.progress``, silent outside the CLI).
+    """
     generator = registry.get_generator(cfg.generator)
     generator.validate(cfg)
     store: Store = store_for(out)
@@ -451,7 +463,7 @@ def generate(
         path = part_path(out, state.process_index, state.num_processes)
         with state.split_between_processes(members) as mine:
             result = _generate_into(cfg, generator, store, path, list(mine), resume, force,
-                                    progress if state.is_main_process else None, log, state)
+                                    progress if state.is_main_process else Reporter(), log, state)
         state.wait_for_everyone()
         if state.is_main_process:
             from zooscope.zoofile import merge_zoos
@@ -474,7 +486,7 @@ def generate(
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
     if state is not None:  # strategy "ddp": every process trains every member together
         result = _generate_into(cfg, generator, store, out, members, resume, force,
-                                progress if state.is_main_process else None, log, state,
+                                progress if state.is_main_process else Reporter(), log, state,
                                 dist=state)
         result.main = state.is_main_process
         return result
@@ -502,41 +514,73 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
             dist.wait_for_everyone()
     result = GenerateResult(path=path)
     device = _device(cfg, state)
+    reporter = progress if progress is not None else current_reporter()
     with writer, _StopFlag() as stop:
-        bars = _Bars(progress, cfg, members, writer)
+        ids = {m.id: m for m in members}
+        order = training_order(members)
+        done_epochs = {m.id: writer.completed_epochs(m) for m in order}
+
+        def shares(m: Member) -> bool:
+            return dist is None and (m.lineage or {}).get("checkpoints_from", "") in ids
+
+        reporter.zoo_start(sum(max(0, cfg.epochs_of(m) - max(done_epochs[m.id], default=0))
+                               for m in order if not shares(m)))
         run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
                         resume_state=resume_state, device=device, stop=stop,
-                        on_step=bars.step, on_epoch=bars.epoch, on_setup=bars.steps_total,
-                        dist=dist)
-        ids = {m.id: m for m in members}
-        for member in training_order(members):
+                        on_step=reporter.step, on_setup=reporter.steps_total, dist=dist)
+        for index, member in enumerate(order, 1):
             epochs = cfg.epochs_of(member)
-            if writer.completed_epochs(member) == list(range(epochs + 1)):
+            done = done_epochs[member.id]
+            reporter.member_start(member, index, len(order), epochs, max(done, default=0))
+            if done == list(range(epochs + 1)):
                 writer.set_status(member, COMPLETE)
                 result.skipped += 1
-                bars.member_done(member, skipped=True)
+                reporter.member_done(member, skipped=True)
                 continue
-            bars.member_start(member)
             source = ids.get((member.lineage or {}).get("checkpoints_from", ""))
             try:
-                shared = _share(run, source, member) if source is not None and dist is None \
-                    else None
+                shared = None
+                if source is not None and dist is None:
+                    run.on_epoch = functools.partial(reporter.epoch, member, trained=False)
+                    shared = _share(run, source, member)
                 if shared is not None:
                     metrics = shared
                     result.shared += 1
                 else:
+                    run.on_epoch = functools.partial(reporter.epoch, member)
                     metrics = train_member(run, member)
                     result.trained += 1
-            except Interrupted:
+            except (Interrupted, KeyboardInterrupt):
+                _set_status_quietly(writer, member, INTERRUPTED)
                 raise
             except ZooscopeError:
                 writer.set_status(member, FAILED)
                 raise
+            except Exception as exc:
+                if not _disk_full(exc):
+                    raise
+                _set_status_quietly(writer, member, INTERRUPTED)
+                raise DiskFull(
+                    f"the disk holding {path} is full (no space left on device) while writing "
+                    f"member {member.id}; every checkpoint committed before it is intact"
+                ) from None
             result.members.append({"id": member.id, **member.factors, **metrics})
-            bars.member_done(member)
+            reporter.member_done(member)
     log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
         f"{result.skipped} already complete")
     return result
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # h5py and safetensors report a failed write as an OSError or their own error whose
+    # text carries the system's message, not always with errno set.
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def _set_status_quietly(writer: ZooWriter, member: Member, status: int) -> None:
+    """Record why a member stopped where the file still takes a write (a full disk may not)."""
+    with contextlib.suppress(OSError, ZooscopeError):
+        writer.set_status(member, status)
 
 
 class _Follower(ZooWriter):
@@ -576,43 +620,3 @@ class _Follower(ZooWriter):
 
     def close(self) -> None:
         pass
-
-
-class _Bars:
-    """Rich progress bars for members, epochs and steps; no-ops without a Progress."""
-
-    def __init__(self, progress: Any, cfg: ZooConfig, members: list[Member], writer: ZooWriter):
-        self.p = progress
-        self.cfg = cfg
-        if self.p is None:
-            return
-        self.members = self.p.add_task("members", total=len(members))
-        self.epochs = self.p.add_task("epochs", total=1)
-        self.steps = self.p.add_task("steps", total=1)
-
-    def member_start(self, member: Member) -> None:
-        if self.p is None:
-            return
-        lr = member.factors.get("learning_rate")
-        self.p.update(self.epochs, completed=0, total=self.cfg.epochs_of(member),
-                      description=f"epochs (lr={lr:g}, seed={member.factors.get('seed')})")
-
-    def steps_total(self, steps: int) -> None:
-        if self.p is not None:
-            self.p.update(self.steps, completed=0, total=steps)
-
-    def step(self, n: int) -> None:
-        if self.p is not None:
-            self.p.advance(self.steps, n)
-
-    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if self.p is None:
-            return
-        self.p.advance(self.epochs, 1)
-        acc = metrics.get("validation_accuracy")
-        text = f"steps (val acc {acc:.3f})" if acc is not None else "steps"
-        self.p.update(self.steps, completed=0, description=text)
-
-    def member_done(self, member: Member, skipped: bool = False) -> None:
-        if self.p is not None:
-            self.p.advance(self.members, 1)

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from zooscope.store import Architecture, ZooHeader
 
 #: Member status codes as stored in the zoo file.
-PENDING, RUNNING, COMPLETE, FAILED = 0, 1, 2, 3
-STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed"}
+PENDING, RUNNING, COMPLETE, FAILED, INTERRUPTED = 0, 1, 2, 3, 4
+STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed",
+                 INTERRUPTED: "interrupted"}
 
 #: What a member id, tensor name or stored file name may contain: no path separators.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")

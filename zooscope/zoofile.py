@@ -16,9 +16,16 @@ from typing import Any
 from zooscope.errors import ZooFileError
 from zooscope.models import HEAD_FILE
 from zooscope.store import Architecture, ZooHeader, store_for
-from zooscope.zoo import COMPLETE, FAILED, RUNNING, Member, check_safe_name, open_zoo
+from zooscope.zoo import (
+    COMPLETE,
+    RUNNING,
+    STATUS_LABELS,
+    Member,
+    check_safe_name,
+    open_zoo,
+)
 
-_STATUS_CODES = {"complete": COMPLETE, "failed": FAILED, "running": RUNNING}
+_STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -41,8 +48,18 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
     with open_zoo(path) as zoo:  # format version, safety and declared shapes are checked here
         checkpoints = zoo.checkpoints()
         report.checkpoints = len(checkpoints)
+        writing = store_for(Path(path)).being_written(Path(path))
         for member in zoo.members():
-            if member.status != "complete":
+            if member.status == "running" and not writing:
+                # A process killed outright cannot record that it stopped; the lock tells.
+                report.notes.append(f"member {member.id} was interrupted (no process is "
+                                    "writing the zoo); `zooscope generate --resume` continues it")
+            elif member.status == "interrupted":
+                report.notes.append(f"member {member.id} was interrupted; "
+                                    "`zooscope generate --resume` continues it")
+            elif member.status == "running":
+                report.notes.append(f"member {member.id} is being trained by a running process")
+            elif member.status != "complete":
                 report.notes.append(f"member {member.id} is {member.status}")
         uncommitted = zoo.uncommitted_rows()
         if uncommitted:

@@ -30,6 +30,8 @@ console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no status "
+                                           "lines on stderr; results and errors only.")]
 ZooPath = Annotated[Path, typer.Argument(help="A zoo file (.h5).", show_default=False)]
 
 
@@ -97,14 +99,87 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def grid_order(config_text: str) -> list[str]:
+    """The factor names in the order the config's [grid] lists them."""
+    import tomllib
+
+    try:
+        grid = tomllib.loads(config_text).get("grid", {})
+    except tomllib.TOMLDecodeError:
+        return []
+    return list(grid) if isinstance(grid, dict) else []
+
+
+def order_factors(factors: dict[str, Any], grid: list[str]) -> dict[str, Any]:
+    """Factors in one order everywhere: the grid's order, the other factors, then the seed."""
+    first = [k for k in grid if k in factors]
+    rest = sorted(k for k in factors if k not in first and k != "seed")
+    return {k: factors[k] for k in [*first, *rest, *(["seed"] if "seed" in factors else [])]}
+
+
+#: Shorter headers for long factor and metric names, used only where a table is too wide.
+_ABBREVIATIONS = {"learning_rate": "lr", "weight_decay": "wd", "checkpoints_from": "from",
+                  "accuracy": "acc", "validation": "val", "exact_match": "em"}
+
+
+def _abbreviate(name: str) -> str:
+    if name in _ABBREVIATIONS:
+        return _ABBREVIATIONS[name]
+    for long, short in _ABBREVIATIONS.items():
+        name = name.replace(long, short)
+    return name
+
+
+def _is_prose(cells: list[str]) -> bool:
+    """A column of sentences or lists may wrap between words; ids, numbers and names never do."""
+    return any(" " in c for c in cells)
+
+
 def rich_table(rows: list[dict[str, Any]], title: str | None = None,
-               columns: list[str] | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+               columns: list[str] | None = None, width: int | None = None) -> Table:
+    """A table that fits the terminal (``width``, default the console's).
+
+    Identifiers, numbers and names never wrap and words never break; a column of
+    prose wraps between words. Where that does not fit, long headers are abbreviated
+    (the caption says how), then columns are left out from the right, and the caption
+    points at ``--json``, which has everything.
+    """
+    width = width or console.width
     cols = columns or (list(rows[0]) if rows else [])
-    for col in cols:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(fmt(row.get(c, ""))) for c in cols))
+    cells = {c: [fmt(row.get(c, "")) for row in rows] for c in cols}
+    prose = {c for c in cols if _is_prose(cells[c])}
+
+    def need(col: str, header: str) -> int:
+        values = cells[col]
+        if col in prose:  # wraps: its longest word, or the header
+            words = [len(w) for v in values for w in v.split()]
+            return max([len(header), *words[:1000]] if words else [len(header)])
+        return max([len(header), *(len(v) for v in values)])
+
+    def total(headers: dict[str, str]) -> int:
+        return sum(need(c, h) for c, h in headers.items()) + 3 * len(headers) + 1
+
+    headers = {c: c for c in cols}
+    if total(headers) > width:
+        headers = {c: _abbreviate(c) for c in cols}
+    dropped: list[str] = []
+    while len(headers) > 1 and total(headers) > width:
+        last = list(headers)[-1]
+        dropped.insert(0, last)
+        del headers[last]
+    notes = [", ".join(f"{h} = {c}" for c, h in headers.items() if h != c)]
+    if dropped:
+        notes.append(f"{len(dropped)} column(s) left out to fit {width} columns "
+                     f"({', '.join(dropped)}); --json shows everything")
+    table = Table(title=title, title_justify="left", caption="; ".join(n for n in notes if n) or None,
+                  caption_justify="left")
+    for col, header in headers.items():
+        if col in prose:
+            table.add_column(header, overflow="fold", min_width=need(col, header))
+        else:
+            table.add_column(header, no_wrap=True, min_width=need(col, header))
+    for i in range(len(rows)):
+        table.add_row(*(Text(cells[c][i]) for c in headers))
     return table
 
 
@@ -146,3 +221,11 @@ class _LazyProgress:
 def progress() -> Any:
     """Progress bars on stderr, shown once work starts."""
     return _LazyProgress()
+
+
+def reporter(quiet: bool = False) -> Any:
+    """The current progress reporter for a command's work, closed when the block ends:
+    bars in a terminal, one line per unit of work in a log, nothing with ``--quiet``."""
+    from zooscope.progress import for_console, reporting
+
+    return reporting(for_console(err_console, quiet))

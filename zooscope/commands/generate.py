@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from zooscope.commands.common import console, err_console, fmt, print_json, progress, rich_table
+from zooscope.commands.common import (
+    QuietOption,
+    console,
+    err_console,
+    fmt,
+    grid_order,
+    order_factors,
+    print_json,
+    reporter,
+    rich_table,
+)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -38,6 +48,7 @@ def generate(
                                           "per backbone (smallest learning rate) trained on 10 "
                                           "examples for 20 epochs must reach 100 % training "
                                           "accuracy. Writes no zoo.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train every member of a zoo config and record each epoch into one zoo file.
 
@@ -52,20 +63,24 @@ def generate(
         _dry_run(cfg, shard_t, json_)
         return
     if overfit:
-        _overfit(cfg, json_)
+        _overfit(cfg, json_, quiet)
         return
-    from zooscope.training import Interrupted
+    from zooscope.training import DiskFull, Interrupted
     from zooscope.training import generate as run_generate
 
     try:
-        with progress() as bars:
+        with reporter(quiet) as bars:
             result = run_generate(cfg, target, resume=resume, force=force, shard=shard_t,
                                   progress=bars, log=lambda s: None)
     except Interrupted as exc:
         exc.hint = f"continue with: zooscope generate {config} --out {target} --resume"
         raise
+    except DiskFull as exc:
+        exc.hint = (f"free some space, then continue with: zooscope generate {config} "
+                    f"--out {target} --resume")
+        raise
     if result.main:
-        _summary(result, target, json_)
+        _summary(result, target, json_, quiet)
 
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
@@ -81,11 +96,12 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     estimate = getattr(generator, "estimate_bytes", None)
     size = estimate(cfg, members) if estimate else None
     ids = {m.id for m in members}
+    order = list(cfg.grid)
     rows = []
     trained_epochs = 0
     for m in members:
         source = (m.lineage or {}).get("checkpoints_from")
-        row = {"id": m.id, **m.factors, "epochs": cfg.epochs_of(m)}
+        row = {"id": m.id, **order_factors(m.factors, order), "epochs": cfg.epochs_of(m)}
         if source:
             row["checkpoints_from"] = source if source in ids else ""
         if source not in ids:
@@ -107,7 +123,7 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                       f"({cfg.store['dtype']}, identical tensors stored once)")
 
 
-def _overfit(cfg, json_: bool) -> None:  # type: ignore[no-untyped-def]
+def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     import tempfile
 
     from zooscope import registry
@@ -125,7 +141,7 @@ def _overfit(cfg, json_: bool) -> None:  # type: ignore[no-untyped-def]
     # Only training accuracy decides; the other splits are cut to as many examples.
     cfg.train.update(max_train_examples=examples, max_eval_examples=examples, eval_train=True,
                      share_epochs=False)
-    with tempfile.TemporaryDirectory() as tmp, progress() as bars:
+    with tempfile.TemporaryDirectory() as tmp, reporter(quiet) as bars:
         path = Path(tmp) / "overfit.h5"
         run_generate(cfg, path, progress=bars)
         rows = final_metrics(path)
@@ -145,11 +161,22 @@ def _overfit(cfg, json_: bool) -> None:  # type: ignore[no-untyped-def]
             f"in {epochs} epochs ({column} {', '.join(fmt(r[column]) for r in failed)})",
             hint="a model that cannot memorise 10 examples points at a broken input pipeline, "
                  "head or learning rate")
-    err_console.print(f"ok: every backbone fits {examples} examples ({column} = 1)")
+    if not quiet:
+        err_console.print(f"ok: every backbone fits {examples} examples ({column} = 1)")
 
 
-def _summary(result, target: Path, json_: bool) -> None:  # type: ignore[no-untyped-def]
-    rows = result.members
+def _summary(result, target: Path, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+    from zooscope.zoo import open_zoo
+
+    # Every complete member, not only those this run trained: a resumed zoo's mean
+    # covers the whole zoo.
+    with open_zoo(target) as zoo:
+        order = grid_order(zoo.config_text)
+        rows = []
+        for m in zoo.members():
+            cps = zoo.checkpoints(m)
+            if m.status == "complete" and cps:
+                rows.append({"id": m.id, **order_factors(m.factors, order), **cps[-1].metrics})
     if json_:
         print_json({"zoo": str(target), "trained": result.trained, "shared": result.shared,
                     "skipped": result.skipped,
@@ -159,10 +186,11 @@ def _summary(result, target: Path, json_: bool) -> None:  # type: ignore[no-unty
         metric = next((k for k in ("test_accuracy", "test_f1", "test_loss") if k in rows[0]), None)
         cols = [c for c in rows[0] if c not in ("backbone",) and not c.startswith(
             ("train_", "validation_"))]
-        console.print(rich_table(rows, title=f"members trained into {target}", columns=cols))
+        console.print(rich_table(rows, title=f"complete members of {target}", columns=cols))
         if metric:
             console.print(f"mean {metric}: {fmt(mean(r[metric] for r in rows))} over "
-                          f"{len(rows)} members")
-    shared = f"{result.shared} shared a longer run's checkpoints, " if result.shared else ""
-    err_console.print(f"{result.trained} members trained, {shared}{result.skipped} already "
-                      f"complete; zoo: {target}")
+                          f"{len(rows)} complete members")
+    if not quiet:
+        shared = f"{result.shared} shared a longer run's checkpoints, " if result.shared else ""
+        err_console.print(f"{result.trained} members trained, {shared}{result.skipped} already "
+                          f"complete; zoo: {target}")

@@ -14,6 +14,9 @@ from zooscope.commands.common import (
     console,
     err_console,
     fail,
+    fmt,
+    grid_order,
+    order_factors,
     print_json,
     progress,
     rich_table,
@@ -54,8 +57,32 @@ def info(zoo: ZooPath, json_: JsonOption = False) -> None:
     if json_:
         print_json(data)
         return
-    rows = [{"field": k, "value": v} for k, v in data.items() if k not in ("config", "extra")]
+    rows = [{"field": k, "value": v} for k, v in _info_lines(data)
+            if k not in ("config", "extra")]
     console.print(rich_table(rows, title=str(zoo)))
+
+
+def _info_lines(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Zoo metadata as ``field, text`` pairs a person reads: nested records become dotted
+    fields, a flat record one line (``torch 2.13.0, numpy 2.4.6``), digests 12 characters
+    (``--json`` has them whole), and absent values are left out."""
+    lines: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if value is None or value == {}:
+            continue
+        if isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+            lines += _info_lines(value, f"{name}.")
+        elif isinstance(value, dict):
+            short = name.endswith("fingerprints")
+            lines.append((name, ", ".join(
+                f"{k} {str(v)[:12] + '…' if short and len(str(v)) > 12 else fmt(v)}"
+                for k, v in value.items() if v is not None)))
+        elif isinstance(value, list):
+            lines.append((name, ", ".join(fmt(v) for v in value) or "none"))
+        else:
+            lines.append((name, fmt(value)))
+    return lines
 
 
 @app.command("ls")
@@ -68,6 +95,7 @@ def ls(zoo: ZooPath, json_: JsonOption = False) -> None:
 
     with open_zoo(zoo) as z:
         rows = member_rows(z)
+        order = grid_order(z.config_text)
     if json_:
         print_json([{"id": r["id"], "factors": r["factors"], "status": r["status"],
                      "epochs": r["epochs"], "lineage": r["lineage"], **r["metrics"]} for r in rows])
@@ -76,7 +104,8 @@ def ls(zoo: ZooPath, json_: JsonOption = False) -> None:
     for r in rows:
         metrics = {k: v for k, v in r["metrics"].items() if k.startswith("test_")}
         epochs = f"{r['epochs'][0]}-{r['epochs'][-1]}" if r["epochs"] else "-"
-        flat.append({"id": r["id"], **r["factors"], "status": r["status"], "epochs": epochs,
+        flat.append({"id": r["id"], **order_factors(r["factors"], order), "status": r["status"],
+                     "epochs": epochs,
                      **metrics})
     console.print(rich_table(flat, title=f"{zoo}: {len(rows)} members"))
 
