@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
 from zooscope.errors import ZooscopeError
+from zooscope.progress import track
 from zooscope.zoo import Zoo
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ class Predict(Analyzer):
                     results["metric"].append(metric)
                     results["value"].append(float(value))
         members = {m.id: m for m in zoo.members()}
-        for factor in sorted({f for m in selection.members for f in m.factors}):
+        for factor in track(sorted({f for m in selection.members for f in m.factors}),
+                            "predict: factors"):
             labels = np.array([str(members[k[0]].factors.get(factor)) for k in keys])
             if len(set(labels)) < 2:
                 continue

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, zoo_task
 from zooscope.errors import ConfigError
+from zooscope.progress import track
 from zooscope.zoo import Zoo
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class Sparsify(Analyzer):
         curves: dict[str, list[Any]] = defaultdict(list)
         layers: dict[str, list[Any]] = defaultdict(list)
         device = torch.device("cpu")
-        for c in cps:
+        for c in track(cps, "sparsify: pruning checkpoints"):
             model, tokenizer = rebuild(zoo, c.member, c.epoch)
             state = {k: v.clone() for k, v in model.state_dict().items()}
             prunable = {n: v.numpy() for n, v in state.items()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
 from zooscope.errors import ConfigError
+from zooscope.progress import track
 from zooscope.zoo import Zoo
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def project_weights(zoo: Zoo, checkpoints: list[Any], names: list[str], k: int, 
     import numpy as np
 
     out = np.zeros((len(checkpoints), k))
-    for name in names:
+    for name in track(names, "umap: projecting tensors"):
         shape = zoo.tensor_shape(name, checkpoints[0].member)
         dim = max(int(np.prod(shape)), 1)
         proj = sparse_projection(dim, k, seed + zlib.crc32(name.encode()))

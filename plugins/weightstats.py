@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.progress import track
 from zooscope.zoo import Checkpoint, Zoo
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class WeightStats(Analyzer):
         names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
-        for name in names:
+        for name in track(names, "weightstats: tensors"):
             shape = zoo.tensor_shape(name, cps[0].member)
             size = int(np.prod(shape))
             if size == 0:

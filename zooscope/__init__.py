@@ -24,6 +24,7 @@ __all__ = [
     "ZooscopeError",
     "__version__",
     "hookimpl",
+    "load_model",
     "open_zoo",
 ]
 
@@ -33,3 +34,11 @@ def open_zoo(path: Any) -> Zoo:
     from zooscope.zoo import open_zoo as _open_zoo
 
     return _open_zoo(path)
+
+
+def load_model(source: Any, member: str | None = None, epoch: int | None = None) -> Any:
+    """The trained model and its tokenizer from a zoo or an exported directory.
+    See :func:`zooscope.loader.load_model`."""
+    from zooscope.loader import load_model as _load_model
+
+    return _load_model(source, member, epoch)

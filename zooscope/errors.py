@@ -33,3 +33,7 @@ class DataError(ZooscopeError):
 
 class PluginError(ZooscopeError):
     """A plugin that is unknown, clashes with another or failed."""
+
+
+class PluginWarning(UserWarning):
+    """Something about plugins a user should know that does not stop the command."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from zooscope import hookspecs
-from zooscope.errors import PluginError
+from zooscope.errors import PluginError, PluginWarning
 
 #: Built-in plugins, registered by dotted name exactly like third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -61,13 +63,27 @@ def load_plugins() -> None:
         pm.load_setuptools_entrypoints("zooscope")
         return
     wanted = {n.strip() for n in allowed.split(",") if n.strip()}
-    for ep in importlib.metadata.entry_points(group="zooscope"):
-        if ep.dist is None or ep.dist.name not in wanted or pm.get_plugin(ep.name):
+    eps = importlib.metadata.entry_points(group="zooscope")
+    installed = {_normal(ep.dist.name) for ep in eps if ep.dist is not None}
+    for name in sorted(n for n in wanted if _normal(n) not in installed):
+        # A typo here would otherwise silently load nothing.
+        warnings.warn(PluginWarning(
+            f"ZOOSCOPE_LOAD_PLUGINS names {name!r}, which no installed plugin package "
+            f"provides (installed: {', '.join(sorted(installed)) or 'none'})"), stacklevel=2)
+    wanted = {_normal(n) for n in wanted}
+    for ep in eps:
+        if ep.dist is None or _normal(ep.dist.name) not in wanted or pm.get_plugin(ep.name):
             continue
         plugin = ep.load()
         pm.register(plugin, name=ep.name)
         # Recorded like pluggy's own loader so `zooscope plugins` can show the version.
         pm._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(ep.dist)))  # type: ignore[attr-defined]
+
+
+def _normal(distribution: str) -> str:
+    """A distribution name as pip compares them: ``Zooscope_Final.Metric`` is
+    ``zooscope-final-metric``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _collect(hook_name: str) -> dict[str, Any]:
@@ -150,7 +166,7 @@ def plugin_table(include_builtins: bool = False) -> list[dict[str, Any]]:
     load_plugins()
     from zooscope import __version__
 
-    versions = {id(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     rows = []
     for name, plugin in pm.list_name_plugin():
         builtin = name in DEFAULT_PLUGINS
@@ -164,11 +180,16 @@ def plugin_table(include_builtins: bool = False) -> list[dict[str, Any]]:
             names: list[str] = []
             getattr(plugin, hook_name)(lambda obj, _n=names: _n.append(obj.name))
             provides[kind] = names
+        dist = dists.get(id(plugin))
         rows.append(
             {
                 "name": name,
+                # What ZOOSCOPE_LOAD_PLUGINS accepts: the package, not the entry point.
+                "distribution": "zooscope" if builtin else (
+                    _normal(dist.project_name) if dist is not None else "unknown"),
                 "kind": ", ".join(provides) or "observer",
-                "version": __version__ if builtin else versions.get(id(plugin), "unknown"),
+                "version": __version__ if builtin else (
+                    dist.version if dist is not None else "unknown"),
                 "builtin": builtin,
                 "hooks": hooks,
                 "provides": provides,

@@ -170,17 +170,21 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
             z.close()
 
 
-# -- export -----------------------------------------------------------------------------------
+# -- export ---------------------------------------------------------------------------------
 def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
                       force: bool = False) -> list[Path]:
     """Write one checkpoint as a Hugging Face model directory; returns the files written.
 
     ``config.json``, ``model.safetensors`` and the tokenizer files load with
-    ``AutoModel.from_pretrained``; a classifier's head goes beside them in
-    ``zooscope_head.safetensors`` with its description in ``zooscope_head.json``.
+    ``AutoModel.from_pretrained`` (the backbone); a classifier's trained head goes
+    beside them in ``zooscope_head.safetensors`` with its description in
+    ``zooscope_head.json``, and ``zooscope.load_model(DIR)`` puts the two together.
+    A ``README.md`` says so; ``zooscope_export.json`` records where it came from.
     """
     import torch
     from safetensors.torch import save_file
+
+    from zooscope.loader import HEAD_WEIGHTS, PROVENANCE, checkpoint_digest
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
@@ -189,9 +193,13 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     with open_zoo(zoo_path) as zoo:
         member = zoo.member(member_id)
         files = zoo.model_files(member)
+        if epoch not in [c.epoch for c in zoo.checkpoints(member)]:
+            raise ZooFileError(f"member {member_id} has no checkpoint at epoch {epoch}",
+                               hint="`zooscope zoo ls` shows each member's epochs")
         state = zoo.state_dict(member, epoch)
         head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
         factors = dict(member.factors)
+        zoo_name = zoo.info.get("name")
     out_dir.mkdir(parents=True, exist_ok=True)
     root = out_dir.resolve()
     written: list[Path] = []
@@ -210,19 +218,80 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     for name, content in files.items():
         target(name).write_bytes(content)
         written.append(target(name))
-    if head["kind"] == "sequence-classification":
+    has_head = head["kind"] in ("sequence-classification", "question-answering")
+    if has_head:
         backbone = tensors(head.get("backbone_prefix", "backbone."))
-        save_file(tensors(head.get("head_prefix", "head.")), str(target("zooscope_head.safetensors")))
-        written.append(target("zooscope_head.safetensors"))
+        save_file(tensors(head.get("head_prefix", "head.")), str(target(HEAD_WEIGHTS)))
+        written.append(target(HEAD_WEIGHTS))
     else:
         backbone = tensors("")
     save_file(backbone, str(target("model.safetensors")), metadata={"format": "pt"})
     written.append(target("model.safetensors"))
-    provenance = {"zoo": str(Path(zoo_path).resolve()), "member": member_id, "epoch": epoch,
-                  "factors": factors}
-    target("zooscope_export.json").write_text(json.dumps(provenance, indent=1))
-    written.append(target("zooscope_export.json"))
+    # The zoo's file name and the checkpoint's content, not this machine's paths: the
+    # export is meant to be shared, and the digest finds the checkpoint in any copy.
+    provenance = {"zoo": Path(zoo_path).name, "zoo_name": zoo_name, "member": member_id,
+                  "epoch": epoch, "factors": factors, "head": head["kind"],
+                  "checkpoint_sha256": checkpoint_digest(state)}
+    target(PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    written.append(target(PROVENANCE))
+    target("README.md").write_text(_model_card(provenance, head, has_head))
+    written.append(target("README.md"))
+    for path in written:
+        # Shared model files are readable by everyone, as pip and the hub leave them.
+        path.chmod(0o644)
     return written
+
+
+def _model_card(provenance: dict[str, Any], head: dict[str, Any], has_head: bool) -> str:
+    factors = "\n".join(f"| {k} | {v} |" for k, v in provenance["factors"].items())
+    if has_head:
+        use = f"""\
+The trained task head ({head["kind"]}, {"an MLP with one hidden layer" if head.get("hidden")
+else "one linear layer"} on {head.get("input", "the backbone's output")}) is in
+`zooscope_head.safetensors`, described by `zooscope_head.json`. Load the whole model,
+backbone and head, with zooscope; it gives the predictions stored in the zoo:
+
+```python
+import torch
+import zooscope
+
+model, tokenizer = zooscope.load_model("path/to/this/directory")
+batch = tokenizer(["a text to classify"], return_tensors="pt")
+with torch.no_grad():
+    {"_, logits = model(batch['input_ids'], batch['attention_mask'])"
+     if head["kind"] == "sequence-classification" else
+     "_, start_logits, end_logits = model(batch['input_ids'], batch['attention_mask'])"}
+```
+
+`AutoModel.from_pretrained` on this directory loads the backbone alone (the head is
+not part of any transformers class here). `AutoModelForSequenceClassification` would
+load it too, but with a new, untrained classifier: its predictions are not this model's.
+"""
+    else:
+        use = """\
+This checkpoint has no task head: `AutoModel.from_pretrained("path/to/this/directory")`
+(or `AutoModelForMaskedLM` for a masked-LM checkpoint) loads it, and so does
+`zooscope.load_model("path/to/this/directory")`.
+"""
+    return f"""\
+# {provenance["zoo_name"] or provenance["zoo"]}: member {provenance["member"]}, epoch {provenance["epoch"]}
+
+One checkpoint of a model zoo built with zooscope, exported from `{provenance["zoo"]}`.
+
+| factor | value |
+|---|---|
+{factors}
+
+## Use
+
+{use}
+## Provenance
+
+`zooscope_export.json` names the zoo file, the member and the epoch, and holds
+`checkpoint_sha256`: sha256 over every tensor of the checkpoint in name order (name,
+NumPy dtype string, shape list, then the raw bytes), which matches the same
+checkpoint read from any copy of the zoo (`zooscope.loader.checkpoint_digest`).
+"""
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -240,13 +309,22 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
     if not dirs:
         raise ZooFileError("nothing to import: give at least one model directory")
     loaded = []
+    head: dict[str, Any]
     for d in dirs:
         if not Path(d, "config.json").exists():
             raise ZooFileError(f"{d} is not a Hugging Face model directory (no config.json)")
+        if Path(d, HEAD_FILE).exists():
+            # A zooscope export: backbone and trained head become one model again.
+            from zooscope.loader import load_model
+
+            model, tokenizer = load_model(d)
+            head = json.loads(Path(d, HEAD_FILE).read_text())
+            loaded.append((Path(d), model, tokenizer, head))
+            continue
         try:
             config = AutoConfig.from_pretrained(str(d))
             model, info = AutoModel.from_pretrained(str(d), config=config, output_loading_info=True)
-            head: dict[str, Any] = {"kind": "base-model"}
+            head = {"kind": "base-model"}
             if any(k.startswith("pooler.") for k in info["missing_keys"]):
                 # The checkpoint has no pooler: build without one rather than store a
                 # randomly initialised layer as if it were trained.
@@ -271,8 +349,9 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
         for k, (d, model, tok, head) in enumerate(loaded):
             member = members[0] if as_epochs else members[k]
             state = model.state_dict()
+            backbone = getattr(model, "backbone", model)
             arch = Architecture(
-                key=d.name, files=architecture_files(model, tok, head),
+                key=d.name, files=architecture_files(backbone, tok, head),
                 shapes={n: tuple(v.shape) for n, v in state.items()},
                 dtypes={n: str(v.dtype).removeprefix("torch.") for n, v in state.items()
                         if not v.is_floating_point()})

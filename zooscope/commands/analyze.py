@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from zooscope.commands.common import console, err_console, fail, print_json, rich_table
+from zooscope.commands.common import (
+    QuietOption,
+    console,
+    err_console,
+    fail,
+    fmt,
+    print_json,
+    reporter,
+    rich_table,
+)
 
 
 def analyze(
@@ -28,6 +37,7 @@ def analyze(
                                         "result.")] = False,
     options: Annotated[bool, typer.Option("--options", help="List the analyzer's options and "
                                           "exit.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored in the zoo.
 
@@ -39,17 +49,28 @@ def analyze(
     analyzer = registry.get_analyzer(plugin)
     if options:
         rows = [{"option": o.name, "type": o.type.__name__, "default": o.default,
+                 "choices": list(o.choices) if o.choices is not None else None,
                  "help": o.help} for o in analyzer.options]
         if json_:
             print_json(rows)
         else:
             console.print(f"{analyzer.name}: {analyzer.description}")
-            console.print(rich_table(rows) if rows else "no options")
+            if not rows:
+                console.print("no options")
+            for r in rows:
+                allowed = (f"; one of: {', '.join(fmt(c) for c in r['choices'])}"
+                           if r["choices"] else "")
+                console.print(f"\n  {r['option']} ({r['type']}, default: {fmt(r['default'])}"
+                              f"{allowed})")
+                console.print(f"      {r['help']}")
+            if rows:
+                console.print("\nset one with --set NAME=VALUE (repeatable)")
         return
     if zoo is None:
         fail("missing the zoo file to analyze", hint=f"zooscope analyze ZOO.h5 --plugin {plugin}",
              code=2)
-    result = run_analysis(zoo, analyzer, set_ or [], members, epochs, out, force)
+    with reporter(quiet):
+        result = run_analysis(zoo, analyzer, set_ or [], members, epochs, out, force)
     if json_:
         print_json({"analyzer": result.name, "key": result.key, "options": result.options,
                     "summary": result.summary, "reused": result.reused, "stored": result.stored,
@@ -70,6 +91,8 @@ def analyze(
                                      + (f" (first 30 of {n})" if n > 30 else "")))
             break
     console.print(result.summary)
+    if quiet:
+        return
     state = "reused from the zoo" if result.reused else (
         "stored in the zoo" if result.stored else "not stored (the zoo is being written)")
     err_console.print(f"{state}; files in {result.files[0].parent if result.files else '-'}")

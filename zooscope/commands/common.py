@@ -55,6 +55,19 @@ class ZooscopeGroup(TyperGroup):
     """
 
     def invoke(self, ctx: Any) -> Any:
+        import warnings
+
+        from zooscope.errors import PluginWarning
+
+        def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, PluginWarning):
+                err_console.print(f"[yellow]warning:[/] {escape(str(message))}", markup=True,
+                                  soft_wrap=True)
+            else:
+                previous(message, category, *args, **kwargs)
+
+        previous = warnings.showwarning
+        warnings.showwarning = show
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, _UsageException):
@@ -73,6 +86,8 @@ class ZooscopeGroup(TyperGroup):
             fail(f"unexpected {type(exc).__name__}: {exc}",
                  hint="this is a bug in zooscope or a plugin; rerun with ZOOSCOPE_DEBUG=1 "
                       "for the traceback")
+        finally:
+            warnings.showwarning = previous
 
 
 def print_json(data: Any) -> None:
@@ -171,13 +186,24 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
     if dropped:
         notes.append(f"{len(dropped)} column(s) left out to fit {width} columns "
                      f"({', '.join(dropped)}); --json shows everything")
+    # Prose columns share what the others leave, each at least its longest word and
+    # at most its natural width; Rich is given exact widths so it cuts nothing.
+    widths = {c: need(c, h) for c, h in headers.items()}
+    spare = width - total(headers)
+    natural = {c: max([len(h), *(len(v) for v in cells[c])]) for c, h in headers.items()
+               if c in prose}
+    while spare > 0 and any(natural[c] > widths[c] for c in natural):
+        for c in natural:
+            if spare > 0 and natural[c] > widths[c]:
+                widths[c] += 1
+                spare -= 1
     table = Table(title=title, title_justify="left", caption="; ".join(n for n in notes if n) or None,
                   caption_justify="left")
     for col, header in headers.items():
         if col in prose:
-            table.add_column(header, overflow="fold", min_width=need(col, header))
+            table.add_column(header, overflow="fold", width=widths[col])
         else:
-            table.add_column(header, no_wrap=True, min_width=need(col, header))
+            table.add_column(header, no_wrap=True, width=widths[col])
     for i in range(len(rows)):
         table.add_row(*(Text(cells[c][i]) for c in headers))
     return table

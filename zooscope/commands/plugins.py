@@ -27,6 +27,7 @@ def plugins(
                       "built-ins.")
         return
     console.print(rich_table(
-        [{**r, "provides": ", ".join(n for names in r["provides"].values() for n in names)}
+        [{**r, "package": r["distribution"], "provides": "; ".join(f"{kind} {', '.join(names)}"
+                                     for kind, names in r["provides"].items()) or "observer"}
          for r in rows],
-        columns=["name", "kind", "provides", "version", "hooks"]))
+        columns=["package", "name", "provides", "version", "hooks"]))

@@ -146,6 +146,7 @@ def merge(
     shards: Annotated[list[Path], typer.Argument(help="Shard files of one zoo.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged zoo file.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    json_: JsonOption = False,
 ) -> None:
     """Join shards written by separate processes or SLURM tasks into one zoo.
 
@@ -161,6 +162,9 @@ def merge(
     with progress() as bars:
         task = bars.add_task("copying checkpoints", total=None)
         n = merge_zoos(shards, out, on_checkpoint=lambda: bars.advance(task))
+    if json_:
+        print_json({"zoo": str(out), "shards": len(shards), "checkpoints": n})
+        return
     console.print(f"merged {len(shards)} shards, {n} checkpoints, into {out}")
 
 
@@ -172,6 +176,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="A new directory.")],
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty "
                                         "directory.")] = False,
+    json_: JsonOption = False,
 ) -> None:
     """Write one checkpoint as a Hugging Face model directory (safetensors + config + tokenizer).
 
@@ -180,8 +185,12 @@ def export(
     from zooscope.zoofile import export_checkpoint
 
     files = export_checkpoint(zoo, member, epoch, out, force=force)
-    console.print(f"wrote {len(files)} files to {out}; load with "
-                  f"AutoModel.from_pretrained({str(out)!r})")
+    if json_:
+        print_json({"directory": str(out), "member": member, "epoch": epoch,
+                    "files": [str(f) for f in files]})
+        return
+    console.print(f"wrote {len(files)} files to {out}; load the trained model with "
+                  f"zooscope.load_model({str(out)!r}) (see {out / 'README.md'})")
 
 
 @app.command("import")
@@ -191,6 +200,7 @@ def import_(
     as_epochs: Annotated[bool, typer.Option("--as-epochs", help="Treat the directories as "
                                             "consecutive epochs of one member.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    json_: JsonOption = False,
 ) -> None:
     """Build a zoo from existing Hugging Face checkpoints, so analyzers work on them.
 
@@ -205,4 +215,7 @@ def import_(
         task = bars.add_task("importing", total=len(dirs))
         n = import_checkpoints(dirs, out, as_epochs=as_epochs,
                                on_checkpoint=lambda: bars.advance(task))
+    if json_:
+        print_json({"zoo": str(out), "checkpoints": n})
+        return
     console.print(f"imported {n} checkpoints into {out}")

@@ -1,0 +1,131 @@
+"""What the CLI prints for a person: tables at 80 columns, readable metadata, options with
+their allowed values, one factor order, plugin packages, JSON for every command."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .conftest import TINY_CONFIG, run_cli
+
+NARROW = {"COLUMNS": "80"}
+
+
+def _fits(text: str) -> None:
+    too_wide = [ln for ln in text.splitlines() if len(ln) > 80]
+    assert not too_wide, too_wide
+
+
+def _whole(text: str, word: str) -> bool:
+    """``word`` appears unbroken, not as part of a longer token."""
+    return re.search(rf"(?<![\w.-]){re.escape(word)}(?![\w.-])", text) is not None
+
+
+def test_zoo_ls_at_80_columns_keeps_ids_and_words_whole(tiny_zoo: Path) -> None:
+    result = run_cli("zoo", "ls", str(tiny_zoo), env=NARROW)
+    assert result.returncode == 0, result.stderr
+    _fits(result.stdout)
+    rows = json.loads(run_cli("zoo", "ls", str(tiny_zoo), "--json").stdout)
+    for row in rows:
+        assert _whole(result.stdout, row["id"]), row["id"]
+        assert _whole(result.stdout, row["status"])
+    # learning_rate abbreviates rather than breaking, and the caption says so.
+    assert "lr = learning_rate" in " ".join(result.stdout.split())
+    assert not re.search(r"learning_r\s", result.stdout)
+    # A column that does not fit is left out with a pointer to --json.
+    assert "--json shows everything" in " ".join(result.stdout.split())
+
+
+def test_plugins_all_at_80_columns_shows_whole_names_and_packages() -> None:
+    result = run_cli("plugins", "--all", env=NARROW)
+    assert result.returncode == 0, result.stderr
+    _fits(result.stdout)
+    rows = json.loads(run_cli("plugins", "--all", "--json").stdout)
+    for row in rows:
+        assert _whole(result.stdout, row["name"]), row["name"]
+        assert row["distribution"] == "zooscope"
+        for names in row["provides"].values():
+            for name in names:
+                assert _whole(result.stdout, name), name
+
+
+def test_an_allow_list_name_that_matches_nothing_is_a_warning() -> None:
+    result = run_cli("plugins", env={"ZOOSCOPE_LOAD_PLUGINS": "zooscope-final-metrc"})
+    assert result.returncode == 0
+    assert result.stderr.startswith("warning: ZOOSCOPE_LOAD_PLUGINS names "
+                                    "'zooscope-final-metrc', which no installed plugin package "
+                                    "provides")
+
+
+def test_dry_run_and_summary_share_the_grid_order(tmp_path: Path) -> None:
+    config = tmp_path / "order.toml"
+    # The grid lists weight_decay before learning_rate: that order, then the seed.
+    config.write_text(TINY_CONFIG.replace("learning_rate = [3e-4, 1e-3]",
+                               "weight_decay = [0.0]\nlearning_rate = [1e-3]")
+                      .replace("seeds = [0, 1]", "seeds = [0]")
+                      .replace("epochs = 2", "epochs = 1"))
+    dry = run_cli("generate", str(config), "--dry-run", env=NARROW)
+    assert dry.returncode == 0, dry.stderr
+    _fits(dry.stdout)
+    header = next(ln for ln in dry.stdout.splitlines() if "id" in ln and "seed" in ln)
+    assert [w for w in re.findall(r"[a-z_]+", header)] == [
+        "id", "weight_decay", "learning_rate", "backbone", "seed", "epochs"]
+    out = tmp_path / "order.h5"
+    made = run_cli("generate", str(config), "--out", str(out), env=NARROW)
+    assert made.returncode == 0, made.stderr
+    _fits(made.stdout)
+    header = next(ln for ln in made.stdout.splitlines() if "id" in ln and "seed" in ln)
+    # Abbreviated to fit 80 columns, in the same order.
+    assert re.findall(r"[a-z_]+", header)[:4] == ["id", "wd", "lr", "seed"]
+    listed = run_cli("zoo", "ls", str(out), env={"COLUMNS": "200"})
+    header = next(ln for ln in listed.stdout.splitlines() if "id" in ln and "seed" in ln)
+    assert re.findall(r"[a-z_]+", header)[:5] == [
+        "id", "weight_decay", "learning_rate", "backbone", "seed"]
+
+
+def test_analyze_at_80_columns(tiny_zoo: Path, tmp_path: Path) -> None:
+    result = run_cli("analyze", str(tiny_zoo), "--plugin", "agreement", "--out",
+                     str(tmp_path / "a"), env=NARROW)
+    assert result.returncode == 0, result.stderr
+    _fits(result.stdout)
+    for word in ("learning_rate", "learning_rate+seed", "seed", "mean_agreement"):
+        assert _whole(result.stdout, word), word
+
+
+def test_zoo_info_reads_as_text_not_python(tiny_zoo: Path) -> None:
+    result = run_cli("zoo", "info", str(tiny_zoo), env=NARROW)
+    assert result.returncode == 0, result.stderr
+    _fits(result.stdout)
+    assert not re.search(r"[{}']|None", result.stdout), result.stdout
+    text = " ".join(result.stdout.split())
+    assert "data.sizes │ train 320, validation 40, test 40" in text
+    assert "status │ complete 4" in text
+
+
+def test_options_show_their_allowed_values() -> None:
+    result = run_cli("analyze", "--plugin", "sparsify", "--options", env=NARROW)
+    assert result.returncode == 0, result.stderr
+    _fits(result.stdout)
+    assert "scope (str, default: global; one of: global, layerwise)" in result.stdout
+    rows = json.loads(run_cli("analyze", "--plugin", "sparsify", "--options", "--json").stdout)
+    assert {r["option"]: r["choices"] for r in rows}["scope"] == ["global", "layerwise"]
+
+
+def test_merge_export_and_import_print_json(tiny_zoo: Path, tmp_path: Path) -> None:
+    ids = [r["id"] for r in json.loads(run_cli("zoo", "ls", str(tiny_zoo), "--json").stdout)]
+    merged = run_cli("zoo", "merge", str(tiny_zoo), "--out", str(tmp_path / "m.h5"), "--json")
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout) == {"zoo": str(tmp_path / "m.h5"), "shards": 1,
+                                         "checkpoints": 12}
+    exported = run_cli("zoo", "export", str(tiny_zoo), "--member", ids[0], "--epoch", "2",
+                       "--out", str(tmp_path / "e"), "--json")
+    assert exported.returncode == 0, exported.stderr
+    data = json.loads(exported.stdout)
+    assert data["directory"] == str(tmp_path / "e") and data["member"] == ids[0]
+    assert sorted(Path(f).name for f in data["files"]) == sorted(
+        p.name for p in (tmp_path / "e").iterdir())
+    imported = run_cli("zoo", "import", str(tmp_path / "e"), "--out", str(tmp_path / "i.h5"),
+                       "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout) == {"zoo": str(tmp_path / "i.h5"), "checkpoints": 1}

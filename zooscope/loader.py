@@ -1,0 +1,109 @@
+"""One call from a zoo file or an exported directory to the trained model and its tokenizer.
+
+Rebuilding a model from stored files lives in ``zooscope.models``; writing an export
+lives in ``zooscope.zoofile``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from zooscope.errors import ZooFileError
+
+#: What an export holds besides the files a zoo stores for each architecture.
+HEAD_WEIGHTS = "zooscope_head.safetensors"
+PROVENANCE = "zooscope_export.json"
+
+
+def checkpoint_digest(state: Mapping[str, Any]) -> str:
+    """sha256 over every tensor in name order: name, dtype, shape, then its bytes.
+
+    The same checkpoint gives the same digest in the zoo and in any export of it,
+    wherever the files lie.
+    """
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        array = np.ascontiguousarray(value.detach().cpu().numpy())
+        h.update(f"{name}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def load_model(source: str | Path, member: str | None = None,
+               epoch: int | None = None) -> tuple[Any, Any]:
+    """The trained model (backbone and task head, in eval mode) and its tokenizer.
+
+    ``source`` is a directory written by ``zooscope zoo export`` or a zoo file. From
+    a zoo, ``member`` may be left out where the zoo has one member, and ``epoch``
+    defaults to the member's last committed epoch. The model is the one that made the
+    predictions stored in the zoo: a classifier returns ``(loss, logits)``.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if member is not None or epoch is not None:
+            raise ZooFileError(f"{path} is an exported checkpoint: it holds one member at one "
+                               "epoch", hint="give member and epoch only with a zoo file")
+        return _from_export(path)
+    if not path.exists():
+        raise ZooFileError(f"no zoo file or exported model at {path}")
+    from zooscope.models import rebuild
+    from zooscope.zoo import open_zoo
+
+    with open_zoo(path) as zoo:
+        if member is None:
+            members = zoo.members()
+            if len(members) != 1:
+                raise ZooFileError(f"{path} holds {len(members)} members: name one",
+                                   hint="`zooscope zoo ls` lists their ids")
+            member = members[0].id
+        epochs = [c.epoch for c in zoo.checkpoints(zoo.member(member))]
+        if not epochs:
+            raise ZooFileError(f"member {member} has no committed checkpoint")
+        if epoch is None:
+            epoch = epochs[-1]
+        elif epoch not in epochs:
+            raise ZooFileError(f"member {member} has no checkpoint at epoch {epoch}",
+                               hint=f"its epochs: {', '.join(map(str, epochs))}")
+        return rebuild(zoo, member, epoch)
+
+
+def _from_export(directory: Path) -> tuple[Any, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    from zooscope.models import HEAD_FILE, load_tokenizer, skeleton
+
+    if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
+        raise ZooFileError(f"{directory} is not an exported checkpoint "
+                           "(no config.json or model.safetensors)")
+    files = {p.name: p.read_bytes() for p in directory.iterdir()
+             if p.is_file() and p.suffix in (".json", ".txt") and p.name != PROVENANCE}
+    head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
+    state: dict[str, torch.Tensor] = {}
+    if head["kind"] in ("sequence-classification", "question-answering"):
+        if not (directory / HEAD_WEIGHTS).exists():
+            raise ZooFileError(f"{directory} lacks {HEAD_WEIGHTS}, the trained task head")
+        backbone_prefix = head.get("backbone_prefix", "backbone.")
+        head_prefix = head.get("head_prefix", "head.")
+        state.update({backbone_prefix + k: v
+                      for k, v in load_file(directory / "model.safetensors").items()})
+        state.update({head_prefix + k: v for k, v in load_file(directory / HEAD_WEIGHTS).items()})
+    else:
+        state.update(load_file(directory / "model.safetensors"))
+    model = skeleton(files)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        raise ZooFileError(f"the files in {directory} do not fit the model they describe "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return model, load_tokenizer({k: v for k, v in files.items() if k != HEAD_FILE})
