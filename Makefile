@@ -20,9 +20,11 @@ install: $(VENV)/.installed
 demo: install
 	mkdir -p $(OUT)
 	$(BIN)/zooscope plugins --all
-	$(BIN)/zooscope generate zoos/demo.toml --out $(OUT)/demo.h5 --force
+	# --resume creates the zoo, continues an interrupted one and leaves a complete one as
+	# it is, so a second `make demo` takes seconds and keeps stored analyses.
+	$(BIN)/zooscope generate zoos/demo.toml --out $(OUT)/demo.h5 --resume
 	$(BIN)/zooscope zoo ls $(OUT)/demo.h5
-	$(BIN)/zooscope analyze $(OUT)/demo.h5 --plugin agreement --force
+	$(BIN)/zooscope analyze $(OUT)/demo.h5 --plugin agreement
 
 test: install
 	$(BIN)/python -m pytest -q
