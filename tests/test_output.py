@@ -129,3 +129,16 @@ def test_merge_export_and_import_print_json(tiny_zoo: Path, tmp_path: Path) -> N
                        "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout) == {"zoo": str(tmp_path / "i.h5"), "checkpoints": 1}
+
+
+def test_dry_run_offline_says_so_in_one_line() -> None:
+    from .conftest import ROOT
+
+    result = run_cli("generate", str(ROOT / "zoos" / "sst2.toml"), "--dry-run",
+                     env={**NARROW, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "note: the Hugging Face hub is offline (HF_HUB_OFFLINE is set); the size estimate "
+        "leaves out bert-base-uncased unless cached"]
+    # Nothing else on stderr: no download was tried, so no retry warnings.
+    assert "estimated size on disk: unknown while the hub is offline" in result.stdout

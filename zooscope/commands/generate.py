@@ -93,6 +93,12 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     if shard is not None:
         members = shard_members(members, *shard)
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
+    hub = sorted({str(m.factors["backbone"]) for m in members
+                  if _is_hub_id(cfg, str(m.factors.get("backbone", "scratch")))})
+    offline = _hub_offline() if hub else None
+    if offline:
+        err_console.print(f"note: the Hugging Face hub is offline ({offline}); the size "
+                          f"estimate leaves out {', '.join(hub)} unless cached", soft_wrap=True)
     estimate = getattr(generator, "estimate_bytes", None)
     size = estimate(cfg, members) if estimate else None
     ids = {m.id for m in members}
@@ -121,6 +127,39 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     if size is not None:
         console.print(f"estimated size on disk: {size / 2**20:,.1f} MiB "
                       f"({cfg.store['dtype']}, identical tensors stored once)")
+    elif offline:
+        console.print("estimated size on disk: unknown while the hub is offline")
+
+
+def _is_hub_id(cfg, name: str) -> bool:  # type: ignore[no-untyped-def]
+    if name == "scratch" or name.startswith(("zoo://", "package:")):
+        return False
+    return not Path(cfg.resolve(name)).exists()
+
+
+def _hub_offline(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (HF_HUB_OFFLINE, or no answer to one connection),
+    else None. Offline, HF_HUB_OFFLINE is set for this process, so transformers reads
+    its cache at once instead of retrying every download for ~20 s per backbone."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, endpoint.port or 443), timeout=timeout).close()
+        return None
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import sys
+
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:  # already imported: it read the variable before we set it
+            constants.HF_HUB_OFFLINE = True
+        return f"{host} does not answer"
 
 
 def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
