@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 PERCENTILES = (0, 1, 25, 50, 75, 99, 100)
+SPECTRAL_COLUMNS = ("spectral_norm", "log_spectral_norm", "stable_rank", "log_norm", "alpha",
+                    "alpha_weighted")
 _BLOCK = re.compile(r"(?:layer|layers|block|h)\.(\d+)\.")
 
 
@@ -251,8 +253,11 @@ class WeightStats(Analyzer):
                     break
                 stats = row_stats(values.reshape(len(block), -1), options["near_zero"],
                                   *self._bases(zoo, name, block, origin))
-                if options["spectral"] and len(shape) == 2 and min(shape) > 1:
-                    stats.update(spectral_stats(values))
+                if options["spectral"]:
+                    # Every row gets every spectral column, NaN where the tensor is no
+                    # matrix, so the columns stay aligned with their rows.
+                    stats.update(spectral_stats(values) if len(shape) == 2 and min(shape) > 1
+                                 else dict.fromkeys(SPECTRAL_COLUMNS, np.full(len(block), np.nan)))
                 for i, c in enumerate(block):
                     table["member"].append(c.member)
                     table["epoch"].append(c.epoch)
@@ -261,7 +266,7 @@ class WeightStats(Analyzer):
                     table["block"].append(tensor_block(name))
                     for key, col in stats.items():
                         table[key].append(float(col[i]))
-        return _fill(table)
+        return dict(table)
 
     @staticmethod
     def _bases(zoo: Zoo, name: str, block: list[Checkpoint],
@@ -299,11 +304,6 @@ def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
         rel = np.where(base_norm > 0, diff / base_norm, np.nan)
         cos = np.where(base_norm * x_norm > 0, (x * base).sum(axis=1) / (base_norm * x_norm), np.nan)
     return {"drift_l2": rel, "drift_cosine": cos}
-
-
-def _fill(table: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    n = len(table["tensor"])
-    return {k: (v if len(v) == n else v + [float("nan")] * (n - len(v))) for k, v in table.items()}
 
 
 def _drift_summary(table: dict[str, list[Any]]) -> str:

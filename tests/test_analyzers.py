@@ -92,6 +92,37 @@ def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> No
     assert (tmp_path / "weightstats" / "trajectories.png").exists()
 
 
+def test_weightstats_spectral_columns_sit_on_their_own_rows(zoo_copy: Path, tmp_path: Path) -> None:
+    """Every row of the table against an SVD of that very tensor at that checkpoint:
+    matrices carry their own spectral metrics, vectors (LayerNorm, biases) carry none."""
+    from zooscope.plugins.weightstats import power_law_alpha
+
+    table = analyze(zoo_copy, "weightstats", tmp_path, "spectral=true").tables["stats"]
+    matrices = vectors = 0
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        cps = {(c.member, c.epoch): c for c in zoo.checkpoints()}
+        for i, name in enumerate(table["tensor"]):
+            w = zoo.tensor(name, [cps[(table["member"][i], table["epoch"][i])]])[0]
+            w = w.astype(np.float64)
+            row = {k: table[k][i] for k in ("spectral_norm", "log_spectral_norm", "stable_rank",
+                                            "log_norm", "alpha", "alpha_weighted")}
+            if w.ndim != 2 or min(w.shape) < 2:
+                assert all(np.isnan(v) for v in row.values()), (name, row)
+                vectors += 1
+                continue
+            evals = np.linalg.svd(w, compute_uv=False) ** 2
+            alpha = power_law_alpha(evals)
+            assert row["spectral_norm"] == pytest.approx(evals[0], rel=1e-5), name
+            assert row["log_spectral_norm"] == pytest.approx(np.log10(evals[0]), abs=1e-5)
+            assert row["stable_rank"] == pytest.approx(evals.sum() / evals[0], rel=1e-5)
+            assert row["log_norm"] == pytest.approx(np.log10(evals.sum()), abs=1e-5)
+            assert row["alpha"] == pytest.approx(alpha, rel=1e-3, nan_ok=True)
+            assert row["alpha_weighted"] == pytest.approx(alpha * np.log10(evals[0]), rel=1e-3,
+                                                          nan_ok=True)
+            matrices += 1
+    assert matrices and vectors  # both kinds of row were checked
+
+
 def test_fused_row_statistics_equal_numpy_on_awkward_rows() -> None:
     """The compiled three-pass kernel against np.percentile and float64 moments on rows
     with ties, outliers, constants, negative zero, NaN and infinity, and lengths 1 to 3."""
