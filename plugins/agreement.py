@@ -24,6 +24,8 @@ def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
 
     Vectorised through one-hot products: for N members, n examples and K classes
     it costs one (N × nK) @ (nK × N) product instead of N² passes over the data.
+    Kappa is 0/0 for two identical constant predictors (chance agreement is already
+    1): it is NaN there, as in sklearn's ``cohen_kappa_score``.
     """
     import numpy as np
 
@@ -40,7 +42,7 @@ def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
     freq /= n_examples
     expected = freq @ freq.T
     with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = np.where(expected < 1.0, (agree - expected) / (1.0 - expected), 1.0)
+        kappa = np.where(expected < 1.0, (agree - expected) / (1.0 - expected), np.nan)
     return agree, kappa
 
 
@@ -164,7 +166,13 @@ class Agreement(Analyzer):
                 groups["differ_in"].append(diff)
                 groups["pairs"].append(len(values))
                 groups["mean_agreement"].append(float(arr[:, 0].mean()))
-                groups[f"mean_{second}"].append(float(arr[:, 1].mean()))
+                # Undefined kappas (identical constant predictors) are left out of the
+                # mean and counted, so a group of such pairs does not read as perfect.
+                undefined = int(np.isnan(arr[:, 1]).sum())
+                groups[f"mean_{second}"].append(
+                    float(np.nanmean(arr[:, 1])) if undefined < len(arr) else float("nan"))
+                if second == "kappa":
+                    groups["kappa_undefined"].append(undefined)
                 groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
                 groups["mean_test_error"].append(float(arr[:, 2].mean()))
             if epoch == last:
@@ -189,11 +197,17 @@ class Agreement(Analyzer):
         if not at:
             return f"one member at epoch {epoch}: nothing to compare."
         agree = np.mean([pairs["agreement"][i] for i in at])
-        kappa = np.mean([pairs[second][i] for i in at])
+        values = np.array([pairs[second][i] for i in at])
+        undefined = int(np.isnan(values).sum())
+        kappa = float(np.nanmean(values)) if undefined < len(values) else float("nan")
+        kappa_text = f"{kappa:.3f}" if undefined < len(values) else "undefined"
+        if undefined:
+            kappa_text += (f" ({undefined} of {len(values)} pairs left out: both members "
+                           f"predict one same class, so kappa is 0/0)")
         seed_only = [pairs["disagreement"][i] for i in at if pairs["differ_in"][i] == "seed"]
         if second == "kappa":
             text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "
-                    f"Cohen's kappa {kappa:.3f}; mean test error {np.mean(errs):.3f}.")
+                    f"Cohen's kappa {kappa_text}; mean test error {np.mean(errs):.3f}.")
         else:
             text = (f"{n} members at epoch {epoch}: members' answers match exactly on {agree:.3f} "
                     f"of test questions (token F1 {kappa:.3f} between members); mean test error "

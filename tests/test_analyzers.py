@@ -39,8 +39,7 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     for i in at:
         a, b = preds[index[pairs["member_a"][i]]], preds[index[pairs["member_b"][i]]]
         assert pairs["agreement"][i] == pytest.approx(np.mean(a == b))
-        expected = cohen_kappa_score(a, b) if len(set(a) | set(b)) > 1 else 1.0
-        assert pairs["kappa"][i] == pytest.approx(expected, abs=1e-9)
+        assert pairs["kappa"][i] == pytest.approx(sklearn_kappa(a, b), abs=1e-9, nan_ok=True)
         assert pairs["error_a"][i] == pytest.approx(np.mean(a != labels))
     # Random predictions: agreement matrix against a plain loop.
     rng = np.random.default_rng(0)
@@ -59,6 +58,54 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     again = analyze(zoo_copy, "agreement", tmp_path)
     assert again.reused and again.summary == result.summary
     assert analyze(zoo_copy, "agreement", tmp_path, force=True).reused is False
+
+
+def sklearn_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """sklearn's kappa, NaN (with its warnings silenced) where it is 0/0."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(cohen_kappa_score(a, b))
+
+
+def test_undefined_kappa_is_nan_and_left_out_of_group_means(zoo_copy: Path, tmp_path: Path) -> None:
+    """The tiny zoo predicts one class everywhere at epoch 0, and three members predict
+    the same single class at epoch 2: those pairs' kappa is 0/0, as sklearn says."""
+    from zooscope.plugins.agreement import agreement_matrix
+
+    constant = np.array([[1] * 9, [1] * 9, [0] * 9, [0, 1, 1, 0, 1, 0, 0, 1, 1]])
+    _, kappa = agreement_matrix(constant, 2)
+    for i in range(4):
+        for j in range(4):
+            assert kappa[i, j] == pytest.approx(sklearn_kappa(constant[i], constant[j]),
+                                                nan_ok=True), (i, j)
+    assert np.isnan(kappa[0, 1]) and kappa[0, 2] == 0.0
+
+    result = analyze(zoo_copy, "agreement", tmp_path)
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        preds = {(c.member, c.epoch): p for c, p in
+                 zip(zoo.checkpoints(), zoo.predictions(zoo.checkpoints()), strict=True)}
+    pairs, groups = result.tables["pairs"], result.tables["groups"]
+    expected: dict[tuple[int, str], list[float]] = {}
+    for i, epoch in enumerate(pairs["epoch"]):
+        k = sklearn_kappa(preds[(pairs["member_a"][i], epoch)], preds[(pairs["member_b"][i], epoch)])
+        assert pairs["kappa"][i] == pytest.approx(k, abs=1e-9, nan_ok=True)
+        expected.setdefault((epoch, pairs["differ_in"][i]), []).append(k)
+    undefined_somewhere = 0
+    for i, epoch in enumerate(groups["epoch"]):
+        ks = np.array(expected[(epoch, groups["differ_in"][i])])
+        undefined = int(np.isnan(ks).sum())
+        undefined_somewhere += undefined
+        assert groups["kappa_undefined"][i] == undefined
+        want = np.nanmean(ks) if undefined < len(ks) else np.nan
+        assert groups["mean_kappa"][i] == pytest.approx(want, nan_ok=True)
+    assert undefined_somewhere > 0
+    assert "3 of 6 pairs left out" in result.summary  # epoch 2: three members predict class 1
+    # The CSV keeps NaN as NaN, not as a perfect 1.0.
+    with open(tmp_path / "agreement" / "pairs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["kappa"] == "nan" for r in rows) == sum(np.isnan(pairs["kappa"]))
 
 
 def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> None:
