@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
-from zooscope.errors import ZooFileError
+from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
@@ -107,8 +107,13 @@ class Agreement(Analyzer):
         # F1 between the two members' answers, after SQuAD's normalisation.
         second = "kappa" if kind == "class" else "f1"
         labels = zoo.test_labels()
-        order_keys = [k for k in options["order"].split(",") if k] or sorted(
-            {k for m in selection.members for k in m.factors})
+        factors = sorted({k for m in selection.members for k in m.factors})
+        order_keys = [k.strip() for k in options["order"].split(",") if k.strip()] or factors
+        unknown = [k for k in order_keys if k not in factors]
+        if unknown:
+            raise ConfigError(f"option order = {options['order']!r}: {unknown[0]!r} is not a "
+                              "factor of the selected members",
+                              hint=f"their factors: {', '.join(factors) or 'none'}")
         members = sorted(selection.members,
                          key=lambda m: tuple(_sort_key(m.factors.get(k)) for k in order_keys))
         by_epoch: dict[int, list[Any]] = defaultdict(list)

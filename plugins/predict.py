@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
-from zooscope.errors import ZooscopeError
+from zooscope.errors import ConfigError, ZooscopeError
 from zooscope.zoo import Zoo
 
 if TYPE_CHECKING:
@@ -90,6 +90,12 @@ class Predict(Analyzer):
         from scipy.stats import kendalltau
         from sklearn.metrics import accuracy_score, r2_score
 
+        if options["target"] not in zoo.metric_columns:
+            raise ConfigError(f"option target = {options['target']!r} is not a metric of this zoo",
+                              hint=f"its metrics: {', '.join(zoo.metric_columns)}")
+        if options["folds"] < 2:
+            raise ConfigError(f"option folds = {options['folds']}: cross-validation needs at "
+                              "least 2 folds")
         stored = [a for a in zoo.analyses() if a["name"] == "weightstats"]
         if not stored:
             raise ZooscopeError("predict needs the weightstats result in the zoo",

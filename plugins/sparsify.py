@@ -7,12 +7,11 @@ parameters: a binary search over float bit patterns, one pass over the tensors a
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, zoo_task
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, option_pattern, zoo_task
 from zooscope.errors import ConfigError
 from zooscope.zoo import Zoo
 
@@ -80,13 +79,18 @@ class Sparsify(Analyzer):
 
         from zooscope.models import rebuild
 
+        text = ",".join(options["sparsities"])
         try:
             levels = sorted({float(s) for s in options["sparsities"]})
         except ValueError:
-            raise ConfigError("sparsities must be numbers between 0 and 1") from None
+            levels = []
         if not levels or not all(0 <= s < 1 for s in levels):
-            raise ConfigError("sparsities must be numbers in [0, 1)")
-        exclude = re.compile(options["exclude"])
+            raise ConfigError(f"option sparsities = {text!r} must be numbers in [0, 1)",
+                              hint="e.g. --set sparsities=0,0.5,0.9")
+        exclude = option_pattern("exclude", options["exclude"])
+        if options["metric"] not in zoo.metric_columns:
+            raise ConfigError(f"option metric = {options['metric']!r} is not a metric of this zoo",
+                              hint=f"its metrics: {', '.join(zoo.metric_columns)}")
         generator, cfg, task = zoo_task(zoo)
         cps = selection.checkpoints(zoo)
         if selection.epochs is None:  # default: each member's last epoch

@@ -7,12 +7,11 @@ then umap-learn with a fixed random_state. Trajectories join a member's epochs.
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, select_tensors
 from zooscope.errors import ConfigError
 from zooscope.zoo import Zoo
 
@@ -67,13 +66,19 @@ class UMAPAnalyzer(Analyzer):
         import numpy as np
         import umap
 
+        for option, least in (("components", 1), ("neighbors", 2), ("seed", 0)):
+            if options[option] < least:
+                raise ConfigError(f"option {option} = {options[option]} must be {least} or more")
         cps = selection.checkpoints(zoo)
+        colours = (["epoch", "member"] + sorted({f for m in selection.members for f in m.factors})
+                   + sorted({k for c in cps for k in c.metrics if k.startswith("test_")}))
+        if options["color_by"] not in colours:
+            raise ConfigError(f"option color_by = {options['color_by']!r} is neither 'epoch', a "
+                              "factor nor a test metric of the selection",
+                              hint=f"choose one of: {', '.join(colours)}")
+        names = select_tensors(zoo, cps[0].member, "tensors", options["tensors"])
         if len(cps) < 4:
-            raise ConfigError("umap needs at least 4 checkpoints")
-        pattern = re.compile(options["tensors"])
-        names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
-        if not names:
-            raise ConfigError(f"no tensor matches {options['tensors']!r}")
+            raise ConfigError(f"umap needs at least 4 checkpoints; the selection holds {len(cps)}")
         features = project_weights(zoo, cps, names, int(options["components"]), int(options["seed"]))
         features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-12)
         reducer = umap.UMAP(n_components=2, random_state=int(options["seed"]),

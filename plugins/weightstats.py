@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, select_tensors
+from zooscope.errors import ConfigError
 from zooscope.zoo import Checkpoint, Zoo
 
 if TYPE_CHECKING:
@@ -224,8 +225,10 @@ class WeightStats(Analyzer):
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        color_by = _colour_factor(options["color_by"], selection,
+                                  default=self.options[-1].default)
         table = self.statistics(zoo, options, selection)
-        figures = {"trajectories": _trajectories(zoo, table, options["color_by"])}
+        figures = {"trajectories": _trajectories(zoo, table, color_by)}
         summary = (f"{len(set(table['tensor']))} tensors x "
                    f"{len(set(zip(table['member'], table['epoch'], strict=True)))} checkpoints = "
                    f"{len(table['tensor'])} rows. " + _drift_summary(table))
@@ -235,9 +238,12 @@ class WeightStats(Analyzer):
         """The streaming pass: one row per (checkpoint, tensor), without figures."""
         import numpy as np
 
-        pattern = re.compile(options["tensors"])
+        if not options["near_zero"] >= 0:
+            raise ConfigError(f"option near_zero = {options['near_zero']} must be 0 or more")
+        if not options["block_mb"] > 0:
+            raise ConfigError(f"option block_mb = {options['block_mb']} must be more than 0")
         cps = selection.checkpoints(zoo)
-        names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
+        names = select_tensors(zoo, cps[0].member, "tensors", options["tensors"])
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
         for name in names:
@@ -266,6 +272,10 @@ class WeightStats(Analyzer):
                     table["block"].append(tensor_block(name))
                     for key, col in stats.items():
                         table[key].append(float(col[i]))
+        if not table["tensor"]:
+            raise ConfigError(f"option tensors = {options['tensors']!r} selects no "
+                              "floating-point tensor with values",
+                              hint=f"it selects {', '.join(names[:3])}")
         return dict(table)
 
     @staticmethod
@@ -306,6 +316,18 @@ def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
     return {"drift_l2": rel, "drift_cosine": cos}
 
 
+def _colour_factor(color_by: str, selection: Selection, default: str) -> str | None:
+    """The factor that colours the trajectories; None (one colour) where the default
+    factor is absent from the zoo, an error where a factor the user named is."""
+    factors = sorted({f for m in selection.members for f in m.factors})
+    if color_by in factors:
+        return color_by
+    if color_by == default:
+        return None
+    raise ConfigError(f"option color_by = {color_by!r} is not a factor of the selected members",
+                      hint=f"their factors: {', '.join(factors) or 'none'}")
+
+
 def _drift_summary(table: dict[str, list[Any]]) -> str:
     import numpy as np
 
@@ -323,12 +345,12 @@ def _drift_summary(table: dict[str, list[Any]]) -> str:
     return f"Mean relative L2 drift from epoch 0 at epoch {last}: " + ", ".join(parts) + "."
 
 
-def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
+def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np
 
     kinds = sorted(set(table["kind"]))
-    factors = {m.id: m.factors.get(color_by) for m in zoo.members()}
+    factors = {m.id: m.factors.get(color_by) if color_by else "" for m in zoo.members()}
     values = sorted({str(v) for v in factors.values()})
     colors = {v: plt.cm.viridis(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
     cols = min(4, len(kinds))
@@ -353,8 +375,9 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
     for row in axes:
         row[0].set_ylabel("relative L2 drift\nfrom epoch 0", fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f"{color_by}={v}") for v, c in colors.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
-               frameon=False)
+    if color_by:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                   frameon=False)
     fig.tight_layout(rect=(0, 0.5 / (2.8 * rows + 0.5), 1, 1))
     return fig
 

@@ -48,6 +48,28 @@ class Option:
         return value
 
 
+def option_pattern(name: str, text: str) -> re.Pattern[str]:
+    """An option that holds a regular expression, compiled; a bad one is the user's to fix."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"option {name} = {text!r} is not a regular expression ({exc})",
+                          hint=f"e.g. --set {name}='attention|ffn' or {name}='weight$'") from None
+
+
+def select_tensors(zoo: Zoo, member: Member | str, name: str, text: str) -> list[str]:
+    """The state-dict names the regex option ``name`` selects (searched anywhere in a name);
+    an error naming the option where it selects none."""
+    pattern = option_pattern(name, text)
+    every = zoo.tensor_names(member)
+    names = [n for n in every if pattern.search(n)]
+    if not names:
+        raise ConfigError(f"option {name} = {text!r} matches no tensor of this zoo",
+                          hint=f"its {len(every)} tensors are named like "
+                          f"{', '.join(every[:3])}" if every else "this zoo stores no tensors")
+    return names
+
+
 @dataclass
 class Selection:
     """Which members and epochs an analysis covers."""
