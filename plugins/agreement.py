@@ -192,6 +192,19 @@ class Agreement(Analyzer):
                                       "members": dict(per_member), "matrix": matrix_table},
                               summary=summary, figures=figures)
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The group means at every selected epoch, under short headings; the pairs and
+        the matrix are in their CSVs."""
+        groups = tables.get("groups")
+        if not groups:
+            return super().display(tables)
+        second = "kappa" if "mean_kappa" in groups else "f1"
+        heads = {"epoch": "epoch", "differ_in": "differ in", "pairs": "pairs",
+                 "mean_agreement": "agree", f"mean_{second}": second,
+                 "kappa_undefined": "no kappa", "mean_test_error": "error"}
+        return ("mean over pairs, grouped by the factors a pair differs in",
+                {head: list(groups[c]) for c, head in heads.items() if c in groups})
+
     @staticmethod
     def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,
                  n: int, second: str = "kappa") -> str:

@@ -88,6 +88,15 @@ class Backbones(Analyzer):
                               summary=summary, figures={"backbones": _bars(rows, metric)})
 
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The best configuration of each backbone, its name shortened."""
+        if not tables.get("best"):
+            return super().display(tables)
+        cols = {c: list(v) for c, v in tables["best"].items()}
+        cols["backbone"] = [short_name(str(b)) for b in cols["backbone"]]
+        return "best configuration per backbone, chosen on dev", cols
+
+
 def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np

@@ -150,11 +150,11 @@ class Predict(Analyzer):
 
     @staticmethod
     def _summary(r: dict[str, list[Any]], n: int, members: int, features: int, target: str) -> str:
-        parts = [f"{n} checkpoints of {members} members, {features} features, GroupKFold by member."]
-        for t, m, metric, v in zip(r["target"], r["model"], r["metric"], r["value"], strict=True):
-            if m == "gradient_boosting":
-                parts.append(f"{t}: {metric} {v:.3f}")
-        return " ".join(parts)
+        scores = [f"{t} {metric} {v:.3f}" for t, m, metric, v in
+                  zip(r["target"], r["model"], r["metric"], r["value"], strict=True)
+                  if m == "gradient_boosting"]
+        return (f"{n} checkpoints of {members} members, {features} features, GroupKFold by "
+                f"member. Gradient boosting: {'; '.join(scores)}.")
 
 
 def _plot(r: dict[str, list[Any]]) -> Any:

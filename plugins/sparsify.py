@@ -73,6 +73,18 @@ class Sparsify(Analyzer):
         Option("metric", str, "test_accuracy", "the metric to report"),
     )
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The metric at each sparsity over members; every member's curve is in curves.csv."""
+        table = tables.get("by_sparsity")
+        if not table:
+            return super().display(tables)
+        metric = next(c for c in table if c.startswith("mean_")).removeprefix("mean_")
+        heads = {"sparsity": "sparsity", "realised_sparsity": "realised", "members": "members",
+                 f"mean_{metric}": f"mean {metric}", f"min_{metric}": "min",
+                 f"max_{metric}": "max"}
+        return (f"{metric} over members at each sparsity",
+                {head: list(table[c]) for c, head in heads.items()})
+
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
         import torch
@@ -128,9 +140,29 @@ class Sparsify(Analyzer):
                     layers["tensor"].append(n)
                     layers["realised_sparsity"].append(float(1 - mask.mean()))
         summary = _summary(curves, options["metric"], levels)
-        return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers)},
+        return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers),
+                                      "by_sparsity": by_sparsity(curves, options["metric"])},
                               summary=summary,
                               figures={"sparsity_curves": _plot(curves, options["metric"])})
+
+
+def by_sparsity(curves: dict[str, list[Any]], metric: str) -> dict[str, list[Any]]:
+    """The metric's mean, minimum and maximum over members at each sparsity."""
+    import numpy as np
+
+    s = np.asarray(curves["sparsity"], dtype=float)
+    v = np.asarray(curves[metric], dtype=float)
+    real = np.asarray(curves["realised_sparsity"], dtype=float)
+    out: dict[str, list[Any]] = defaultdict(list)
+    for level in sorted(set(s.tolist())):
+        sel = s == level
+        out["sparsity"].append(level)
+        out["members"].append(len(set(np.asarray(curves["member"])[sel])))
+        out["realised_sparsity"].append(float(real[sel].mean()))
+        for name, f in (("mean", np.nanmean), ("min", np.nanmin), ("max", np.nanmax)):
+            out[f"{name}_{metric}"].append(float(f(v[sel])) if np.isfinite(v[sel]).any()
+                                           else float("nan"))
+    return dict(out)
 
 
 def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> str:
@@ -139,8 +171,9 @@ def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> 
     s = np.asarray(curves["sparsity"])
     v = np.asarray(curves[metric], dtype=float)
     means = {lv: float(np.nanmean(v[s == lv])) for lv in levels}
-    parts = ", ".join(f"{lv:g}: {m:.3f}" for lv, m in means.items())
-    return f"mean {metric} by sparsity over {len(set(curves['member']))} members: {parts}."
+    first, last = levels[0], levels[-1]
+    return (f"mean {metric} over {len(set(curves['member']))} members: {means[first]:.3f} at "
+            f"sparsity {first:g}, {means[last]:.3f} at {last:g}.")
 
 
 def _plot(curves: dict[str, list[Any]], metric: str) -> Any:

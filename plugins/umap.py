@@ -100,6 +100,18 @@ class UMAPAnalyzer(Analyzer):
                               figures={"umap": _scatter(table, options["color_by"])})
 
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """Each member's last checkpoint: its place and the factors that vary."""
+        shown = super().display(tables)
+        if shown is None:
+            return None
+        title, cols = shown
+        varying = [c for c in cols if c not in ("member", "epoch", "x", "y")
+                   and not c.startswith("test_") and len(set(map(str, cols[c]))) > 1]
+        return (f"{title}, last epoch (every checkpoint in coordinates.csv)",
+                {c: cols[c] for c in ("member", "epoch", "x", "y", *varying[:3])})
+
+
 def _scatter(table: dict[str, list[Any]], color_by: str) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np

@@ -232,7 +232,22 @@ class WeightStats(Analyzer):
         summary = (f"{len(set(table['tensor']))} tensors x "
                    f"{len(set(zip(table['member'], table['epoch'], strict=True)))} checkpoints = "
                    f"{len(table['tensor'])} rows. " + _drift_summary(table))
-        return AnalysisResult(tables={"stats": table}, summary=summary, figures=figures)
+        return AnalysisResult(tables={"stats": table, "by_kind": by_kind(table)}, summary=summary,
+                              figures=figures)
+
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """Per tensor kind, the first and the last epoch: a handful of columns that fit 80
+        characters. Every statistic of every tensor is in stats.csv."""
+        kinds = tables.get("by_kind") or (by_kind(tables["stats"]) if tables.get("stats") else None)
+        if not kinds:
+            return super().display(tables)
+        epochs = list(kinds["epoch"])
+        ends = {min(epochs), max(epochs)}
+        keep = [i for i, e in enumerate(epochs) if e in ends]
+        heads = {"kind": "kind", "epoch": "epoch", "std": "std", "l2": "L2", "near_zero": "near 0",
+                 "drift_l2": "drift", "alpha": "alpha"}
+        return ("mean over tensors of each kind, first and last epoch (all rows in stats.csv)",
+                {head: [kinds[c][i] for i in keep] for c, head in heads.items() if c in kinds})
 
     def statistics(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> dict[str, list[Any]]:
         """The streaming pass: one row per (checkpoint, tensor), without figures."""
@@ -328,6 +343,30 @@ def _colour_factor(color_by: str, selection: Selection, default: str) -> str | N
                       hint=f"their factors: {', '.join(factors) or 'none'}")
 
 
+BY_KIND = ("mean", "std", "l2", "linf", "near_zero", "drift_l2", "drift_cosine", *SPECTRAL_COLUMNS)
+
+
+def by_kind(table: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Each statistic averaged over the tensors and members of each kind at each epoch
+    (NaN entries, such as vectors' spectral columns, left out)."""
+    import numpy as np
+
+    kind, epoch = np.asarray(table["kind"]), np.asarray(table["epoch"])
+    out: dict[str, list[Any]] = defaultdict(list)
+    for k in sorted(set(kind)):
+        for e in sorted(set(epoch[kind == k])):
+            sel = (kind == k) & (epoch == e)
+            out["kind"].append(str(k))
+            out["epoch"].append(int(e))
+            out["tensors"].append(len(set(np.asarray(table["tensor"])[sel])))
+            for stat in BY_KIND:
+                if stat in table:
+                    values = np.asarray(table[stat], dtype=np.float64)[sel]
+                    values = values[np.isfinite(values)]
+                    out[stat].append(float(values.mean()) if len(values) else float("nan"))
+    return dict(out)
+
+
 def _drift_summary(table: dict[str, list[Any]]) -> str:
     import numpy as np
 
@@ -337,12 +376,16 @@ def _drift_summary(table: dict[str, list[Any]]) -> str:
     last = epochs.max()
     kinds = np.asarray(table["kind"])
     drift = np.asarray(table["drift_l2"])
-    parts = []
+    means = {}
     for kind in sorted(set(kinds)):
-        sel = (kinds == kind) & (epochs == last)
+        sel = (kinds == kind) & (epochs == last) & np.isfinite(drift)
         if sel.any():
-            parts.append(f"{kind} {np.nanmean(drift[sel]):.3g}")
-    return f"Mean relative L2 drift from epoch 0 at epoch {last}: " + ", ".join(parts) + "."
+            means[kind] = float(drift[sel].mean())
+    if not means:
+        return ""
+    most, least = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
+    return (f"Mean relative L2 drift from epoch 0 at epoch {last}: largest {most} "
+            f"{means[most]:.3g}, smallest {least} {means[least]:.3g}.")
 
 
 def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None) -> Any:

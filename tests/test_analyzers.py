@@ -324,3 +324,49 @@ def test_analyzer_options_are_listed(tiny_zoo: Path) -> None:
     assert result.returncode == 0
     options = {o["option"]: o for o in json.loads(result.stdout)}
     assert options["scope"]["default"] == "global"
+
+
+def console_rows(stdout: str) -> list[list[str]]:
+    """The body rows of the Rich table in a command's output, cells stripped."""
+    return [[cell.strip() for cell in line.strip("│").split("│")]
+            for line in stdout.splitlines() if line.startswith("│")]
+
+
+def test_weightstats_console_summary_fits_80_columns(zoo_copy: Path, tmp_path: Path) -> None:
+    """Per tensor kind, first and last epoch, a handful of columns: no line over 80
+    characters, no value folded onto a second line, numbers equal to stats.csv's means."""
+    out = tmp_path / "ws"
+    result = run_cli("analyze", str(zoo_copy), "--plugin", "weightstats", "--set", "spectral=true",
+                     "--out", str(out), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    rows = console_rows(result.stdout)
+    with open(out / "stats.csv") as fh:
+        stats = list(csv.DictReader(fh))
+    kinds = sorted({r["kind"] for r in stats})
+    assert [(r[0], r[1]) for r in rows] == [(k, e) for k in kinds for e in ("0", "2")]
+    header = next(line for line in result.stdout.splitlines() if line.startswith("┃"))
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "kind", "epoch", "std", "L2", "near 0", "drift", "alpha"]
+    def mean(rows: list[dict[str, str]], column: str) -> float:
+        values = [float(r[column]) for r in rows if np.isfinite(float(r[column]))]
+        return float(np.mean(values)) if values else float("nan")
+
+    for kind, epoch, *cells in rows:
+        at = [r for r in stats if r["kind"] == kind and r["epoch"] == epoch]
+        for cell, column in zip(cells, ("std", "l2", "near_zero", "drift_l2", "alpha"), strict=True):
+            assert float(cell) == pytest.approx(mean(at, column), rel=1e-3, abs=1e-9,
+                                                nan_ok=True), (kind, epoch, column)
+    assert len(result.stdout.splitlines()) < 40
+
+
+def test_agreement_console_table_fits_80_columns(zoo_copy: Path, tmp_path: Path) -> None:
+    result = run_cli("analyze", str(zoo_copy), "--plugin", "agreement", "--out",
+                     str(tmp_path / "ag"), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    rows = console_rows(result.stdout)
+    with open(tmp_path / "ag" / "groups.csv") as fh:
+        groups = list(csv.DictReader(fh))
+    # One line per group at every epoch: nothing folded, "learning_rate+seed" whole.
+    assert [(r[0], r[1]) for r in rows] == [(g["epoch"], g["differ_in"]) for g in groups]

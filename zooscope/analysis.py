@@ -101,6 +101,26 @@ class Analyzer(ABC):
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         """Compute the analysis on the selected members and epochs."""
 
+    def display(self, tables: Mapping[str, Mapping[str, Sequence[Any]]]
+                ) -> tuple[str, dict[str, Sequence[Any]]] | None:
+        """The table ``zooscope analyze`` prints, as (title, heading → values), or None.
+
+        The console shows what a person reads at 80 columns; CSV and ``--json`` carry
+        every table in full. It is computed from the tables alone, so a result reused
+        from the zoo prints the same. By default: the ``groups`` table, else the first,
+        at its last epoch where it has an ``epoch`` column.
+        """
+        name = "groups" if tables.get("groups") else next((t for t in tables if tables[t]), None)
+        if name is None:
+            return None
+        cols = tables[name]
+        n = len(next(iter(cols.values())))
+        keep = list(range(n))
+        if "epoch" in cols and n:  # per-epoch tables: the last epoch tells the story
+            last = max(cols["epoch"])
+            keep = [i for i in keep if cols["epoch"][i] == last]
+        return name, {c: [cols[c][i] for i in keep] for c in cols}
+
     def parse_options(self, sets: Sequence[str]) -> dict[str, Any]:
         known = {o.name: o for o in self.options}
         values = {o.name: o.default for o in self.options}
