@@ -125,7 +125,7 @@ class Agreement(Analyzer):
         by_id = {m.id: m for m in members}
         last = max(by_epoch)
         matrix_table: dict[str, list[Any]] = {}
-        heat = None
+        heats: list[tuple[int, np.ndarray, list[str]]] = []
         if kind == "class":
             num_classes = int(max(labels.max() if labels is not None else 0,
                                   zoo.predictions().max()) + 1)
@@ -180,14 +180,13 @@ class Agreement(Analyzer):
                     groups["kappa_undefined"].append(undefined)
                 groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
                 groups["mean_test_error"].append(float(arr[:, 2].mean()))
+            ids = [c.member for c in cps]
+            heats.append((epoch, agree, ids))
             if epoch == last:
-                ids = [c.member for c in cps]
                 matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
                                                   for k, mid in enumerate(ids)}}
-                heat = (agree, ids)
         summary = self._summary(pairs, per_member, last, len(by_epoch[last]), second)
-        figures = {"agreement_heatmap": _heatmap(heat[0], heat[1], by_id, order_keys, last)} \
-            if heat is not None else {}
+        figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats else {}
         return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
                                       "members": dict(per_member), "matrix": matrix_table},
                               summary=summary, figures=figures)
@@ -237,21 +236,55 @@ class Agreement(Analyzer):
         return text
 
 
-def _heatmap(agree: np.ndarray, ids: list[str], by_id: dict[str, Member], keys: list[str],
-             epoch: int) -> Any:
+def _heatmap(heats: list[tuple[int, np.ndarray, list[str]]], by_id: dict[str, Member],
+             second: str, most: int = 6) -> Any:
+    """One agreement matrix per selected epoch (at most ``most``, evenly spread, first and
+    last included), members labelled by the factors that vary, values written in the
+    cells of small zoos."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    n = len(ids)
-    fig, ax = plt.subplots(figsize=(min(3 + 0.35 * n, 16), min(2.5 + 0.35 * n, 15)))
-    im = ax.imshow(agree, vmin=min(agree.min(), 0.9), vmax=1.0, cmap="viridis")
-    labels = [", ".join(f"{k}={by_id[i].factors.get(k)}" for k in keys
-                        if k != "backbone" or len({str(m.factors.get(k)) for m in by_id.values()}) > 1)
-              for i in ids]
-    if n <= 40:
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels, fontsize=7)
-    ax.set_title(f"test-prediction agreement, epoch {epoch}")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="agreement")
+    from zooscope.analysis import member_labels
+
+    if len(heats) > most:
+        pick = sorted({round(i) for i in np.linspace(0, len(heats) - 1, most)})
+        drawn = [heats[i] for i in pick]
+    else:
+        drawn = heats
+    n = max(len(ids) for _, _, ids in drawn)
+    ids_all = list(dict.fromkeys(i for _, _, ids in drawn for i in ids))
+    labels, constant = member_labels([by_id[i] for i in ids_all])
+    cols = min(3, len(drawn))
+    rows = -(-len(drawn) // cols)
+    side = min(2.2 + 0.32 * n, 9.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 2.5, side * rows + 2.5),
+                             squeeze=False, layout="constrained")
+    low = min(min(float(a.min()) for _, a, _ in drawn), 0.9)
+    image = None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(drawn):
+            ax.set_visible(False)
+            continue
+        epoch, agree, ids = drawn[k]
+        image = ax.imshow(agree, vmin=low, vmax=1.0, cmap="viridis")
+        ax.set_title(f"epoch {epoch}", fontsize=9)
+        if len(ids) <= 40:
+            names = [labels[i] for i in ids]
+            ax.set_xticks(range(len(ids)), names if k // cols == rows - 1 or
+                          k + cols >= len(drawn) else [], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(ids)), names if k % cols == 0 else [], fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if len(ids) <= 12:  # small zoos: the value in each cell
+            for (i, j), v in np.ndenumerate(agree):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < low + 0.6 * (1 - low) else "black")
+    title = "test-prediction agreement"
+    if len(drawn) < len(heats):
+        title += f", {len(drawn)} of {len(heats)} selected epochs (all in pairs.csv)"
+    fig.suptitle(title + (f"\n{constant}" if constant else ""), fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="agreement")
     return fig
 
 

@@ -11,9 +11,17 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, option_pattern, zoo_task
+from zooscope.analysis import (
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    member_labels,
+    option_pattern,
+    zoo_task,
+)
 from zooscope.errors import ConfigError
-from zooscope.zoo import Zoo
+from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +151,9 @@ class Sparsify(Analyzer):
         return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers),
                                       "by_sparsity": by_sparsity(curves, options["metric"])},
                               summary=summary,
-                              figures={"sparsity_curves": _plot(curves, options["metric"])})
+                              figures={"sparsity_curves": _plot(curves, options["metric"],
+                                                                selection.members,
+                                                                options["scope"])})
 
 
 def by_sparsity(curves: dict[str, list[Any]], metric: str) -> dict[str, list[Any]]:
@@ -176,22 +186,26 @@ def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> 
             f"sparsity {first:g}, {means[last]:.3f} at {last:g}.")
 
 
-def _plot(curves: dict[str, list[Any]], metric: str) -> Any:
+def _plot(curves: dict[str, list[Any]], metric: str, members: list[Member], scope: str) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    members = np.asarray(curves["member"])
-    for m in sorted(set(members)):
-        sel = members == m
+    ids = np.asarray(curves["member"])
+    labels, constant = member_labels([m for m in members if m.id in set(ids)])
+    epochs = sorted(set(curves["epoch"]))
+    when = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
+    shown = sorted(set(ids), key=lambda i: labels[i])
+    fig, ax = plt.subplots(figsize=(6.5 if len(shown) <= 12 else 5, 3.8), layout="constrained")
+    for m in shown:
+        sel = ids == m
         ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
-                marker="o", alpha=0.7, label=m)
-    ax.set_xlabel("sparsity")
+                marker="o", alpha=0.7, label=labels[m])
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(metric)
-    ax.set_title("magnitude pruning")
-    if len(set(members)) <= 10:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    ax.set_title(f"magnitude pruning ({scope}), {when}" + (f"\n{constant}" if constant else ""),
+                 fontsize=9)
+    if len(shown) <= 12:  # beside the axes, where it covers no curve
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 

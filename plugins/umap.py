@@ -11,7 +11,14 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, select_tensors
+from zooscope.analysis import (
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    member_labels,
+    select_tensors,
+)
 from zooscope.errors import ConfigError
 from zooscope.zoo import Zoo
 
@@ -80,11 +87,18 @@ class UMAPAnalyzer(Analyzer):
         if len(cps) < 4:
             raise ConfigError(f"umap needs at least 4 checkpoints; the selection holds {len(cps)}")
         features = project_weights(zoo, cps, names, int(options["components"]), int(options["seed"]))
-        features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-12)
+        # Checkpoints with identical weights (members sharing a seed before training, or a
+        # frozen backbone) must land on one point: embed each distinct row once, map back.
+        unique, inverse = np.unique(features, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if len(unique) < 4:
+            raise ConfigError(f"umap needs at least 4 distinct checkpoints; the selection holds "
+                              f"{len(unique)} (the others have identical weights)")
+        unique = (unique - unique.mean(axis=0)) / (unique.std(axis=0) + 1e-12)
         reducer = umap.UMAP(n_components=2, random_state=int(options["seed"]),
-                            n_neighbors=max(2, min(int(options["neighbors"]), len(cps) - 1)),
+                            n_neighbors=max(2, min(int(options["neighbors"]), len(unique) - 1)),
                             init="random", n_jobs=1)
-        coords = reducer.fit_transform(features)
+        coords = reducer.fit_transform(unique)[inverse]
         members = {m.id: m for m in zoo.members()}
         table: dict[str, list[Any]] = {"member": [c.member for c in cps],
                                        "epoch": [c.epoch for c in cps],
@@ -96,8 +110,14 @@ class UMAPAnalyzer(Analyzer):
         summary = (f"{len(cps)} checkpoints of {len({c.member for c in cps})} members embedded "
                    f"from {len(names)} tensors ({int(options['components'])}-d random projection, "
                    f"random_state {options['seed']}).")
+        if len(unique) < len(cps):
+            summary += (f" {len(cps) - len(unique)} checkpoints share their weights with another "
+                        "and sit on its point.")
+        labels, constant = member_labels([m for m in selection.members
+                                          if m.id in set(table["member"])])
         return AnalysisResult(tables={"coordinates": table}, summary=summary,
-                              figures={"umap": _scatter(table, options["color_by"])})
+                              figures={"umap": _scatter(table, options["color_by"], labels,
+                                                        constant)})
 
 
     def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
@@ -112,14 +132,15 @@ class UMAPAnalyzer(Analyzer):
                 {c: cols[c] for c in ("member", "epoch", "x", "y", *varying[:3])})
 
 
-def _scatter(table: dict[str, list[Any]], color_by: str) -> Any:
+def _scatter(table: dict[str, list[Any]], color_by: str, labels: dict[str, str],
+             constant: str) -> Any:
+    """Checkpoints coloured by ``color_by``: a colourbar for continuous values, a legend
+    for a few distinct ones (epochs, seeds, learning rates); each member's last
+    checkpoint labelled by the factors that vary, where there are few members."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if color_by not in table:
-        raise ConfigError(f"cannot colour by {color_by!r}",
-                          hint=f"choose one of: {', '.join(k for k in table if k not in 'xy')}")
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     x, y = np.asarray(table["x"]), np.asarray(table["y"])
     members = np.asarray(table["member"])
     epochs = np.asarray(table["epoch"])
@@ -127,22 +148,37 @@ def _scatter(table: dict[str, list[Any]], color_by: str) -> Any:
         sel = np.where(members == m)[0]
         order = sel[np.argsort(epochs[sel])]
         ax.plot(x[order], y[order], color="grey", linewidth=0.6, alpha=0.6)
-    values = table[color_by]
-    try:
-        c = np.asarray(values, dtype=float)
-        sc = ax.scatter(x, y, c=c, cmap="viridis", s=18)
+    values = list(table[color_by])
+    distinct = sorted(set(map(str, values)), key=_numeric_first)
+    if len(distinct) <= 10:
+        colours = plt.cm.viridis(np.linspace(0, 1, len(distinct))) if len(distinct) > 1 \
+            else ["tab:blue"]
+        for colour, v in zip(colours, distinct, strict=True):
+            sel = np.asarray([str(t) == v for t in values])
+            ax.scatter(x[sel], y[sel], s=22, color=colour, label=v, zorder=3)
+        ax.legend(title=color_by, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.02, 1), frameon=False)
+    else:
+        sc = ax.scatter(x, y, c=np.asarray(values, dtype=float), cmap="viridis", s=22, zorder=3)
         fig.colorbar(sc, ax=ax, label=color_by)
-    except ValueError:
-        labels = sorted(set(values))
-        for i, v in enumerate(labels):
-            sel = np.asarray(values) == v
-            ax.scatter(x[sel], y[sel], s=18, color=plt.cm.tab10(i % 10), label=f"{color_by}={v}")
-        ax.legend(fontsize=7)
-    ax.set_title("checkpoints in weight space (UMAP); lines join a member's epochs")
+    if len(set(members)) <= 12:  # name the clusters: each member at its last checkpoint
+        for m in sorted(set(members)):
+            last = np.where(members == m)[0][np.argmax(epochs[members == m])]
+            ax.annotate(labels.get(m, m), (x[last], y[last]), xytext=(4, 4),
+                        textcoords="offset points", fontsize=6, color="dimgrey")
+    ax.set_title("checkpoints in weight space (UMAP)\nlines join a member's epochs"
+                 + (f"; {constant}" if constant else ""), fontsize=9)
+    ax.margins(0.12)  # room for the labels at the edges
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
     return fig
+
+
+def _numeric_first(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 @zooscope.hookimpl

@@ -229,6 +229,11 @@ class WeightStats(Analyzer):
                                   default=self.options[-1].default)
         table = self.statistics(zoo, options, selection)
         figures = {"trajectories": _trajectories(zoo, table, color_by)}
+        if options["spectral"]:  # the spectral metrics, where there are matrices
+            for column, label in (("alpha", "power-law alpha\n(WeightWatcher)"),
+                                  ("stable_rank", "stable rank")):
+                if any(v == v for v in table.get(column, [])):  # some value is not NaN
+                    figures[column] = _trajectories(zoo, table, color_by, column, label)
         summary = (f"{len(set(table['tensor']))} tensors x "
                    f"{len(set(zip(table['member'], table['epoch'], strict=True)))} checkpoints = "
                    f"{len(table['tensor'])} rows. " + _drift_summary(table))
@@ -388,11 +393,17 @@ def _drift_summary(table: dict[str, list[Any]]) -> str:
             f"{means[most]:.3g}, smallest {least} {means[least]:.3g}.")
 
 
-def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None) -> Any:
+def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None,
+                  column: str = "drift_l2", label: str = "relative L2 drift\nfrom epoch 0") -> Any:
+    """One panel per tensor kind: each member's mean of ``column`` over the kind's tensors
+    against epoch, coloured by a factor; kinds without a value (vectors' spectral
+    metrics) are left out."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    kinds = sorted(set(table["kind"]))
+    values_of = np.asarray(table[column], dtype=np.float64)
+    kinds = sorted({k for k, v in zip(table["kind"], values_of, strict=True) if np.isfinite(v)})
     factors = {m.id: m.factors.get(color_by) if color_by else "" for m in zoo.members()}
     values = sorted({str(v) for v in factors.values()})
     colors = {v: plt.cm.viridis(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
@@ -402,7 +413,7 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None) -
     member = np.asarray(table["member"])
     kind = np.asarray(table["kind"])
     epoch = np.asarray(table["epoch"])
-    drift = np.asarray(table["drift_l2"])
+    drift = values_of
     for ax in axes.flat[len(kinds):]:
         ax.set_visible(False)
     for ax, k in zip(axes.flat, kinds, strict=False):
@@ -415,8 +426,9 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None) -
             ax.plot(ep, mean, color=colors[str(factors.get(m))], alpha=0.8)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for row in axes:
-        row[0].set_ylabel("relative L2 drift\nfrom epoch 0", fontsize=8)
+        row[0].set_ylabel(label, fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f"{color_by}={v}") for v, c in colors.items()]
     if color_by:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,

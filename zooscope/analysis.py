@@ -70,6 +70,17 @@ def select_tensors(zoo: Zoo, member: Member | str, name: str, text: str) -> list
     return names
 
 
+def member_labels(members: Sequence[Member]) -> tuple[dict[str, str], str]:
+    """Figure labels: each member by the factors that vary among ``members`` (id → label),
+    and the factors they share, once, for a title."""
+    keys = sorted({k for m in members for k in m.factors})
+    varying = [k for k in keys if len({str(m.factors.get(k)) for m in members}) > 1]
+    constant = ", ".join(f"{k}={members[0].factors.get(k)}" for k in keys if k not in varying)
+    labels = {m.id: ", ".join(f"{k}={m.factors.get(k)}" for k in varying) or m.id
+              for m in members}
+    return labels, constant
+
+
 @dataclass
 class Selection:
     """Which members and epochs an analysis covers."""
