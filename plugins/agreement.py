@@ -192,17 +192,20 @@ class Agreement(Analyzer):
                               summary=summary, figures=figures)
 
     def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
-        """The group means at every selected epoch, under short headings; the pairs and
-        the matrix are in their CSVs."""
+        """The group means at the last selected epoch, under short headings; every epoch,
+        the pairs and the matrix are in their CSVs."""
         groups = tables.get("groups")
         if not groups:
             return super().display(tables)
+        last = max(groups["epoch"])
+        keep = [i for i, e in enumerate(groups["epoch"]) if e == last]
         second = "kappa" if "mean_kappa" in groups else "f1"
-        heads = {"epoch": "epoch", "differ_in": "differ in", "pairs": "pairs",
-                 "mean_agreement": "agree", f"mean_{second}": second,
-                 "kappa_undefined": "no kappa", "mean_test_error": "error"}
-        return ("mean over pairs, grouped by the factors a pair differs in",
-                {head: list(groups[c]) for c, head in heads.items() if c in groups})
+        heads = {"differ_in": "pairs differ in", "pairs": "pairs", "mean_agreement": "agree",
+                 f"mean_{second}": second, "kappa_undefined": "0/0",
+                 "mean_test_error": "error"}
+        return (f"means over pairs at epoch {last} (every epoch in groups.csv; 0/0: pairs "
+                "without a kappa)",
+                {head: [groups[c][i] for i in keep] for c, head in heads.items() if c in groups})
 
     @staticmethod
     def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,
@@ -220,7 +223,7 @@ class Agreement(Analyzer):
         kappa_text = f"{kappa:.3f}" if undefined < len(values) else "undefined"
         if undefined:
             kappa_text += (f" ({undefined} of {len(values)} pairs left out: both members "
-                           f"predict one same class, so kappa is 0/0)")
+                           f"predict the same single class, so kappa is 0/0)")
         seed_only = [pairs["disagreement"][i] for i in at if pairs["differ_in"][i] == "seed"]
         if second == "kappa":
             text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "

@@ -20,7 +20,7 @@ from zooscope.analysis import (
     select_tensors,
 )
 from zooscope.errors import ConfigError
-from zooscope.zoo import Zoo
+from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,11 +113,9 @@ class UMAPAnalyzer(Analyzer):
         if len(unique) < len(cps):
             summary += (f" {len(cps) - len(unique)} checkpoints share their weights with another "
                         "and sit on its point.")
-        labels, constant = member_labels([m for m in selection.members
-                                          if m.id in set(table["member"])])
+        shown = [m for m in selection.members if m.id in set(table["member"])]
         return AnalysisResult(tables={"coordinates": table}, summary=summary,
-                              figures={"umap": _scatter(table, options["color_by"], labels,
-                                                        constant)})
+                              figures={"umap": _scatter(table, options["color_by"], shown)})
 
 
     def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
@@ -132,13 +130,15 @@ class UMAPAnalyzer(Analyzer):
                 {c: cols[c] for c in ("member", "epoch", "x", "y", *varying[:3])})
 
 
-def _scatter(table: dict[str, list[Any]], color_by: str, labels: dict[str, str],
-             constant: str) -> Any:
+def _scatter(table: dict[str, list[Any]], color_by: str, shown: list[Member]) -> Any:
     """Checkpoints coloured by ``color_by``: a colourbar for continuous values, a legend
-    for a few distinct ones (epochs, seeds, learning rates); each member's last
-    checkpoint labelled by the factors that vary, where there are few members."""
+    for a few distinct ones (epochs, seeds, learning rates). Clusters are named: with
+    few members each member's last checkpoint by the factors that vary, else each
+    shared starting point by the factors its members have in common."""
     import matplotlib.pyplot as plt
     import numpy as np
+
+    labels, constant = member_labels(shown)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     x, y = np.asarray(table["x"]), np.asarray(table["y"])
@@ -161,17 +161,44 @@ def _scatter(table: dict[str, list[Any]], color_by: str, labels: dict[str, str],
     else:
         sc = ax.scatter(x, y, c=np.asarray(values, dtype=float), cmap="viridis", s=22, zorder=3)
         fig.colorbar(sc, ax=ax, label=color_by)
-    if len(set(members)) <= 12:  # name the clusters: each member at its last checkpoint
-        for m in sorted(set(members)):
-            last = np.where(members == m)[0][np.argmax(epochs[members == m])]
-            ax.annotate(labels.get(m, m), (x[last], y[last]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=6, color="dimgrey")
+    for (px, py), text in _cluster_names(x, y, members, epochs, shown, labels).items():
+        ax.annotate(text, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=6,
+                    color="black", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.75, "lw": 0})
     ax.set_title("checkpoints in weight space (UMAP)\nlines join a member's epochs"
                  + (f"; {constant}" if constant else ""), fontsize=9)
     ax.margins(0.12)  # room for the labels at the edges
     ax.set_xticks([])
     ax.set_yticks([])
     return fig
+
+
+def _cluster_names(x: np.ndarray, y: np.ndarray, members: np.ndarray, epochs: np.ndarray,
+                   shown: list[Member], labels: dict[str, str]) -> dict[tuple[float, float], str]:
+    """Where to write what: up to 12 members, each at its last checkpoint; else each
+    first-checkpoint point shared by several members (at most 12 of them), by the
+    factors those members share."""
+    import numpy as np
+
+    ids = sorted(set(members))
+    first = {m: np.where(members == m)[0][np.argmin(epochs[members == m])] for m in ids}
+    if len(ids) <= 12:
+        return {(x[i], y[i]): labels.get(m, m) for m in ids
+                for i in [np.where(members == m)[0][np.argmax(epochs[members == m])]]}
+    starts: dict[tuple[float, float], list[str]] = {}
+    for m in ids:
+        starts.setdefault((x[first[m]], y[first[m]]), []).append(m)
+    if len(starts) > 12:
+        return {}
+    by_id = {m.id: m for m in shown}
+    names = {}
+    for point, group in starts.items():
+        common = [k for k in sorted(by_id[group[0]].factors)
+                  if len({str(by_id[g].factors.get(k)) for g in group}) == 1
+                  and len({str(m.factors.get(k)) for m in shown}) > 1]
+        names[point] = ", ".join(f"{k}={by_id[group[0]].factors[k]}" for k in common) + \
+            f" ({len(group)} members start here)"
+    return names
 
 
 def _numeric_first(value: str) -> tuple[int, float, str]:
