@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
-from zooscope.errors import ZooFileError
+from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
 
     Vectorised through one-hot products: for N members, n examples and K classes
     it costs one (N × nK) @ (nK × N) product instead of N² passes over the data.
+    Kappa is 0/0 for two identical constant predictors (chance agreement is already
+    1): it is NaN there, as in sklearn's ``cohen_kappa_score``.
     """
     import numpy as np
 
@@ -40,7 +42,7 @@ def agreement_matrix(predictions: np.ndarray, num_classes: int | None = None
     freq /= n_examples
     expected = freq @ freq.T
     with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = np.where(expected < 1.0, (agree - expected) / (1.0 - expected), 1.0)
+        kappa = np.where(expected < 1.0, (agree - expected) / (1.0 - expected), np.nan)
     return agree, kappa
 
 
@@ -105,8 +107,13 @@ class Agreement(Analyzer):
         # F1 between the two members' answers, after SQuAD's normalisation.
         second = "kappa" if kind == "class" else "f1"
         labels = zoo.test_labels()
-        order_keys = [k for k in options["order"].split(",") if k] or sorted(
-            {k for m in selection.members for k in m.factors})
+        factors = sorted({k for m in selection.members for k in m.factors})
+        order_keys = [k.strip() for k in options["order"].split(",") if k.strip()] or factors
+        unknown = [k for k in order_keys if k not in factors]
+        if unknown:
+            raise ConfigError(f"option order = {options['order']!r}: {unknown[0]!r} is not a "
+                              "factor of the selected members",
+                              hint=f"their factors: {', '.join(factors) or 'none'}")
         members = sorted(selection.members,
                          key=lambda m: tuple(_sort_key(m.factors.get(k)) for k in order_keys))
         by_epoch: dict[int, list[Any]] = defaultdict(list)
@@ -118,7 +125,7 @@ class Agreement(Analyzer):
         by_id = {m.id: m for m in members}
         last = max(by_epoch)
         matrix_table: dict[str, list[Any]] = {}
-        heat = None
+        heats: list[tuple[int, np.ndarray, list[str]]] = []
         if kind == "class":
             num_classes = int(max(labels.max() if labels is not None else 0,
                                   zoo.predictions().max()) + 1)
@@ -164,20 +171,41 @@ class Agreement(Analyzer):
                 groups["differ_in"].append(diff)
                 groups["pairs"].append(len(values))
                 groups["mean_agreement"].append(float(arr[:, 0].mean()))
-                groups[f"mean_{second}"].append(float(arr[:, 1].mean()))
+                # Undefined kappas (identical constant predictors) are left out of the
+                # mean and counted, so a group of such pairs does not read as perfect.
+                undefined = int(np.isnan(arr[:, 1]).sum())
+                groups[f"mean_{second}"].append(
+                    float(np.nanmean(arr[:, 1])) if undefined < len(arr) else float("nan"))
+                if second == "kappa":
+                    groups["kappa_undefined"].append(undefined)
                 groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
                 groups["mean_test_error"].append(float(arr[:, 2].mean()))
+            ids = [c.member for c in cps]
+            heats.append((epoch, agree, ids))
             if epoch == last:
-                ids = [c.member for c in cps]
                 matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
                                                   for k, mid in enumerate(ids)}}
-                heat = (agree, ids)
         summary = self._summary(pairs, per_member, last, len(by_epoch[last]), second)
-        figures = {"agreement_heatmap": _heatmap(heat[0], heat[1], by_id, order_keys, last)} \
-            if heat is not None else {}
+        figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats else {}
         return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
                                       "members": dict(per_member), "matrix": matrix_table},
                               summary=summary, figures=figures)
+
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The group means at the last selected epoch, under short headings; every epoch,
+        the pairs and the matrix are in their CSVs."""
+        groups = tables.get("groups")
+        if not groups:
+            return super().display(tables)
+        last = max(groups["epoch"])
+        keep = [i for i, e in enumerate(groups["epoch"]) if e == last]
+        second = "kappa" if "mean_kappa" in groups else "f1"
+        heads = {"differ_in": "pairs differ in", "pairs": "pairs", "mean_agreement": "agree",
+                 f"mean_{second}": second, "kappa_undefined": "0/0",
+                 "mean_test_error": "error"}
+        return (f"means over pairs at epoch {last} (every epoch in groups.csv; 0/0: pairs "
+                "without a kappa)",
+                {head: [groups[c][i] for i in keep] for c, head in heads.items() if c in groups})
 
     @staticmethod
     def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,
@@ -189,11 +217,17 @@ class Agreement(Analyzer):
         if not at:
             return f"one member at epoch {epoch}: nothing to compare."
         agree = np.mean([pairs["agreement"][i] for i in at])
-        kappa = np.mean([pairs[second][i] for i in at])
+        values = np.array([pairs[second][i] for i in at])
+        undefined = int(np.isnan(values).sum())
+        kappa = float(np.nanmean(values)) if undefined < len(values) else float("nan")
+        kappa_text = f"{kappa:.3f}" if undefined < len(values) else "undefined"
+        if undefined:
+            kappa_text += (f" ({undefined} of {len(values)} pairs left out: both members "
+                           f"predict the same single class, so kappa is 0/0)")
         seed_only = [pairs["disagreement"][i] for i in at if pairs["differ_in"][i] == "seed"]
         if second == "kappa":
             text = (f"{n} members at epoch {epoch}: mean pairwise agreement {agree:.3f}, "
-                    f"Cohen's kappa {kappa:.3f}; mean test error {np.mean(errs):.3f}.")
+                    f"Cohen's kappa {kappa_text}; mean test error {np.mean(errs):.3f}.")
         else:
             text = (f"{n} members at epoch {epoch}: members' answers match exactly on {agree:.3f} "
                     f"of test questions (token F1 {kappa:.3f} between members); mean test error "
@@ -205,21 +239,55 @@ class Agreement(Analyzer):
         return text
 
 
-def _heatmap(agree: np.ndarray, ids: list[str], by_id: dict[str, Member], keys: list[str],
-             epoch: int) -> Any:
+def _heatmap(heats: list[tuple[int, np.ndarray, list[str]]], by_id: dict[str, Member],
+             second: str, most: int = 6) -> Any:
+    """One agreement matrix per selected epoch (at most ``most``, evenly spread, first and
+    last included), members labelled by the factors that vary, values written in the
+    cells of small zoos."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    n = len(ids)
-    fig, ax = plt.subplots(figsize=(min(3 + 0.35 * n, 16), min(2.5 + 0.35 * n, 15)))
-    im = ax.imshow(agree, vmin=min(agree.min(), 0.9), vmax=1.0, cmap="viridis")
-    labels = [", ".join(f"{k}={by_id[i].factors.get(k)}" for k in keys
-                        if k != "backbone" or len({str(m.factors.get(k)) for m in by_id.values()}) > 1)
-              for i in ids]
-    if n <= 40:
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels, fontsize=7)
-    ax.set_title(f"test-prediction agreement, epoch {epoch}")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="agreement")
+    from zooscope.analysis import member_labels
+
+    if len(heats) > most:
+        pick = sorted({round(i) for i in np.linspace(0, len(heats) - 1, most)})
+        drawn = [heats[i] for i in pick]
+    else:
+        drawn = heats
+    n = max(len(ids) for _, _, ids in drawn)
+    ids_all = list(dict.fromkeys(i for _, _, ids in drawn for i in ids))
+    labels, constant = member_labels([by_id[i] for i in ids_all])
+    cols = min(3, len(drawn))
+    rows = -(-len(drawn) // cols)
+    side = min(2.2 + 0.32 * n, 9.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 2.5, side * rows + 2.5),
+                             squeeze=False, layout="constrained")
+    low = min(min(float(a.min()) for _, a, _ in drawn), 0.9)
+    image = None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(drawn):
+            ax.set_visible(False)
+            continue
+        epoch, agree, ids = drawn[k]
+        image = ax.imshow(agree, vmin=low, vmax=1.0, cmap="viridis")
+        ax.set_title(f"epoch {epoch}", fontsize=9)
+        if len(ids) <= 40:
+            names = [labels[i] for i in ids]
+            ax.set_xticks(range(len(ids)), names if k // cols == rows - 1 or
+                          k + cols >= len(drawn) else [], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(ids)), names if k % cols == 0 else [], fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if len(ids) <= 12:  # small zoos: the value in each cell
+            for (i, j), v in np.ndenumerate(agree):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < low + 0.6 * (1 - low) else "black")
+    title = "test-prediction agreement"
+    if len(drawn) < len(heats):
+        title += f", {len(drawn)} of {len(heats)} selected epochs (all in pairs.csv)"
+    fig.suptitle(title + (f"\n{constant}" if constant else ""), fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="agreement")
     return fig
 
 

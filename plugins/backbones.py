@@ -88,13 +88,27 @@ class Backbones(Analyzer):
                               summary=summary, figures={"backbones": _bars(rows, metric)})
 
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The best configuration of each backbone, its name shortened."""
+        if not tables.get("best"):
+            return super().display(tables)
+        cols = {c: list(v) for c, v in tables["best"].items()}
+        cols["backbone"] = [short_name(str(b)) for b in cols["backbone"]]
+        return "best configuration per backbone, chosen on dev", cols
+
+
 def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
+    """Dev and test score of each backbone's chosen configuration, the configuration
+    written under its name, the legend below the axes where it covers no bar."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [short_name(r["backbone"]) for r in rows]
+    skip = {"backbone", "seeds", f"dev_{metric}", f"test_{metric}"}
+    names = [short_name(r["backbone"]) + "\n" + "\n".join(
+        f"{k}={v}" for k, v in r.items() if k not in skip) + f"\n{r['seeds']} seeds"
+        for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(rows) + 2), 4.8), layout="constrained")
     dev = [r[f"dev_{metric}"] for r in rows]
     test = [r[f"test_{metric}"] for r in rows]
     ax.bar(x - 0.2, dev, 0.4, label="dev (chooses the configuration)")
@@ -102,11 +116,14 @@ def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     for xs, values in ((x - 0.2, dev), (x + 0.2, test)):
         for xi, v in zip(xs, values, strict=True):
             ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, names, rotation=20, ha="right")
+    top = np.nanmax(dev + test) if len(rows) else 1.0
+    ax.set_ylim(0, top * 1.12 if np.isfinite(top) and top > 0 else 1.0)
+    ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel(metric)
-    ax.set_title(f"best configuration per backbone: {metric}")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    ax.set_title(f"{metric} of each backbone's best configuration\n(chosen on dev, "
+                 "averaged over seeds)", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32 if len(names) else -0.1),
+              ncol=2, fontsize=7, frameon=False)
     return fig
 
 

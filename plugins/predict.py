@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
-from zooscope.errors import ZooscopeError
+from zooscope.errors import ConfigError, ZooscopeError
 from zooscope.progress import track
 from zooscope.zoo import Zoo
 
@@ -91,6 +91,12 @@ class Predict(Analyzer):
         from scipy.stats import kendalltau
         from sklearn.metrics import accuracy_score, r2_score
 
+        if options["target"] not in zoo.metric_columns:
+            raise ConfigError(f"option target = {options['target']!r} is not a metric of this zoo",
+                              hint=f"its metrics: {', '.join(zoo.metric_columns)}")
+        if options["folds"] < 2:
+            raise ConfigError(f"option folds = {options['folds']}: cross-validation needs at "
+                              "least 2 folds")
         stored = [a for a in zoo.analyses() if a["name"] == "weightstats"]
         if not stored:
             raise ZooscopeError("predict needs the weightstats result in the zoo",
@@ -146,24 +152,78 @@ class Predict(Analyzer):
 
     @staticmethod
     def _summary(r: dict[str, list[Any]], n: int, members: int, features: int, target: str) -> str:
-        parts = [f"{n} checkpoints of {members} members, {features} features, GroupKFold by member."]
-        for t, m, metric, v in zip(r["target"], r["model"], r["metric"], r["value"], strict=True):
-            if m == "gradient_boosting":
-                parts.append(f"{t}: {metric} {v:.3f}")
-        return " ".join(parts)
+        scores = [f"{t} {metric} {v:.3f}" for t, m, metric, v in
+                  zip(r["target"], r["model"], r["metric"], r["value"], strict=True)
+                  if m == "gradient_boosting"]
+        return (f"{n} checkpoints of {members} members, {features} features, GroupKFold by "
+                f"member. Gradient boosting: {'; '.join(scores)}.")
 
 
 def _plot(r: dict[str, list[Any]]) -> Any:
+    """Regression scores (R², Kendall τ) and factor accuracies in two panels, a colour
+    per model or metric, chance as a line over each factor's bars."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    labels = [f"{t}\n{m}\n{metric}" for t, m, metric in
-              zip(r["target"], r["model"], r["metric"], strict=True)]
-    fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(labels)), 3.5))
-    ax.bar(range(len(labels)), r["value"], color="tab:blue")
-    ax.set_xticks(range(len(labels)), labels, fontsize=6)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_title("predicting from weight statistics (out-of-fold)")
-    fig.tight_layout()
+    rows = list(zip(r["target"], r["model"], r["metric"], r["value"], strict=True))
+    regression = [row for row in rows if row[2] != "accuracy"]
+    factors = list(dict.fromkeys(t for t, _, metric, _ in rows if metric == "accuracy"))
+    panels = [p for p, used in (("regression", regression), ("factors", factors)) if used]
+    if not panels:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "nothing to predict: too few members", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    widths = {"regression": 3.5, "factors": max(3.0, 1.0 * len(factors) + 1.5)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths[p] for p in panels) + 0.5, 3.8),
+                             squeeze=False, layout="constrained",
+                             width_ratios=[widths[p] for p in panels])
+    colours = {"gradient_boosting": "tab:blue", "linear": "tab:orange"}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "regression":
+            metrics = list(dict.fromkeys(m for _, _, m, _ in regression))
+            models = list(dict.fromkeys(m for _, m, _, _ in regression))
+            x = np.arange(len(metrics))
+            step = 0.8 / len(models)
+            for k, model in enumerate(models):
+                values = [next((v for _, mo, me, v in regression if mo == model and me == m),
+                               np.nan) for m in metrics]
+                xs = x - 0.4 + step * (k + 0.5)
+                # R² has no lower bound: the axis stops at -1 and each bar carries its value.
+                ax.bar(xs, np.clip(values, -1, 1), step, label=model,
+                       color=colours.get(model, f"C{k}"))
+                for xi, v in zip(xs, values, strict=True):
+                    ax.text(xi, 0.02 if not v < 0 else -0.02, f"{v:.2f}", ha="center",
+                            va="bottom" if not v < 0 else "top", fontsize=7)
+            ax.set_xticks(x, [{"r2": "R²", "kendall_tau": "Kendall τ"}.get(m, m) for m in metrics])
+            ax.axhline(0, color="black", linewidth=0.5)
+            ax.set_ylabel(f"{regression[0][0]}: score (out-of-fold)")
+            ax.set_title(f"regressing {regression[0][0]}", fontsize=10)
+            ax.set_ylim(-1.0, 1.0)
+        else:
+            models = list(dict.fromkeys(m for _, m, me, _ in rows
+                                        if me == "accuracy" and m != "chance"))
+            x = np.arange(len(factors))
+            step = 0.8 / max(len(models), 1)
+            for k, model in enumerate(models):
+                values = [next((v for t, mo, _, v in rows if t == f and mo == model), np.nan)
+                          for f in factors]
+                ax.bar(x - 0.4 + step * (k + 0.5), values, step, label=model,
+                       color=colours.get(model, f"C{k}"))
+            chance = [next((v for t, mo, _, v in rows if t == f and mo == "chance"), np.nan)
+                      for f in factors]
+            ax.hlines(chance, x - 0.45, x + 0.45, colors="black", linestyles="--", linewidth=1.2,
+                      label="chance")
+            ax.set_xticks(x, factors, rotation=30 if len(factors) > 3 else 0,
+                          ha="right" if len(factors) > 3 else "center")
+            ax.set_ylim(0, 1.0)
+            ax.set_ylabel("accuracy (out-of-fold)")
+            ax.set_title("classifying generating factors", fontsize=10)
+        # Below the axes: a legend inside would sit on a bar.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 if panel == "regression" or
+                                                      len(factors) <= 3 else -0.3),
+                  ncol=3, fontsize=7, frameon=False)
+    fig.suptitle("predicting from weight statistics, cross-validated by member", fontsize=10)
     return fig
 
 

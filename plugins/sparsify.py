@@ -7,15 +7,22 @@ parameters: a binary search over float bit patterns, one pass over the tensors a
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, zoo_task
+from zooscope.analysis import (
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    member_labels,
+    option_pattern,
+    zoo_task,
+)
 from zooscope.errors import ConfigError
 from zooscope.progress import track
-from zooscope.zoo import Zoo
+from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,19 +82,36 @@ class Sparsify(Analyzer):
         Option("metric", str, "test_accuracy", "the metric to report"),
     )
 
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """The metric at each sparsity over members; every member's curve is in curves.csv."""
+        table = tables.get("by_sparsity")
+        if not table:
+            return super().display(tables)
+        metric = next(c for c in table if c.startswith("mean_")).removeprefix("mean_")
+        heads = {"sparsity": "sparsity", "realised_sparsity": "realised", "members": "members",
+                 f"mean_{metric}": f"mean {metric}", f"min_{metric}": "min",
+                 f"max_{metric}": "max"}
+        return (f"{metric} over members at each sparsity",
+                {head: list(table[c]) for c, head in heads.items()})
+
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
         import torch
 
         from zooscope.models import rebuild
 
+        text = ",".join(options["sparsities"])
         try:
             levels = sorted({float(s) for s in options["sparsities"]})
         except ValueError:
-            raise ConfigError("sparsities must be numbers between 0 and 1") from None
+            levels = []
         if not levels or not all(0 <= s < 1 for s in levels):
-            raise ConfigError("sparsities must be numbers in [0, 1)")
-        exclude = re.compile(options["exclude"])
+            raise ConfigError(f"option sparsities = {text!r} must be numbers in [0, 1)",
+                              hint="e.g. --set sparsities=0,0.5,0.9")
+        exclude = option_pattern("exclude", options["exclude"])
+        if options["metric"] not in zoo.metric_columns:
+            raise ConfigError(f"option metric = {options['metric']!r} is not a metric of this zoo",
+                              hint=f"its metrics: {', '.join(zoo.metric_columns)}")
         generator, cfg, task = zoo_task(zoo)
         cps = selection.checkpoints(zoo)
         if selection.epochs is None:  # default: each member's last epoch
@@ -125,9 +149,31 @@ class Sparsify(Analyzer):
                     layers["tensor"].append(n)
                     layers["realised_sparsity"].append(float(1 - mask.mean()))
         summary = _summary(curves, options["metric"], levels)
-        return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers)},
+        return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers),
+                                      "by_sparsity": by_sparsity(curves, options["metric"])},
                               summary=summary,
-                              figures={"sparsity_curves": _plot(curves, options["metric"])})
+                              figures={"sparsity_curves": _plot(curves, options["metric"],
+                                                                selection.members,
+                                                                options["scope"])})
+
+
+def by_sparsity(curves: dict[str, list[Any]], metric: str) -> dict[str, list[Any]]:
+    """The metric's mean, minimum and maximum over members at each sparsity."""
+    import numpy as np
+
+    s = np.asarray(curves["sparsity"], dtype=float)
+    v = np.asarray(curves[metric], dtype=float)
+    real = np.asarray(curves["realised_sparsity"], dtype=float)
+    out: dict[str, list[Any]] = defaultdict(list)
+    for level in sorted(set(s.tolist())):
+        sel = s == level
+        out["sparsity"].append(level)
+        out["members"].append(len(set(np.asarray(curves["member"])[sel])))
+        out["realised_sparsity"].append(float(real[sel].mean()))
+        for name, f in (("mean", np.nanmean), ("min", np.nanmin), ("max", np.nanmax)):
+            out[f"{name}_{metric}"].append(float(f(v[sel])) if np.isfinite(v[sel]).any()
+                                           else float("nan"))
+    return dict(out)
 
 
 def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> str:
@@ -136,26 +182,31 @@ def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> 
     s = np.asarray(curves["sparsity"])
     v = np.asarray(curves[metric], dtype=float)
     means = {lv: float(np.nanmean(v[s == lv])) for lv in levels}
-    parts = ", ".join(f"{lv:g}: {m:.3f}" for lv, m in means.items())
-    return f"mean {metric} by sparsity over {len(set(curves['member']))} members: {parts}."
+    first, last = levels[0], levels[-1]
+    return (f"mean {metric} over {len(set(curves['member']))} members: {means[first]:.3f} at "
+            f"sparsity {first:g}, {means[last]:.3f} at {last:g}.")
 
 
-def _plot(curves: dict[str, list[Any]], metric: str) -> Any:
+def _plot(curves: dict[str, list[Any]], metric: str, members: list[Member], scope: str) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    members = np.asarray(curves["member"])
-    for m in sorted(set(members)):
-        sel = members == m
+    ids = np.asarray(curves["member"])
+    labels, constant = member_labels([m for m in members if m.id in set(ids)])
+    epochs = sorted(set(curves["epoch"]))
+    when = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
+    shown = sorted(set(ids), key=lambda i: labels[i])
+    fig, ax = plt.subplots(figsize=(6.5 if len(shown) <= 12 else 5, 3.8), layout="constrained")
+    for m in shown:
+        sel = ids == m
         ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
-                marker="o", alpha=0.7, label=m)
-    ax.set_xlabel("sparsity")
+                marker="o", alpha=0.7, label=labels[m])
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(metric)
-    ax.set_title("magnitude pruning")
-    if len(set(members)) <= 10:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    ax.set_title(f"magnitude pruning ({scope}), {when}" + (f"\n{constant}" if constant else ""),
+                 fontsize=9)
+    if len(shown) <= 12:  # beside the axes, where it covers no curve
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 

@@ -7,15 +7,21 @@ then umap-learn with a fixed random_state. Trajectories join a member's epochs.
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import (
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    member_labels,
+    select_tensors,
+)
 from zooscope.errors import ConfigError
 from zooscope.progress import track
-from zooscope.zoo import Zoo
+from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -68,19 +74,32 @@ class UMAPAnalyzer(Analyzer):
         import numpy as np
         import umap
 
+        for option, least in (("components", 1), ("neighbors", 2), ("seed", 0)):
+            if options[option] < least:
+                raise ConfigError(f"option {option} = {options[option]} must be {least} or more")
         cps = selection.checkpoints(zoo)
+        colours = (["epoch", "member"] + sorted({f for m in selection.members for f in m.factors})
+                   + sorted({k for c in cps for k in c.metrics if k.startswith("test_")}))
+        if options["color_by"] not in colours:
+            raise ConfigError(f"option color_by = {options['color_by']!r} is neither 'epoch', a "
+                              "factor nor a test metric of the selection",
+                              hint=f"choose one of: {', '.join(colours)}")
+        names = select_tensors(zoo, cps[0].member, "tensors", options["tensors"])
         if len(cps) < 4:
-            raise ConfigError("umap needs at least 4 checkpoints")
-        pattern = re.compile(options["tensors"])
-        names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
-        if not names:
-            raise ConfigError(f"no tensor matches {options['tensors']!r}")
+            raise ConfigError(f"umap needs at least 4 checkpoints; the selection holds {len(cps)}")
         features = project_weights(zoo, cps, names, int(options["components"]), int(options["seed"]))
-        features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-12)
+        # Checkpoints with identical weights (members sharing a seed before training, or a
+        # frozen backbone) must land on one point: embed each distinct row once, map back.
+        unique, inverse = np.unique(features, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if len(unique) < 4:
+            raise ConfigError(f"umap needs at least 4 distinct checkpoints; the selection holds "
+                              f"{len(unique)} (the others have identical weights)")
+        unique = (unique - unique.mean(axis=0)) / (unique.std(axis=0) + 1e-12)
         reducer = umap.UMAP(n_components=2, random_state=int(options["seed"]),
-                            n_neighbors=max(2, min(int(options["neighbors"]), len(cps) - 1)),
+                            n_neighbors=max(2, min(int(options["neighbors"]), len(unique) - 1)),
                             init="random", n_jobs=1)
-        coords = reducer.fit_transform(features)
+        coords = reducer.fit_transform(unique)[inverse]
         members = {m.id: m for m in zoo.members()}
         table: dict[str, list[Any]] = {"member": [c.member for c in cps],
                                        "epoch": [c.epoch for c in cps],
@@ -92,18 +111,37 @@ class UMAPAnalyzer(Analyzer):
         summary = (f"{len(cps)} checkpoints of {len({c.member for c in cps})} members embedded "
                    f"from {len(names)} tensors ({int(options['components'])}-d random projection, "
                    f"random_state {options['seed']}).")
+        if len(unique) < len(cps):
+            summary += (f" {len(cps) - len(unique)} checkpoints share their weights with another "
+                        "and sit on its point.")
+        shown = [m for m in selection.members if m.id in set(table["member"])]
         return AnalysisResult(tables={"coordinates": table}, summary=summary,
-                              figures={"umap": _scatter(table, options["color_by"])})
+                              figures={"umap": _scatter(table, options["color_by"], shown)})
 
 
-def _scatter(table: dict[str, list[Any]], color_by: str) -> Any:
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """Each member's last checkpoint: its place and the factors that vary."""
+        shown = super().display(tables)
+        if shown is None:
+            return None
+        title, cols = shown
+        varying = [c for c in cols if c not in ("member", "epoch", "x", "y")
+                   and not c.startswith("test_") and len(set(map(str, cols[c]))) > 1]
+        return (f"{title}, last epoch (every checkpoint in coordinates.csv)",
+                {c: cols[c] for c in ("member", "epoch", "x", "y", *varying[:3])})
+
+
+def _scatter(table: dict[str, list[Any]], color_by: str, shown: list[Member]) -> Any:
+    """Checkpoints coloured by ``color_by``: a colourbar for continuous values, a legend
+    for a few distinct ones (epochs, seeds, learning rates). Clusters are named: with
+    few members each member's last checkpoint by the factors that vary, else each
+    shared starting point by the factors its members have in common."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if color_by not in table:
-        raise ConfigError(f"cannot colour by {color_by!r}",
-                          hint=f"choose one of: {', '.join(k for k in table if k not in 'xy')}")
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    labels, constant = member_labels(shown)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     x, y = np.asarray(table["x"]), np.asarray(table["y"])
     members = np.asarray(table["member"])
     epochs = np.asarray(table["epoch"])
@@ -111,22 +149,64 @@ def _scatter(table: dict[str, list[Any]], color_by: str) -> Any:
         sel = np.where(members == m)[0]
         order = sel[np.argsort(epochs[sel])]
         ax.plot(x[order], y[order], color="grey", linewidth=0.6, alpha=0.6)
-    values = table[color_by]
-    try:
-        c = np.asarray(values, dtype=float)
-        sc = ax.scatter(x, y, c=c, cmap="viridis", s=18)
+    values = list(table[color_by])
+    distinct = sorted(set(map(str, values)), key=_numeric_first)
+    if len(distinct) <= 10:
+        colours = plt.cm.viridis(np.linspace(0, 1, len(distinct))) if len(distinct) > 1 \
+            else ["tab:blue"]
+        for colour, v in zip(colours, distinct, strict=True):
+            sel = np.asarray([str(t) == v for t in values])
+            ax.scatter(x[sel], y[sel], s=22, color=colour, label=v, zorder=3)
+        ax.legend(title=color_by, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.02, 1), frameon=False)
+    else:
+        sc = ax.scatter(x, y, c=np.asarray(values, dtype=float), cmap="viridis", s=22, zorder=3)
         fig.colorbar(sc, ax=ax, label=color_by)
-    except ValueError:
-        labels = sorted(set(values))
-        for i, v in enumerate(labels):
-            sel = np.asarray(values) == v
-            ax.scatter(x[sel], y[sel], s=18, color=plt.cm.tab10(i % 10), label=f"{color_by}={v}")
-        ax.legend(fontsize=7)
-    ax.set_title("checkpoints in weight space (UMAP); lines join a member's epochs")
+    for (px, py), text in _cluster_names(x, y, members, epochs, shown, labels).items():
+        ax.annotate(text, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=6,
+                    color="black", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.75, "lw": 0})
+    ax.set_title("checkpoints in weight space (UMAP)\nlines join a member's epochs"
+                 + (f"; {constant}" if constant else ""), fontsize=9)
+    ax.margins(0.12)  # room for the labels at the edges
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
     return fig
+
+
+def _cluster_names(x: np.ndarray, y: np.ndarray, members: np.ndarray, epochs: np.ndarray,
+                   shown: list[Member], labels: dict[str, str]) -> dict[tuple[float, float], str]:
+    """Where to write what: up to 12 members, each at its last checkpoint; else each
+    first-checkpoint point shared by several members (at most 12 of them), by the
+    factors those members share."""
+    import numpy as np
+
+    ids = sorted(set(members))
+    first = {m: np.where(members == m)[0][np.argmin(epochs[members == m])] for m in ids}
+    if len(ids) <= 12:
+        return {(x[i], y[i]): labels.get(m, m) for m in ids
+                for i in [np.where(members == m)[0][np.argmax(epochs[members == m])]]}
+    starts: dict[tuple[float, float], list[str]] = {}
+    for m in ids:
+        starts.setdefault((x[first[m]], y[first[m]]), []).append(m)
+    if len(starts) > 12:
+        return {}
+    by_id = {m.id: m for m in shown}
+    names = {}
+    for point, group in starts.items():
+        common = [k for k in sorted(by_id[group[0]].factors)
+                  if len({str(by_id[g].factors.get(k)) for g in group}) == 1
+                  and len({str(m.factors.get(k)) for m in shown}) > 1]
+        names[point] = ", ".join(f"{k}={by_id[group[0]].factors[k]}" for k in common) + \
+            f" ({len(group)} members start here)"
+    return names
+
+
+def _numeric_first(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 @zooscope.hookimpl

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, select_tensors
+from zooscope.errors import ConfigError
 from zooscope.progress import track
 from zooscope.zoo import Checkpoint, Zoo
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 PERCENTILES = (0, 1, 25, 50, 75, 99, 100)
+SPECTRAL_COLUMNS = ("spectral_norm", "log_spectral_norm", "stable_rank", "log_norm", "alpha",
+                    "alpha_weighted")
 _BLOCK = re.compile(r"(?:layer|layers|block|h)\.(\d+)\.")
 
 
@@ -223,20 +226,45 @@ class WeightStats(Analyzer):
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
+        color_by = _colour_factor(options["color_by"], selection,
+                                  default=self.options[-1].default)
         table = self.statistics(zoo, options, selection)
-        figures = {"trajectories": _trajectories(zoo, table, options["color_by"])}
+        figures = {"trajectories": _trajectories(zoo, table, color_by)}
+        if options["spectral"]:  # the spectral metrics, where there are matrices
+            for column, label in (("alpha", "power-law alpha\n(WeightWatcher)"),
+                                  ("stable_rank", "stable rank")):
+                if any(v == v for v in table.get(column, [])):  # some value is not NaN
+                    figures[column] = _trajectories(zoo, table, color_by, column, label)
         summary = (f"{len(set(table['tensor']))} tensors x "
                    f"{len(set(zip(table['member'], table['epoch'], strict=True)))} checkpoints = "
                    f"{len(table['tensor'])} rows. " + _drift_summary(table))
-        return AnalysisResult(tables={"stats": table}, summary=summary, figures=figures)
+        return AnalysisResult(tables={"stats": table, "by_kind": by_kind(table)}, summary=summary,
+                              figures=figures)
+
+    def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
+        """Per tensor kind, the first and the last epoch: a handful of columns that fit 80
+        characters. Every statistic of every tensor is in stats.csv."""
+        kinds = tables.get("by_kind") or (by_kind(tables["stats"]) if tables.get("stats") else None)
+        if not kinds:
+            return super().display(tables)
+        epochs = list(kinds["epoch"])
+        ends = {min(epochs), max(epochs)}
+        keep = [i for i, e in enumerate(epochs) if e in ends]
+        heads = {"kind": "kind", "epoch": "epoch", "std": "std", "l2": "L2", "near_zero": "near 0",
+                 "drift_l2": "drift", "alpha": "alpha"}
+        return ("mean over tensors of each kind, first and last epoch (all rows in stats.csv)",
+                {head: [kinds[c][i] for i in keep] for c, head in heads.items() if c in kinds})
 
     def statistics(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> dict[str, list[Any]]:
         """The streaming pass: one row per (checkpoint, tensor), without figures."""
         import numpy as np
 
-        pattern = re.compile(options["tensors"])
+        if not options["near_zero"] >= 0:
+            raise ConfigError(f"option near_zero = {options['near_zero']} must be 0 or more")
+        if not options["block_mb"] > 0:
+            raise ConfigError(f"option block_mb = {options['block_mb']} must be more than 0")
         cps = selection.checkpoints(zoo)
-        names = [n for n in zoo.tensor_names(cps[0].member) if pattern.search(n)]
+        names = select_tensors(zoo, cps[0].member, "tensors", options["tensors"])
         origin = self._origins(zoo, cps)
         table: dict[str, list[Any]] = defaultdict(list)
         for name in track(names, "weightstats: tensors"):
@@ -252,8 +280,11 @@ class WeightStats(Analyzer):
                     break
                 stats = row_stats(values.reshape(len(block), -1), options["near_zero"],
                                   *self._bases(zoo, name, block, origin))
-                if options["spectral"] and len(shape) == 2 and min(shape) > 1:
-                    stats.update(spectral_stats(values))
+                if options["spectral"]:
+                    # Every row gets every spectral column, NaN where the tensor is no
+                    # matrix, so the columns stay aligned with their rows.
+                    stats.update(spectral_stats(values) if len(shape) == 2 and min(shape) > 1
+                                 else dict.fromkeys(SPECTRAL_COLUMNS, np.full(len(block), np.nan)))
                 for i, c in enumerate(block):
                     table["member"].append(c.member)
                     table["epoch"].append(c.epoch)
@@ -262,7 +293,11 @@ class WeightStats(Analyzer):
                     table["block"].append(tensor_block(name))
                     for key, col in stats.items():
                         table[key].append(float(col[i]))
-        return _fill(table)
+        if not table["tensor"]:
+            raise ConfigError(f"option tensors = {options['tensors']!r} selects no "
+                              "floating-point tensor with values",
+                              hint=f"it selects {', '.join(names[:3])}")
+        return dict(table)
 
     @staticmethod
     def _bases(zoo: Zoo, name: str, block: list[Checkpoint],
@@ -302,9 +337,40 @@ def _drift(x: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
     return {"drift_l2": rel, "drift_cosine": cos}
 
 
-def _fill(table: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    n = len(table["tensor"])
-    return {k: (v if len(v) == n else v + [float("nan")] * (n - len(v))) for k, v in table.items()}
+def _colour_factor(color_by: str, selection: Selection, default: str) -> str | None:
+    """The factor that colours the trajectories; None (one colour) where the default
+    factor is absent from the zoo, an error where a factor the user named is."""
+    factors = sorted({f for m in selection.members for f in m.factors})
+    if color_by in factors:
+        return color_by
+    if color_by == default:
+        return None
+    raise ConfigError(f"option color_by = {color_by!r} is not a factor of the selected members",
+                      hint=f"their factors: {', '.join(factors) or 'none'}")
+
+
+BY_KIND = ("mean", "std", "l2", "linf", "near_zero", "drift_l2", "drift_cosine", *SPECTRAL_COLUMNS)
+
+
+def by_kind(table: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Each statistic averaged over the tensors and members of each kind at each epoch
+    (NaN entries, such as vectors' spectral columns, left out)."""
+    import numpy as np
+
+    kind, epoch = np.asarray(table["kind"]), np.asarray(table["epoch"])
+    out: dict[str, list[Any]] = defaultdict(list)
+    for k in sorted(set(kind)):
+        for e in sorted(set(epoch[kind == k])):
+            sel = (kind == k) & (epoch == e)
+            out["kind"].append(str(k))
+            out["epoch"].append(int(e))
+            out["tensors"].append(len(set(np.asarray(table["tensor"])[sel])))
+            for stat in BY_KIND:
+                if stat in table:
+                    values = np.asarray(table[stat], dtype=np.float64)[sel]
+                    values = values[np.isfinite(values)]
+                    out[stat].append(float(values.mean()) if len(values) else float("nan"))
+    return dict(out)
 
 
 def _drift_summary(table: dict[str, list[Any]]) -> str:
@@ -316,20 +382,30 @@ def _drift_summary(table: dict[str, list[Any]]) -> str:
     last = epochs.max()
     kinds = np.asarray(table["kind"])
     drift = np.asarray(table["drift_l2"])
-    parts = []
+    means = {}
     for kind in sorted(set(kinds)):
-        sel = (kinds == kind) & (epochs == last)
+        sel = (kinds == kind) & (epochs == last) & np.isfinite(drift)
         if sel.any():
-            parts.append(f"{kind} {np.nanmean(drift[sel]):.3g}")
-    return f"Mean relative L2 drift from epoch 0 at epoch {last}: " + ", ".join(parts) + "."
+            means[kind] = float(drift[sel].mean())
+    if not means:
+        return ""
+    most, least = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
+    return (f"Mean relative L2 drift from epoch 0 at epoch {last}: largest {most} "
+            f"{means[most]:.3g}, smallest {least} {means[least]:.3g}.")
 
 
-def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
+def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str | None,
+                  column: str = "drift_l2", label: str = "relative L2 drift\nfrom epoch 0") -> Any:
+    """One panel per tensor kind: each member's mean of ``column`` over the kind's tensors
+    against epoch, coloured by a factor; kinds without a value (vectors' spectral
+    metrics) are left out."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    kinds = sorted(set(table["kind"]))
-    factors = {m.id: m.factors.get(color_by) for m in zoo.members()}
+    values_of = np.asarray(table[column], dtype=np.float64)
+    kinds = sorted({k for k, v in zip(table["kind"], values_of, strict=True) if np.isfinite(v)})
+    factors = {m.id: m.factors.get(color_by) if color_by else "" for m in zoo.members()}
     values = sorted({str(v) for v in factors.values()})
     colors = {v: plt.cm.viridis(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
     cols = min(4, len(kinds))
@@ -338,7 +414,7 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
     member = np.asarray(table["member"])
     kind = np.asarray(table["kind"])
     epoch = np.asarray(table["epoch"])
-    drift = np.asarray(table["drift_l2"])
+    drift = values_of
     for ax in axes.flat[len(kinds):]:
         ax.set_visible(False)
     for ax, k in zip(axes.flat, kinds, strict=False):
@@ -351,11 +427,13 @@ def _trajectories(zoo: Zoo, table: dict[str, list[Any]], color_by: str) -> Any:
             ax.plot(ep, mean, color=colors[str(factors.get(m))], alpha=0.8)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for row in axes:
-        row[0].set_ylabel("relative L2 drift\nfrom epoch 0", fontsize=8)
+        row[0].set_ylabel(label, fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f"{color_by}={v}") for v, c in colors.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
-               frameon=False)
+    if color_by:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                   frameon=False)
     fig.tight_layout(rect=(0, 0.5 / (2.8 * rows + 0.5), 1, 1))
     return fig
 

@@ -39,8 +39,7 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     for i in at:
         a, b = preds[index[pairs["member_a"][i]]], preds[index[pairs["member_b"][i]]]
         assert pairs["agreement"][i] == pytest.approx(np.mean(a == b))
-        expected = cohen_kappa_score(a, b) if len(set(a) | set(b)) > 1 else 1.0
-        assert pairs["kappa"][i] == pytest.approx(expected, abs=1e-9)
+        assert pairs["kappa"][i] == pytest.approx(sklearn_kappa(a, b), abs=1e-9, nan_ok=True)
         assert pairs["error_a"][i] == pytest.approx(np.mean(a != labels))
     # Random predictions: agreement matrix against a plain loop.
     rng = np.random.default_rng(0)
@@ -59,6 +58,54 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     again = analyze(zoo_copy, "agreement", tmp_path)
     assert again.reused and again.summary == result.summary
     assert analyze(zoo_copy, "agreement", tmp_path, force=True).reused is False
+
+
+def sklearn_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """sklearn's kappa, NaN (with its warnings silenced) where it is 0/0."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(cohen_kappa_score(a, b))
+
+
+def test_undefined_kappa_is_nan_and_left_out_of_group_means(zoo_copy: Path, tmp_path: Path) -> None:
+    """The tiny zoo predicts one class everywhere at epoch 0, and three members predict
+    the same single class at epoch 2: those pairs' kappa is 0/0, as sklearn says."""
+    from zooscope.plugins.agreement import agreement_matrix
+
+    constant = np.array([[1] * 9, [1] * 9, [0] * 9, [0, 1, 1, 0, 1, 0, 0, 1, 1]])
+    _, kappa = agreement_matrix(constant, 2)
+    for i in range(4):
+        for j in range(4):
+            assert kappa[i, j] == pytest.approx(sklearn_kappa(constant[i], constant[j]),
+                                                nan_ok=True), (i, j)
+    assert np.isnan(kappa[0, 1]) and kappa[0, 2] == 0.0
+
+    result = analyze(zoo_copy, "agreement", tmp_path)
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        preds = {(c.member, c.epoch): p for c, p in
+                 zip(zoo.checkpoints(), zoo.predictions(zoo.checkpoints()), strict=True)}
+    pairs, groups = result.tables["pairs"], result.tables["groups"]
+    expected: dict[tuple[int, str], list[float]] = {}
+    for i, epoch in enumerate(pairs["epoch"]):
+        k = sklearn_kappa(preds[(pairs["member_a"][i], epoch)], preds[(pairs["member_b"][i], epoch)])
+        assert pairs["kappa"][i] == pytest.approx(k, abs=1e-9, nan_ok=True)
+        expected.setdefault((epoch, pairs["differ_in"][i]), []).append(k)
+    undefined_somewhere = 0
+    for i, epoch in enumerate(groups["epoch"]):
+        ks = np.array(expected[(epoch, groups["differ_in"][i])])
+        undefined = int(np.isnan(ks).sum())
+        undefined_somewhere += undefined
+        assert groups["kappa_undefined"][i] == undefined
+        want = np.nanmean(ks) if undefined < len(ks) else np.nan
+        assert groups["mean_kappa"][i] == pytest.approx(want, nan_ok=True)
+    assert undefined_somewhere > 0
+    assert "3 of 6 pairs left out" in result.summary  # epoch 2: three members predict class 1
+    # The CSV keeps NaN as NaN, not as a perfect 1.0.
+    with open(tmp_path / "agreement" / "pairs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["kappa"] == "nan" for r in rows) == sum(np.isnan(pairs["kappa"]))
 
 
 def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> None:
@@ -90,6 +137,37 @@ def test_weightstats_match_numpy_and_scipy(zoo_copy: Path, tmp_path: Path) -> No
     assert table["spectral_norm"][i] == pytest.approx(sv[0] ** 2, rel=1e-5)
     assert table["stable_rank"][i] == pytest.approx((sv ** 2).sum() / sv[0] ** 2, rel=1e-5)
     assert (tmp_path / "weightstats" / "trajectories.png").exists()
+
+
+def test_weightstats_spectral_columns_sit_on_their_own_rows(zoo_copy: Path, tmp_path: Path) -> None:
+    """Every row of the table against an SVD of that very tensor at that checkpoint:
+    matrices carry their own spectral metrics, vectors (LayerNorm, biases) carry none."""
+    from zooscope.plugins.weightstats import power_law_alpha
+
+    table = analyze(zoo_copy, "weightstats", tmp_path, "spectral=true").tables["stats"]
+    matrices = vectors = 0
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        cps = {(c.member, c.epoch): c for c in zoo.checkpoints()}
+        for i, name in enumerate(table["tensor"]):
+            w = zoo.tensor(name, [cps[(table["member"][i], table["epoch"][i])]])[0]
+            w = w.astype(np.float64)
+            row = {k: table[k][i] for k in ("spectral_norm", "log_spectral_norm", "stable_rank",
+                                            "log_norm", "alpha", "alpha_weighted")}
+            if w.ndim != 2 or min(w.shape) < 2:
+                assert all(np.isnan(v) for v in row.values()), (name, row)
+                vectors += 1
+                continue
+            evals = np.linalg.svd(w, compute_uv=False) ** 2
+            alpha = power_law_alpha(evals)
+            assert row["spectral_norm"] == pytest.approx(evals[0], rel=1e-5), name
+            assert row["log_spectral_norm"] == pytest.approx(np.log10(evals[0]), abs=1e-5)
+            assert row["stable_rank"] == pytest.approx(evals.sum() / evals[0], rel=1e-5)
+            assert row["log_norm"] == pytest.approx(np.log10(evals.sum()), abs=1e-5)
+            assert row["alpha"] == pytest.approx(alpha, rel=1e-3, nan_ok=True)
+            assert row["alpha_weighted"] == pytest.approx(alpha * np.log10(evals[0]), rel=1e-3,
+                                                          nan_ok=True)
+            matrices += 1
+    assert matrices and vectors  # both kinds of row were checked
 
 
 def test_fused_row_statistics_equal_numpy_on_awkward_rows() -> None:
@@ -246,3 +324,51 @@ def test_analyzer_options_are_listed(tiny_zoo: Path) -> None:
     assert result.returncode == 0
     options = {o["option"]: o for o in json.loads(result.stdout)}
     assert options["scope"]["default"] == "global"
+
+
+def console_rows(stdout: str) -> list[list[str]]:
+    """The body rows of the Rich table in a command's output, cells stripped."""
+    return [[cell.strip() for cell in line.strip("│").split("│")]
+            for line in stdout.splitlines() if line.startswith("│")]
+
+
+def test_weightstats_console_summary_fits_80_columns(zoo_copy: Path, tmp_path: Path) -> None:
+    """Per tensor kind, first and last epoch, a handful of columns: no line over 80
+    characters, no value folded onto a second line, numbers equal to stats.csv's means."""
+    out = tmp_path / "ws"
+    result = run_cli("analyze", str(zoo_copy), "--plugin", "weightstats", "--set", "spectral=true",
+                     "--out", str(out), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    rows = console_rows(result.stdout)
+    with open(out / "stats.csv") as fh:
+        stats = list(csv.DictReader(fh))
+    kinds = sorted({r["kind"] for r in stats})
+    assert [(r[0], r[1]) for r in rows] == [(k, e) for k in kinds for e in ("0", "2")]
+    header = next(line for line in result.stdout.splitlines() if line.startswith("┃"))
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "kind", "epoch", "std", "L2", "near 0", "drift", "alpha"]
+    def mean(rows: list[dict[str, str]], column: str) -> float:
+        values = [float(r[column]) for r in rows if np.isfinite(float(r[column]))]
+        return float(np.mean(values)) if values else float("nan")
+
+    for kind, epoch, *cells in rows:
+        at = [r for r in stats if r["kind"] == kind and r["epoch"] == epoch]
+        for cell, column in zip(cells, ("std", "l2", "near_zero", "drift_l2", "alpha"), strict=True):
+            assert float(cell) == pytest.approx(mean(at, column), rel=1e-3, abs=1e-9,
+                                                nan_ok=True), (kind, epoch, column)
+    assert len(result.stdout.splitlines()) < 40
+
+
+def test_agreement_console_table_fits_80_columns(zoo_copy: Path, tmp_path: Path) -> None:
+    result = run_cli("analyze", str(zoo_copy), "--plugin", "agreement", "--out",
+                     str(tmp_path / "ag"), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    rows = console_rows(result.stdout)
+    with open(tmp_path / "ag" / "groups.csv") as fh:
+        groups = list(csv.DictReader(fh))
+    # One line per group at the last epoch: nothing folded, "learning_rate+seed" whole.
+    assert [r[:2] for r in rows] == [[g["differ_in"], g["pairs"]] for g in groups
+                                     if g["epoch"] == "2"]
+    assert "at epoch 2" in result.stdout

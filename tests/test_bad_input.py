@@ -80,6 +80,14 @@ def _set(f: h5py.File, key: str, value: object) -> None:
     f.attrs[key] = value
 
 
+def zoo_with_weightstats(path: Path) -> None:
+    """A zoo holding a weightstats result, which predict reads."""
+    good_zoo(path)
+    result = runner.invoke(app, ["analyze", str(path), "--plugin", "weightstats",
+                                 "--out", str(path.with_name("weightstats"))])
+    assert result.exit_code == 0, result.stderr
+
+
 def _nan(f: h5py.File) -> None:
     ds = f["architectures/a0/tensors/layer.weight"]
     ds[0] = np.full(ds.shape[1:], np.nan, dtype=ds.dtype)
@@ -162,6 +170,42 @@ CASES = [
     Case("bad shard", generate_with(TINY_CONFIG, "--shard", "2/2"), "need 0 ≤ I < N", code=2),
     Case("resume and force", generate_with(TINY_CONFIG, "--resume", "--force"),
          "--resume and --force contradict each other"),
+    # -- analyzer options: each error names the option, none blames the plugin -------------
+    *[Case(f"{plugin} {setting}", zoo_file(make, "analyze", "--plugin", plugin, "--set", setting),
+           message)
+      for plugin, setting, message, make in [
+          ("weightstats", "tensors=nomatch", "option tensors = 'nomatch' matches no tensor",
+           good_zoo),
+          ("weightstats", "tensors=[", "option tensors = '[' is not a regular expression",
+           good_zoo),
+          ("weightstats", "tensors=classifier", "option tensors = 'classifier' matches no tensor",
+           good_zoo),
+          ("weightstats", "color_by=colour", "option color_by = 'colour' is not a factor",
+           good_zoo),
+          ("weightstats", "block_mb=0", "option block_mb = 0.0 must be more than 0", good_zoo),
+          ("weightstats", "near_zero=-1", "option near_zero = -1.0 must be 0 or more", good_zoo),
+          ("agreement", "order=colour", "option order = 'colour': 'colour' is not a factor",
+           good_zoo),
+          ("predict", "target=nope", "option target = 'nope' is not a metric of this zoo",
+           zoo_with_weightstats),
+          ("predict", "folds=1", "option folds = 1: cross-validation needs at least 2 folds",
+           zoo_with_weightstats),
+          ("sparsify", "exclude=(", "option exclude = '(' is not a regular expression", good_zoo),
+          ("sparsify", "sparsities=0.5,1.5", "option sparsities = '0.5,1.5' must be numbers in",
+           good_zoo),
+          ("sparsify", "sparsities=half", "option sparsities = 'half' must be numbers in",
+           good_zoo),
+          ("sparsify", "metric=nope", "option metric = 'nope' is not a metric of this zoo",
+           good_zoo),
+          ("sparsify", "scope=random", "option scope = 'random' is not one of global, layerwise",
+           good_zoo),
+          ("umap", "tensors=nomatch", "option tensors = 'nomatch' matches no tensor", good_zoo),
+          ("umap", "tensors=[", "option tensors = '[' is not a regular expression", good_zoo),
+          ("umap", "components=0", "option components = 0 must be 1 or more", good_zoo),
+          ("umap", "color_by=colour", "option color_by = 'colour' is neither 'epoch'", good_zoo),
+          ("backbones", "metric=nope", "this zoo records no 'validation_nope'", good_zoo),
+          ("backbones", "select_on=test", "option select_on = 'test' is not one of", good_zoo),
+      ]],
 ]
 
 

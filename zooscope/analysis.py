@@ -48,6 +48,39 @@ class Option:
         return value
 
 
+def option_pattern(name: str, text: str) -> re.Pattern[str]:
+    """An option that holds a regular expression, compiled; a bad one is the user's to fix."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"option {name} = {text!r} is not a regular expression ({exc})",
+                          hint=f"e.g. --set {name}='attention|ffn' or {name}='weight$'") from None
+
+
+def select_tensors(zoo: Zoo, member: Member | str, name: str, text: str) -> list[str]:
+    """The state-dict names the regex option ``name`` selects (searched anywhere in a name);
+    an error naming the option where it selects none."""
+    pattern = option_pattern(name, text)
+    every = zoo.tensor_names(member)
+    names = [n for n in every if pattern.search(n)]
+    if not names:
+        raise ConfigError(f"option {name} = {text!r} matches no tensor of this zoo",
+                          hint=f"its {len(every)} tensors are named like "
+                          f"{', '.join(every[:3])}" if every else "this zoo stores no tensors")
+    return names
+
+
+def member_labels(members: Sequence[Member]) -> tuple[dict[str, str], str]:
+    """Figure labels: each member by the factors that vary among ``members`` (id → label),
+    and the factors they share, once, for a title."""
+    keys = sorted({k for m in members for k in m.factors})
+    varying = [k for k in keys if len({str(m.factors.get(k)) for m in members}) > 1]
+    constant = ", ".join(f"{k}={members[0].factors.get(k)}" for k in keys if k not in varying)
+    labels = {m.id: ", ".join(f"{k}={m.factors.get(k)}" for k in varying) or m.id
+              for m in members}
+    return labels, constant
+
+
 @dataclass
 class Selection:
     """Which members and epochs an analysis covers."""
@@ -78,6 +111,26 @@ class Analyzer(ABC):
     @abstractmethod
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         """Compute the analysis on the selected members and epochs."""
+
+    def display(self, tables: Mapping[str, Mapping[str, Sequence[Any]]]
+                ) -> tuple[str, dict[str, Sequence[Any]]] | None:
+        """The table ``zooscope analyze`` prints, as (title, heading → values), or None.
+
+        The console shows what a person reads at 80 columns; CSV and ``--json`` carry
+        every table in full. It is computed from the tables alone, so a result reused
+        from the zoo prints the same. By default: the ``groups`` table, else the first,
+        at its last epoch where it has an ``epoch`` column.
+        """
+        name = "groups" if tables.get("groups") else next((t for t in tables if tables[t]), None)
+        if name is None:
+            return None
+        cols = tables[name]
+        n = len(next(iter(cols.values())))
+        keep = list(range(n))
+        if "epoch" in cols and n:  # per-epoch tables: the last epoch tells the story
+            last = max(cols["epoch"])
+            keep = [i for i in keep if cols["epoch"][i] == last]
+        return name, {c: [cols[c][i] for i in keep] for c in cols}
 
     def parse_options(self, sets: Sequence[str]) -> dict[str, Any]:
         known = {o.name: o for o in self.options}

@@ -76,20 +76,13 @@ def analyze(
                     "summary": result.summary, "reused": result.reused, "stored": result.stored,
                     "tables": result.tables, "files": [str(f) for f in result.files]})
         return
-    first = next(iter(result.tables), None)
-    for name in ("groups", first):
-        if name in result.tables and result.tables[name]:
-            cols = result.tables[name]
-            n = len(next(iter(cols.values())))
-            keep = range(n)
-            if "epoch" in cols and n:  # per-epoch tables: the last epoch tells the story
-                last = max(cols["epoch"])
-                keep = [i for i in range(n) if cols["epoch"][i] == last]
-                n = len(keep)
-            rows = [{c: cols[c][i] for c in cols} for i in list(keep)[:30]]
-            console.print(rich_table(rows, title=f"{result.name}: {name}"
-                                     + (f" (first 30 of {n})" if n > 30 else "")))
-            break
+    shown = analyzer.display(result.tables)
+    if shown is not None and shown[1]:
+        title, cols = shown
+        n = len(next(iter(cols.values())))
+        rows = [{c: cols[c][i] for c in cols} for i in range(min(n, 30))]
+        console.print(rich_table(rows, title=f"{result.name}: {title}"
+                                 + (f" (first 30 of {n} rows; all in the CSV)" if n > 30 else "")))
     console.print(result.summary)
     if quiet:
         return
