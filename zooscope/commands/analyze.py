@@ -22,14 +22,15 @@ def analyze(
     epochs: Annotated[str | None, typer.Option("--epochs", help="Epochs to include, e.g. "
                                                "0,3 (default: all).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for CSV and PNG files "
-                                             "(default: ZOO_analysis/NAME/ beside the zoo).")] = None,
+                                             "(default: ZOO_analysis/NAME/ beside the zoo, "
+                                             "NAME-KEY/ for other options or selections).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Recompute even if the zoo holds this "
-                                        "result.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if this result is "
+                                        "stored; replace another result's files in --out.")] = False,
     options: Annotated[bool, typer.Option("--options", help="List the analyzer's options and "
                                           "exit.")] = False,
 ) -> None:
-    """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored in the zoo.
+    """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored beside it.
 
     Example: zooscope analyze demo.h5 --plugin agreement
     """
@@ -52,8 +53,10 @@ def analyze(
     result = run_analysis(zoo, analyzer, set_ or [], members, epochs, out, force)
     if json_:
         print_json({"analyzer": result.name, "key": result.key, "options": result.options,
-                    "summary": result.summary, "reused": result.reused, "stored": result.stored,
-                    "tables": result.tables, "files": [str(f) for f in result.files]})
+                    "inputs": result.inputs, "summary": result.summary, "reused": result.reused,
+                    "stored": result.stored, "not_stored": result.not_stored,
+                    "notes": result.notes, "tables": result.tables,
+                    "files": [str(f) for f in result.files]})
         return
     first = next(iter(result.tables), None)
     for name in ("groups", first):
@@ -70,6 +73,11 @@ def analyze(
                                      + (f" (first 30 of {n})" if n > 30 else "")))
             break
     console.print(result.summary)
-    state = "reused from the zoo" if result.reused else (
-        "stored in the zoo" if result.stored else "not stored (the zoo is being written)")
-    err_console.print(f"{state}; files in {result.files[0].parent if result.files else '-'}")
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    where = result.where or "the results store"
+    state = (f"reused from {where}" if result.reused else f"stored in {where}" if result.stored
+             else f"not stored: {result.not_stored}")
+    folder = result.files[0].parent if result.files else "-"
+    err_console.print(f"{state}; files in {folder}", markup=False, highlight=False,
+                      soft_wrap=True)
