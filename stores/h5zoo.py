@@ -137,11 +137,11 @@ class _Lock:
     two processes lock two different files under one name.
     """
 
-    def __init__(self, path: Path, wait: float = 0.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
         self._lock = _file_lock(self.path)
         try:
-            self._lock.acquire(timeout=wait)
+            self._lock.acquire(timeout=0)
         except filelock.Timeout:
             raise ZooFileError(
                 f"{path} is being written by another process",
