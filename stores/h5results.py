@@ -22,13 +22,13 @@ import h5py
 import numpy as np
 
 from zooscope import __version__
-from zooscope.errors import ZooFileError
+from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import canonical_json, check_safe_name
 
 RESULTS_FORMAT = 1
 RESULTS_NAME = "results.h5"
-#: How long storing a result waits for another analysis that is storing one.
-LOCK_WAIT = float(os.environ.get("ZOOSCOPE_RESULTS_WAIT", "60"))
+#: How long storing a result waits for another analysis that is storing one (seconds).
+LOCK_WAIT = 60.0
 _STR = h5py.string_dtype()
 
 
@@ -164,8 +164,9 @@ def write_result(
     """Store one result beside the zoo, replacing one of the same name and key.
 
     The new store is written whole to a temporary file, synced and moved over the old
-    one, under a lock other analyses wait for (``wait`` seconds, by default
-    ``LOCK_WAIT``). Returns notes for the user (results of an earlier zoo replaced).
+    one, under a lock other analyses wait for (``wait`` seconds; by default
+    ``ZOOSCOPE_RESULTS_WAIT`` or ``LOCK_WAIT``). Returns notes for the user (results
+    of an earlier zoo replaced).
     """
     check_safe_name(name, "analysis")
     check_safe_name(key, "analysis key")
@@ -175,7 +176,7 @@ def write_result(
     except OSError as exc:
         raise ZooFileError(f"{path.parent} cannot be created ({exc.strerror or exc})") from None
     lock = filelock.FileLock(path.with_name(path.name + ".lock"), fallback_to_soft=False)
-    wait = LOCK_WAIT if wait is None else wait
+    wait = _lock_wait() if wait is None else wait
     try:
         lock.acquire(timeout=wait)
     except filelock.Timeout:
@@ -208,6 +209,20 @@ def write_result(
         return notes
     finally:
         lock.release()
+
+
+def _lock_wait() -> float:
+    text = os.environ.get("ZOOSCOPE_RESULTS_WAIT", "")
+    if not text:
+        return LOCK_WAIT
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:  # also NaN
+        raise ConfigError(f"ZOOSCOPE_RESULTS_WAIT={text!r} is not a number of seconds",
+                          hint=f"unset it to wait {LOCK_WAIT:g} s")
+    return wait
 
 
 def _write_store(

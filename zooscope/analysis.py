@@ -360,7 +360,8 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
                                     {k: dict(v) for k, v in out.tables.items()}, figures,
                                     reused=False, stored=False, inputs=inputs, notes=notes)
     store = store_for(zoo_path)
-    result.where = store.results_path(zoo_path)
+    inside = result.reused and stored is not None and stored.get("where") == "zoo"
+    result.where = zoo_path if inside else store.results_path(zoo_path)  # older zoos: inside
     if not result.reused and store.being_written(zoo_path):
         # Its checkpoints are still arriving: the same key would soon mean more of them.
         result.not_stored = "the zoo is still being written; run it again once it is complete"
