@@ -85,6 +85,7 @@ class Predict(Analyzer):
         Option("target", str, "test_accuracy", "the metric to regress"),
         Option("folds", int, 5, "cross-validation folds (at most the number of members)"),
     )
+    inputs = ("weightstats",)
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
@@ -97,12 +98,11 @@ class Predict(Analyzer):
         if options["folds"] < 2:
             raise ConfigError(f"option folds = {options['folds']}: cross-validation needs at "
                               "least 2 folds")
-        stored = [a for a in zoo.analyses() if a["name"] == "weightstats"]
-        if not stored:
+        source = selection.inputs.get("weightstats")
+        if source is None:
             raise ZooscopeError("predict needs the weightstats result in the zoo",
                                 hint="run `zooscope analyze ZOO --plugin weightstats` first")
-        latest = max(stored, key=lambda a: a["created"])
-        stats = zoo.analysis_tables("weightstats", latest["key"])["stats"]
+        stats = zoo.analysis_tables("weightstats", source["key"])["stats"]
         wanted = {m.id for m in selection.members}
         keys, x, names = feature_matrix(stats)
         by_key = {(c.member, c.epoch): c for c in zoo.checkpoints(selection.members,

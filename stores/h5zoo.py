@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
+import errno
 import json
 import os
 import time
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import filelock
 import h5py
 import numpy as np
 import xxhash
@@ -29,6 +30,14 @@ import xxhash
 from zooscope import __version__
 from zooscope.errors import ZooFileError
 from zooscope.store import Architecture, ZooHeader, ZooWriter
+from zooscope.stores.h5results import (
+    ResultsStore,
+    read_entries,
+    read_figures,
+    read_tables,
+    write_result,
+    zoo_identity,
+)
 from zooscope.stores.superblock import clear_write_flags
 from zooscope.zoo import (
     PENDING,
@@ -122,40 +131,66 @@ def _digest(array: np.ndarray) -> bytes:
 
 
 class _Lock:
-    """An advisory lock beside the zoo: held by the one process writing it."""
+    """An advisory lock beside the zoo (``NAME.h5.lock``): held by the one process writing it.
+
+    The lock file stays after release: unlinking a lock file others may have opened lets
+    two processes lock two different files under one name.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock = _file_lock(self.path)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
             raise ZooFileError(
                 f"{path} is being written by another process",
                 hint="wait for it to finish, or stop it first",
             ) from None
+        except OSError as exc:
+            raise _lock_error(self.path, exc) from None
 
     @staticmethod
     def held(path: Path) -> bool:
+        """Whether a live process holds the lock (a killed writer's lock is free)."""
         lock = path.with_name(path.name + ".lock")
         if not lock.exists():
             return False
-        fd = os.open(lock, os.O_RDONLY)
+        probe = _file_lock(lock)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
             return True
-        finally:
-            os.close(fd)
+        except OSError:
+            return False  # cannot tell (a read-only folder): no writer can be writing there
+        probe.release()
+        return False
 
     def release(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            os.close(self.fd)
-            self.fd = -1
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+def being_written(path: Path) -> bool:
+    """Whether a live process holds the zoo's writer lock."""
+    return _Lock.held(path)
+
+
+def _file_lock(path: Path) -> filelock.BaseFileLock:
+    # A soft lock (a file that exists while held) would outlive a killed writer and
+    # block its --resume; where the file system has no real locks, say so instead.
+    return filelock.FileLock(path, fallback_to_soft=False)
+
+
+def _lock_error(path: Path, exc: OSError) -> ZooFileError:
+    if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return ZooFileError(
+            f"the file system holding {path.parent} does not support file locks "
+            f"({exc.strerror or exc})",
+            hint="write the zoo on a local disk, or on a file system with locks "
+                 "(NFS needs its lock service)")
+    return ZooFileError(f"cannot lock {path}: {exc.strerror or exc}",
+                        hint="check that the folder is writable")
 
 
 def _open_for_reading(path: Path, wait: float = 10.0) -> h5py.File:
@@ -845,37 +880,39 @@ class HDF5Zoo(Zoo):
             extra=info["extra"],
         )
 
+    def _results(self) -> ResultsStore:
+        """The results store beside this zoo, read once per open zoo."""
+        if "_results_store" not in self.__dict__:
+            self._results_store = ResultsStore.load(self.path, zoo_identity(self.f))
+        return self._results_store
+
+    def results_notes(self) -> list[str]:
+        note = self._results().note
+        return [note] if note else []
+
     def analyses(self) -> list[dict[str, Any]]:
-        out = []
-        if "analyses" not in self.f:
-            return out
-        for name, group in self.f["analyses"].items():
-            for key, g in group.items():
-                out.append({
-                    "name": name, "key": key, "options": _json_attr(g, "options", {}),
-                    "summary": _attr_text(g, "summary", ""), "created": _attr_text(g, "created", ""),
-                })
-        return out
+        # Format 1 zoos written before the results store kept results inside; those
+        # still read, and a result stored beside the zoo wins over one inside it.
+        beside = self._results().entries
+        seen = {(e["name"], e["key"]) for e in beside}
+        inside = [e for e in read_entries(self.f, "zoo") if (e["name"], e["key"]) not in seen]
+        return inside + beside
 
     def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
-        path = f"analyses/{name}/{key}/tables"
-        if path not in self.f:
+        tables = self._results().tables(name, key)
+        if tables is not None:
+            return tables
+        g = self.f.get(f"analyses/{name}/{key}")
+        if g is None:
             raise ZooFileError(f"no stored analysis {name}/{key}")
-        tables: dict[str, dict[str, np.ndarray]] = {}
-        for tname, tgroup in self.f[path].items():
-            order = _json_attr(tgroup, "columns", [])
-            cols = {}
-            for col in order:
-                ds = tgroup[col]
-                cols[col] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
-            tables[tname] = cols
-        return tables
+        return read_tables(g)
 
     def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
-        path = f"analyses/{name}/{key}/figures"
-        if path not in self.f:
-            return {}
-        return {n: bytes(ds[()].tobytes()) for n, ds in self.f[path].items()}
+        figures = self._results().figures(name, key)
+        if figures is not None:
+            return figures
+        g = self.f.get(f"analyses/{name}/{key}")
+        return {} if g is None else read_figures(g)
 
     def close(self) -> None:
         if self.f.id.valid:
@@ -920,43 +957,17 @@ def resume_zoo(path: Path) -> HDF5Writer:
 def write_analysis(
     path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
     tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
-) -> None:
-    check_safe_name(name, "analysis")
-    check_safe_name(key, "analysis key")
-    lock = _Lock(path)
+    inputs: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
+    """Store a result in the zoo's results store; the zoo itself is only read."""
+    f = _open_for_reading(path)
     try:
-        clear_write_flags(path)
-        with h5py.File(path, "r+", libver="latest", locking=False) as f:
-            _check_format(f, path)
-            group = f.require_group("analyses").require_group(name)
-            tmp = f"{key}.writing"
-            if tmp in group:
-                del group[tmp]
-            g = group.create_group(tmp)
-            g.attrs["options"] = canonical_json(dict(options))
-            g.attrs["summary"] = summary
-            g.attrs["created"] = _now()
-            g.attrs["zooscope_version"] = __version__
-            tg = g.create_group("tables")
-            for tname, columns in tables.items():
-                check_safe_name(tname, "table")
-                t = tg.create_group(tname)
-                t.attrs["columns"] = json.dumps(list(columns))
-                for col, values in columns.items():
-                    arr = np.asarray(values)
-                    if arr.dtype.kind in "OUS":
-                        t.create_dataset(col, data=arr.astype(str).astype(object), dtype=_STR)
-                    else:
-                        t.create_dataset(col, data=arr)
-            fg = g.create_group("figures")
-            for fname, png in figures.items():
-                check_safe_name(fname, "figure")
-                fg.create_dataset(fname, data=np.frombuffer(png, dtype=np.uint8))
-            if key in group:
-                del group[key]
-            group.move(tmp, key)
+        _check_format(f, path)
+        identity, created = zoo_identity(f), _attr_text(f, "created", "")
     finally:
-        lock.release()
+        f.close()
+    return write_result(path, identity, created, name, key, options, summary, tables, figures,
+                        inputs)
 
 
 def _now() -> str:

@@ -40,13 +40,24 @@ class HDF5Store(Store):
 
         return HDF5Zoo(path)
 
+    def results_path(self, path: Path) -> Path:
+        from zooscope.stores.h5results import results_path
+
+        return results_path(path)
+
+    def being_written(self, path: Path) -> bool:
+        from zooscope.stores.h5zoo import being_written
+
+        return being_written(path)
+
     def write_analysis(
         self, path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
         tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
-    ) -> None:
+        inputs: Sequence[Mapping[str, Any]] = (),
+    ) -> list[str]:
         from zooscope.stores.h5zoo import write_analysis
 
-        write_analysis(path, name, key, options, summary, tables, figures)
+        return write_analysis(path, name, key, options, summary, tables, figures, inputs)
 
     def being_written(self, path: Path) -> bool:
         from zooscope.stores.h5zoo import _Lock

@@ -176,3 +176,108 @@ def test_readers_see_only_committed_checkpoints_while_generate_runs(tmp_path: Pa
     final = _fingerprints(out)
     assert all(final[k] == v for k, v in seen.items())
     assert len(final) == TOTAL
+
+
+# -- storing an analysis result -------------------------------------------------------------------
+SAVE = """
+import sys
+from pathlib import Path
+from tests.test_reliability import killtest_result
+from zooscope.store import store_for
+
+zoo, key = Path(sys.argv[1]), sys.argv[2]
+tables, figures = killtest_result(key)
+print("saving", flush=True)
+store_for(zoo).write_analysis(zoo, "killtest", key, {"key": key}, "summary " + key, tables, figures)
+print("saved", flush=True)
+"""
+
+
+def killtest_result(key: str) -> tuple[dict, dict]:
+    """A result of a few MB whose every value follows from its key."""
+    import numpy as np
+
+    rng = np.random.default_rng(int(key[1:]))
+    n = 400_000
+    tables = {"stats": {"row": np.arange(n), "value": rng.standard_normal(n)},
+              "labels": {"name": np.array([f"r{i}" for i in range(2000)]), "x": rng.random(2000)}}
+    return tables, {"figure": rng.bytes(200_000)}
+
+
+def _check_result(zoo: zooscope.Zoo, key: str) -> None:
+    import numpy as np
+
+    tables, figures = killtest_result(key)
+    got = zoo.analysis_tables("killtest", key)
+    assert sorted(got) == sorted(tables)
+    for t, cols in tables.items():
+        assert list(got[t]) == list(cols)
+        for c, values in cols.items():
+            assert np.array_equal(np.asarray(got[t][c]).astype(values.dtype), values), (key, t, c)
+    assert zoo.analysis_figures("killtest", key) == figures
+
+
+@pytest.mark.slow
+def test_analysis_storing_killed_at_random_moments_never_harms_the_zoo(tiny_zoo: Path,
+                                                                       tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo.h5"
+    zoo.write_bytes(tiny_zoo.read_bytes())
+    zoo.chmod(0o444)
+    digest = hashlib.sha256(zoo.read_bytes()).hexdigest()
+    env = cli_env()
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+
+    def save(key: str, kill_after: float | None) -> tuple[bool, float]:
+        proc = subprocess.Popen([sys.executable, "-c", SAVE, str(zoo), key], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "saving", (
+            proc.stderr.read() if proc.stderr else "")
+        start = time.perf_counter()
+        if kill_after is None:
+            done = proc.stdout.readline().strip()
+            took = time.perf_counter() - start
+            assert proc.wait() == 0 and done == "saved", proc.stderr.read() if proc.stderr else ""
+            return False, took
+        time.sleep(kill_after)
+        killed = proc.poll() is None
+        proc.kill()
+        proc.wait()
+        return killed, time.perf_counter() - start
+
+    rng = random.Random(11)
+    window = save("k0", None)[1]  # the save's duration on this machine, refreshed below
+    stored = {"k0"}
+    kills = absent = survived = 0
+    i = 0
+    while kills < 24:
+        i += 1
+        key = f"k{i}"
+        if i % 6 == 0:  # let one run through now and then: the store grows, so does the window
+            window = max(window, save(key, None)[1])
+            stored.add(key)
+            continue
+        killed, _ = save(key, rng.uniform(0.0, 1.1) * window)
+        kills += killed
+        # The zoo: unchanged, opened by plain h5py, valid.
+        assert hashlib.sha256(zoo.read_bytes()).hexdigest() == digest
+        with h5py.File(zoo, "r") as f:
+            assert f.attrs["zooscope_format"] == 1
+        assert validate_zoo(zoo).ok
+        # The results: everything stored before is complete, this one complete or absent.
+        with zooscope.open_zoo(zoo) as z:
+            keys = {a["key"] for a in z.analyses()}
+            assert stored <= keys, stored - keys
+            for k in sorted(keys):
+                _check_result(z, k)
+        if key in keys:
+            stored.add(key)
+            survived += killed
+        else:
+            absent += 1
+    print(f"{kills} kills; results stored {len(stored)} ({survived} of them killed after the "
+          f"move), cleanly absent {absent}; save window {window:.2f} s")
+    assert absent >= 10  # most kills landed inside the save
+    # The next save clears what killed ones left.
+    save("k999", None)
+    assert sorted(p.name for p in zoo.with_name("zoo_analysis").iterdir()) == [
+        "results.h5", "results.h5.lock"]

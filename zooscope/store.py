@@ -125,8 +125,22 @@ class Store(ABC):
     def write_analysis(
         self, path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
         tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
-    ) -> None:
-        """Store an analysis result under its name and options key, replacing an older one."""
+        inputs: Sequence[Mapping[str, Any]] = (),
+    ) -> list[str]:
+        """Store an analysis result of the zoo at ``path`` under its name and key, replacing
+        an older one, without writing to the zoo itself; ``inputs`` names the stored results
+        it was computed from. Returns notes for the user; raises ``ZooFileError`` when the
+        result cannot be stored."""
+
+
+    def results_path(self, path: Path) -> Path | None:
+        """Where analysis results of the zoo at ``path`` are stored (None: not stored)."""
+        return None
+
+    def being_written(self, path: Path) -> bool:
+        """Whether a live process is writing the zoo at ``path`` (stores without a writer
+        lock keep the default)."""
+        return False
 
     def being_written(self, path: Path) -> bool:
         """Whether a live process holds the zoo for writing; stores without a lock say no."""

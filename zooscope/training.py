@@ -454,6 +454,10 @@ def generate(
         # Under ddp the main process creates the zoo: a slower rank must not find it
         # there and stop with "already exists" while the others wait for it.
         check_output(out, resume, force)
+        if force and store.being_written(out):
+            # Before anything is replaced: the live writer's zoo and resume state stay.
+            raise ZooFileError(f"{out} is being written by another process",
+                               hint="wait for it to finish, or stop it first, then --force")
     members = cfg.members()
     if shard is not None:
         members = shard_members(members, *shard)
@@ -506,10 +510,11 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
         if resume and path.exists():
             writer = store.resume(path)
         else:
+            writer = store.create(path, _header(cfg, generator, task), members)
+            # Only now, holding the zoo's lock: a live writer's resume state is never touched.
             if force and resume_state.dir.exists():
                 for p in resume_state.dir.iterdir():
                     p.unlink()
-            writer = store.create(path, _header(cfg, generator, task), members)
         if dist is not None:
             dist.wait_for_everyone()
     result = GenerateResult(path=path)

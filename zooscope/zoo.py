@@ -176,7 +176,9 @@ class Zoo(ABC):
 
     @abstractmethod
     def analyses(self) -> list[dict[str, Any]]:
-        """Analyses stored in the zoo: name, key, options, summary, created."""
+        """Analyses stored for the zoo (beside it, or inside a zoo written before results
+        moved out): name, key, options, summary, created, and the stored results each read
+        (``inputs``) with a digest of its content (``digest``) where the store records them."""
 
     @abstractmethod
     def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
@@ -209,6 +211,10 @@ class Zoo(ABC):
     @abstractmethod
     def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
         """The PNG figures of one stored analysis."""
+
+    def results_notes(self) -> list[str]:
+        """Why results stored beside the zoo are not served (they belong to another zoo)."""
+        return []
 
     def metrics_table(self, checkpoints: Sequence[Checkpoint] | None = None) -> list[dict[str, Any]]:
         """One row per checkpoint: member, epoch, step, wall time and every metric."""

@@ -139,7 +139,11 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
         header: ZooHeader = first.header()
         store = store_for(out)
         tmp = out.with_name(f".{out.name}.merging{out.suffix}")
-        tmp.unlink(missing_ok=True)
+        if store.being_written(tmp):
+            raise ZooFileError(f"another merge into {out} is running",
+                               hint="wait for it to finish, or stop it first")
+        # What a killed merge left: its half-written file and its lock file.
+        _remove_merge_files(tmp)
         copied = 0
         writer = store.create(tmp, header, list(members.values()))
         try:
@@ -162,15 +166,22 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         writer.set_status(m, _STATUS_CODES.get(m.status, RUNNING))
             os.replace(tmp, out)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _remove_merge_files(tmp)
             raise
+        _remove_merge_files(tmp)
         return copied
     finally:
         for z in zoos:
             z.close()
 
 
-# -- export ---------------------------------------------------------------------------------
+def _remove_merge_files(tmp: Path) -> None:
+    """A merge's temporary zoo and its lock file, once no merge holds that lock."""
+    tmp.unlink(missing_ok=True)
+    tmp.with_name(tmp.name + ".lock").unlink(missing_ok=True)
+
+
+# -- export -----------------------------------------------------------------------------------
 def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
                       force: bool = False) -> list[Path]:
     """Write one checkpoint as a Hugging Face model directory; returns the files written.

@@ -31,15 +31,16 @@ def analyze(
     epochs: Annotated[str | None, typer.Option("--epochs", help="Epochs to include, e.g. "
                                                "0,3 (default: all).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for CSV and PNG files "
-                                             "(default: ZOO_analysis/NAME/ beside the zoo).")] = None,
+                                             "(default: ZOO_analysis/NAME/ beside the zoo, "
+                                             "NAME-KEY/ for other options or selections).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Recompute even if the zoo holds this "
-                                        "result.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if this result is "
+                                        "stored; replace another result's files in --out.")] = False,
     options: Annotated[bool, typer.Option("--options", help="List the analyzer's options and "
                                           "exit.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored in the zoo.
+    """Run an analyzer on a zoo: a summary and table here, CSV/PNG files, the result stored beside it.
 
     Example: zooscope analyze demo.h5 --plugin agreement
     """
@@ -73,8 +74,10 @@ def analyze(
         result = run_analysis(zoo, analyzer, set_ or [], members, epochs, out, force)
     if json_:
         print_json({"analyzer": result.name, "key": result.key, "options": result.options,
-                    "summary": result.summary, "reused": result.reused, "stored": result.stored,
-                    "tables": result.tables, "files": [str(f) for f in result.files]})
+                    "inputs": result.inputs, "summary": result.summary, "reused": result.reused,
+                    "stored": result.stored, "not_stored": result.not_stored,
+                    "notes": result.notes, "tables": result.tables,
+                    "files": [str(f) for f in result.files]})
         return
     shown = analyzer.display(result.tables)
     if shown is not None and shown[1]:
@@ -84,8 +87,13 @@ def analyze(
         console.print(rich_table(rows, title=f"{result.name}: {title}"
                                  + (f" (first 30 of {n} rows; all in the CSV)" if n > 30 else "")))
     console.print(result.summary)
-    if quiet:
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if quiet and (result.stored or result.reused):
         return
-    state = "reused from the zoo" if result.reused else (
-        "stored in the zoo" if result.stored else "not stored (the zoo is being written)")
-    err_console.print(f"{state}; files in {result.files[0].parent if result.files else '-'}")
+    where = result.where or "the results store"
+    state = (f"reused from {where}" if result.reused else f"stored in {where}" if result.stored
+             else f"not stored: {result.not_stored}")
+    folder = result.files[0].parent if result.files else "-"
+    err_console.print(f"{state}; files in {folder}", markup=False, highlight=False,
+                      soft_wrap=True)
