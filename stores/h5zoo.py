@@ -813,6 +813,11 @@ class HDF5Zoo(Zoo):
         seen[(a, name, row)] = problems
         return problems
 
+    def checkpoint_digests(self, c: Checkpoint) -> dict[str, str]:
+        a, arch_row = self._locate(c)
+        digests = self._digest_table(a)[arch_row]
+        return {name: bytes(digests[j]).decode() for j, name in enumerate(self._layouts[a][0])}
+
     def uncommitted_rows(self) -> int:
         """Rows a writer appended after its last commit (a killed or running writer)."""
         return max(0, self.f["checkpoints/metrics"].shape[0] - len(self._checkpoints))

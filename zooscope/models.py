@@ -122,7 +122,8 @@ def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "b
         return scratch_backbone(cfg.scratch, texts, dropout, max_len, kind)
     if lineage.is_zoo_ref(name):
         base = cfg.path.parent if cfg.path is not None else None
-        return lineage.load_from_zoo(name, base, dropout, kind)
+        return lineage.load_from_zoo(name, base, dropout, kind,
+                                     expected=cfg.lineage_of(name).get("checkpoint"))
     return load_backbone(cfg.resolve(name), dropout, kind)
 
 
