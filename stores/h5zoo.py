@@ -837,6 +837,8 @@ class HDF5Zoo(Zoo):
         preds = None if p is None else {"kind": _attr_text(p, "kind", "class"),
                                         "shape": list(p.shape[1:])}
         ids = self.f.get("data/test_ids")
+        texts = self.f.get("data/test_texts")
+        pairs = self.f.get("data/test_text_pairs")
         contexts = self.f.get("data/test_contexts")
         answers = self.f.get("data/test_answers")
         return ZooHeader(
@@ -844,6 +846,8 @@ class HDF5Zoo(Zoo):
             generator_version=info["generator_version"], metric_columns=list(self.metric_columns),
             data=info["data"], predictions=preds, test_labels=self.test_labels(),
             test_ids=None if ids is None else list(ids.asstr()[()]),
+            test_texts=None if texts is None else list(texts.asstr()[()]),
+            test_text_pairs=None if pairs is None else list(pairs.asstr()[()]),
             test_contexts=None if contexts is None else list(contexts.asstr()[()]),
             test_answers=None if answers is None else [json.loads(a) for a in answers.asstr()[()]],
             storage_dtype=info["storage_dtype"], compression=info["compression"],
@@ -1034,6 +1038,10 @@ def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) ->
         d.create_dataset("test_labels", data=np.asarray(header.test_labels))
     if header.test_ids is not None:
         d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=_STR)
+    for name in ("test_texts", "test_text_pairs"):
+        values = getattr(header, name)
+        if values is not None:
+            d.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
     if header.test_contexts is not None:
         d.create_dataset("test_contexts", data=np.array(header.test_contexts, dtype=object),
                          dtype=_STR)

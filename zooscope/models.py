@@ -62,8 +62,9 @@ class SequenceClassifier(nn.Module):
 
     def head_spec(self) -> dict[str, Any]:
         return {"kind": "sequence-classification", "num_labels": self.num_labels,
-                "hidden": int(len(self.head) > 1), "backbone_prefix": "backbone.",
-                "head_prefix": "head.", "input": "first token ([CLS]) of last_hidden_state"}
+                "hidden": int(len(self.head) > 1), "activation": "relu",
+                "backbone_prefix": "backbone.", "head_prefix": "head.",
+                "input": "first token ([CLS]) of last_hidden_state"}
 
 
 class QuestionAnswerer(nn.Module):
@@ -93,7 +94,7 @@ class QuestionAnswerer(nn.Module):
 
     def head_spec(self) -> dict[str, Any]:
         return {"kind": "question-answering", "hidden": int(len(self.head) > 1),
-                "backbone_prefix": "backbone.", "head_prefix": "head.",
+                "activation": "relu", "backbone_prefix": "backbone.", "head_prefix": "head.",
                 "input": "every token of last_hidden_state; outputs start and end logits"}
 
 

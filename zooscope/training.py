@@ -388,7 +388,8 @@ def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
         name=cfg.name, config_text=cfg.text, generator=generator.name,
         generator_version=generator.version, metric_columns=task.metric_columns,
         data=task.info, predictions=task.predictions, test_labels=task.test_labels,
-        test_ids=task.test_ids, test_contexts=task.test_contexts,
+        test_ids=task.test_ids, test_texts=task.test_texts,
+        test_text_pairs=task.test_text_pairs, test_contexts=task.test_contexts,
         test_answers=task.test_answers, storage_dtype=cfg.store["dtype"],
         compression=cfg.store["compression"],
     )
