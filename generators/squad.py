@@ -147,6 +147,7 @@ class SquadGenerator(Generator):
         return TaskData(splits=splits, info=info, metric_columns=columns,
                         predictions={"kind": "span", "shape": [len(test), 2]},
                         test_ids=[r["id"] for r in test],
+                        test_texts=[r["question"] for r in test],
                         test_contexts=[r["context"] for r in test],
                         test_answers=[r["answers"] for r in test])
 

@@ -293,6 +293,8 @@ class TextClassificationGenerator(Generator):
         return TaskData(splits=splits, info=info, metric_columns=columns,
                         predictions={"kind": "class", "shape": [len(test["ids"])]},
                         test_labels=test["labels"].astype(np.int32), test_ids=test["ids"],
+                        test_texts=list(test["texts"]),
+                        test_text_pairs=None if test["pairs"] is None else list(test["pairs"]),
                         cache={"num_labels": len(names)})
 
     # -- models ----------------------------------------------------------------------------
@@ -407,7 +409,7 @@ def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Mod
     if cfg.train["freeze_backbone"]:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-    arch = architecture_record(name, model, backbone, tok)
+    arch = architecture_record(name, model, backbone, tok, int(cfg.train["max_seq_len"]))
     pad = int(tok.pad_token_id or 0)
     train = encoded["train"]
     batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
@@ -432,15 +434,19 @@ def _joined(data: dict[str, Any]) -> list[str]:
     return [f"{a}\t{b}" for a, b in zip(data["texts"], data["pairs"], strict=True)]
 
 
-def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Module, tok: Any
-                        ) -> Any:
-    """The architecture a member's model has: stored files, tensor shapes, integer dtypes."""
+def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Module, tok: Any,
+                        max_seq_len: int | None = None) -> Any:
+    """The architecture a member's model has: stored files, tensor shapes, integer dtypes.
+
+    ``max_seq_len`` goes into the head file: inputs are truncated to it, and a reader
+    re-evaluating a member must truncate the same way."""
     from zooscope.models import architecture_files
     from zooscope.store import Architecture
 
     state = model.state_dict()
     return Architecture(
-        key=name, files=architecture_files(backbone, tok, model.head_spec()),
+        key=name, files=architecture_files(backbone, tok, {
+            **model.head_spec(), **({} if max_seq_len is None else {"max_seq_len": max_seq_len})}),
         shapes={k: tuple(v.shape) for k, v in state.items()},
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
                 if not v.is_floating_point()},

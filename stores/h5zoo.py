@@ -848,6 +848,11 @@ class HDF5Zoo(Zoo):
         seen[(a, name, row)] = problems
         return problems
 
+    def checkpoint_digests(self, c: Checkpoint) -> dict[str, str]:
+        a, arch_row = self._locate(c)
+        digests = self._digest_table(a)[arch_row]
+        return {name: bytes(digests[j]).decode() for j, name in enumerate(self._layouts[a][0])}
+
     def uncommitted_rows(self) -> int:
         """Rows a writer appended after its last commit (a killed or running writer)."""
         return max(0, self.f["checkpoints/metrics"].shape[0] - len(self._checkpoints))
@@ -867,6 +872,8 @@ class HDF5Zoo(Zoo):
         preds = None if p is None else {"kind": _attr_text(p, "kind", "class"),
                                         "shape": list(p.shape[1:])}
         ids = self.f.get("data/test_ids")
+        texts = self.f.get("data/test_texts")
+        pairs = self.f.get("data/test_text_pairs")
         contexts = self.f.get("data/test_contexts")
         answers = self.f.get("data/test_answers")
         return ZooHeader(
@@ -874,6 +881,8 @@ class HDF5Zoo(Zoo):
             generator_version=info["generator_version"], metric_columns=list(self.metric_columns),
             data=info["data"], predictions=preds, test_labels=self.test_labels(),
             test_ids=None if ids is None else list(ids.asstr()[()]),
+            test_texts=None if texts is None else list(texts.asstr()[()]),
+            test_text_pairs=None if pairs is None else list(pairs.asstr()[()]),
             test_contexts=None if contexts is None else list(contexts.asstr()[()]),
             test_answers=None if answers is None else [json.loads(a) for a in answers.asstr()[()]],
             storage_dtype=info["storage_dtype"], compression=info["compression"],
@@ -1040,6 +1049,10 @@ def _write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) ->
         d.create_dataset("test_labels", data=np.asarray(header.test_labels))
     if header.test_ids is not None:
         d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=_STR)
+    for name in ("test_texts", "test_text_pairs"):
+        values = getattr(header, name)
+        if values is not None:
+            d.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
     if header.test_contexts is not None:
         d.create_dataset("test_contexts", data=np.array(header.test_contexts, dtype=object),
                          dtype=_STR)

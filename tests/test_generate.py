@@ -15,7 +15,7 @@ import torch
 
 import zooscope
 from zooscope.config import load_config, parse_config
-from zooscope.training import generate, shard_members
+from zooscope.training import generate, member_list, shard_members
 
 from .conftest import TINY_CONFIG, cli_env, run_cli, write_config
 
@@ -46,7 +46,7 @@ def test_tiny_zoo_has_every_member_epoch_and_split(tiny_zoo: Path) -> None:
     rows = json.loads(result.stdout)
     assert len(rows) == 4
     cfg = load_config(write_config(tiny_zoo.parent))
-    assert sorted(r["id"] for r in rows) == sorted(m.id for m in cfg.members())
+    assert sorted(r["id"] for r in rows) == sorted(m.id for m in member_list(cfg))
     for row in rows:
         assert row["status"] == "complete" and row["epochs"] == [0, 1, 2]
         for split in ("train", "validation", "test"):

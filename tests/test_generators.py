@@ -21,7 +21,7 @@ from zooscope import registry
 from zooscope.analysis import run_analysis
 from zooscope.config import load_config
 from zooscope.generators.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
-from zooscope.training import generate
+from zooscope.training import generate, member_list
 
 from .conftest import run_cli, write_config
 
@@ -231,9 +231,30 @@ def pretext_zoo(tmp_path_factory: pytest.TempPathFactory, backbones: dict[str, P
     return folder / "pretext.h5"
 
 
+def checkpoint_digests(path: Path) -> dict[tuple[str, int], str]:
+    """Each checkpoint's digest as docs/format.md defines it, read with plain h5py: SHA-256
+    over the canonical JSON of member id, factors, epoch and the stored tensor digests."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        ids = f["members/id"].asstr()[()]
+        factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]
+        for row in f["checkpoints/index"][()]:
+            arch = f[f"architectures/a{row['architecture']}"]
+            names = json.loads(arch.attrs["tensor_names"])
+            digests = arch["digests"][row["arch_row"]]
+            record = {"member": ids[row["member"]], "factors": factors[row["member"]],
+                      "epoch": int(row["epoch"]),
+                      "tensors": {n: d.decode() for n, d in zip(names, digests, strict=True)}}
+            text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            out[(ids[row["member"]], int(row["epoch"]))] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
 def test_selectors_expand_and_members_record_their_lineage(pretext_zoo: Path) -> None:
     folder = pretext_zoo.parent
-    digest = hashlib.sha256(pretext_zoo.read_bytes()).hexdigest()
+    digests = checkpoint_digests(pretext_zoo)
     with zooscope.open_zoo(pretext_zoo) as parent:
         ids = [m.id for m in parent.members()]
         wd0 = next(m.id for m in parent.members() if m.factors["weight_decay"] == 0.0)
@@ -247,7 +268,7 @@ def test_selectors_expand_and_members_record_their_lineage(pretext_zoo: Path) ->
         members = cfg.members()
         got = [(m.lineage["member"], m.lineage["epoch"]) for m in members]
         assert got == want, ref
-        assert all(m.lineage["zoo"] == digest for m in members)
+        assert [m.lineage["checkpoint"] for m in members] == [digests[w] for w in want]
         assert [m.factors["backbone"] for m in members] == [
             f"zoo://pretext.h5#member={i}&epoch={e}" for i, e in want]
 
@@ -261,12 +282,13 @@ def test_downstream_zoo_starts_from_the_pretext_checkpoints(pretext_zoo: Path, t
         backbone="zoo://pretext.h5#epoch=0,2"), "d.toml"))
     out = tmp_path / "down.h5"
     generate(cfg, out)
+    digests = checkpoint_digests(tmp_path / "pretext.h5")
     with zooscope.open_zoo(tmp_path / "pretext.h5") as parent, zooscope.open_zoo(out) as zoo:
         members = zoo.members()
         assert len(members) == 4  # 2 pretext members x 2 epochs
         for m in members:
             lin = m.lineage
-            assert lin["zoo"] == hashlib.sha256((tmp_path / "pretext.h5").read_bytes()).hexdigest()
+            assert lin["checkpoint"] == digests[(lin["member"], lin["epoch"])]
             start = zoo.state_dict(m, 0)
             source = parent.state_dict(lin["member"], lin["epoch"])
             for name, value in start.items():
@@ -275,6 +297,50 @@ def test_downstream_zoo_starts_from_the_pretext_checkpoints(pretext_zoo: Path, t
                         "backbone.")], rtol=0, atol=0)
     listed = json.loads(run_cli("zoo", "ls", str(out), "--json").stdout)
     assert [r["factors"]["backbone"] for r in listed] == [m.factors["backbone"] for m in members]
+
+
+def test_lineage_survives_changes_elsewhere_in_the_parent_but_not_a_changed_tensor(
+        pretext_zoo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    parent = tmp_path / "pretext.h5"
+    shutil.copy(pretext_zoo, parent)
+    with zooscope.open_zoo(parent) as zoo:
+        first = zoo.members()[0].id
+    ref = f"zoo://pretext.h5#member={first}&epoch=2"
+    config = write_config(tmp_path, DOWNSTREAM.format(backbone=ref), "d.toml")
+    before = load_config(config).members()[0].lineage["checkpoint"]
+    # Analyses and attributes change the parent file, not the checkpoint.
+    with h5py.File(parent, "r+") as f:
+        f.attrs["note"] = "analysed by someone else"
+        f.create_group("analyses/other/k0").attrs["summary"] = "x"
+    run = run_cli("generate", str(config), "--out", str(tmp_path / "d.h5"), "--json",
+                  cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    with zooscope.open_zoo(tmp_path / "d.h5") as down:
+        assert down.members()[0].lineage["checkpoint"] == before
+    # One changed byte of a tensor the downstream zoo starts from: one clear error.
+    with h5py.File(parent, "r+") as f:
+        ids = list(f["members/id"].asstr()[()])
+        index = f["checkpoints/index"][()]
+        row = index[(index["member"] == ids.index(first)) & (index["epoch"] == 2)][0]
+        arch = f[f"architectures/a{row['architecture']}"]
+        names = json.loads(arch.attrs["tensor_names"])
+        name = next(n for n in names if n.endswith("attention.self.query.weight"))
+        ds = arch["tensors"][name]
+        k = int(arch["rows"][row["arch_row"], names.index(name)])
+        values = ds[k]
+        values.reshape(-1).view(np.uint8)[5] ^= 1
+        ds[k] = values
+    bad = run_cli("generate", str(config), "--out", str(tmp_path / "d2.h5"), cwd=tmp_path)
+    assert bad.returncode == 1
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: backbone ") and name in lines[0] and \
+        "does not match its stored digest" in lines[0], bad.stderr
+    assert lines[1].startswith("hint: the parent zoo is damaged")
+    assert "Traceback" not in bad.stderr and not (tmp_path / "d2.h5").exists()
 
 
 def test_bad_zoo_references_are_one_error_line(pretext_zoo: Path, tmp_path: Path) -> None:
@@ -547,7 +613,7 @@ def test_boolq_on_three_architectures_shares_epochs_and_compares_backbones(
     write_boolq(tmp_path)
     names = ", ".join(f'"{backbones[k]}"' for k in MODEL_TYPES)
     cfg = load_config(write_config(tmp_path, BOOLQ_CONFIG.format(backbones=names), "b.toml"))
-    members = cfg.members()
+    members = member_list(cfg)
     assert len(members) == 12
     short = [m for m in members if m.factors["epochs"] == 1]
     assert all(m.lineage["checkpoints_from"] for m in short)
@@ -632,3 +698,60 @@ def test_plugins_lists_the_generators_and_the_backbones_analyzer() -> None:
     for item in [("generator", "mlm"), ("generator", "squad"), ("generator", "boolq"),
                  ("analyzer", "backbones")]:
         assert item in names
+
+
+# -- member ids --------------------------------------------------------------------------------
+def test_member_ids_cover_data_backbone_and_training_settings(tmp_path: Path) -> None:
+    from .conftest import TINY_CONFIG
+
+    def ids(text: str, name: str) -> dict[str, str]:
+        members = member_list(load_config(write_config(tmp_path, text, name)))
+        return {json.dumps(m.factors, sort_keys=True): m.id for m in members}
+
+    base = ids(TINY_CONFIG, "base.toml")
+    assert base == ids(TINY_CONFIG, "again.toml")  # same config, same ids
+    variants = {
+        "data": TINY_CONFIG.replace("synthetic:sentiment:400", "synthetic:sentiment:500"),
+        "backbone": TINY_CONFIG.replace("hidden_size = 32", "hidden_size = 16"),
+        "max_seq_len": TINY_CONFIG.replace("max_seq_len = 32", "max_seq_len = 24"),
+        "epochs": TINY_CONFIG.replace("epochs = 2", "epochs = 3"),
+    }
+    for what, text in variants.items():
+        other = ids(text, f"{what}.toml")
+        assert set(other) == set(base), what  # the same factors ...
+        assert not set(other.values()) & set(base.values()), what  # ... other ids
+    # What changes no weight keeps the ids: evaluation settings, thread count.
+    same = TINY_CONFIG.replace("num_threads = 1", "num_threads = 2\neval_batch_size = 7")
+    assert ids(same, "eval.toml") == base
+
+
+def test_resume_keeps_stored_ids_and_refuses_another_config(zoo_copy: Path, tmp_path: Path
+                                                           ) -> None:
+    import h5py
+
+    from zooscope.zoo import member_id
+
+    from .conftest import TINY_CONFIG
+
+    config = write_config(tmp_path)
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        stored = [m.id for m in zoo.members()]
+    assert stored == [m.id for m in member_list(load_config(config))]
+    changed = write_config(tmp_path, TINY_CONFIG.replace("max_seq_len = 32", "max_seq_len = 24"),
+                           "changed.toml")
+    proc = run_cli("generate", str(changed), "--out", str(zoo_copy), "--resume")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"error: {zoo_copy} was started with another config, data or "
+                                "backbone: it has no member m")
+    assert lines[-1] == "hint: generate into a new file, or replace this one with --force"
+    # A zoo written when ids covered the factors alone resumes under its stored ids.
+    with h5py.File(zoo_copy, "r+") as f:
+        factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]
+        old = [member_id(fs) for fs in factors]
+        f["members/id"][...] = np.array(old, dtype=object)
+    proc = run_cli("generate", str(config), "--out", str(zoo_copy), "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["skipped"] == 4  # every member found complete
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        assert [m.id for m in zoo.members()] == old

@@ -131,3 +131,56 @@ def test_export_of_an_unknown_member(tiny_zoo: Path, tmp_path: Path, member: str
                      "--out", str(tmp_path / "x"))
     assert result.returncode == 1
     assert f"no member {member!r}" in result.stderr
+
+
+def reevaluate_from_docs(path: Path, member: int = 0) -> tuple[list[int], np.ndarray]:
+    """Run docs/format.md's re-evaluation example in a fresh interpreter on ``path`` for
+    the member at index ``member``; returns its recomputed predictions and logits (and
+    checks it imported no zooscope)."""
+    import re
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, cli_env
+
+    text = (ROOT / "docs" / "format.md").read_text()
+    code = re.search(r"## Re-evaluating a member from the file alone.*?```python\n(.*?)```",
+                     text, re.S).group(1)
+    assert "member = 0  #" in code
+    code = code.replace("member = 0  #", f"member = {member}  #")
+    script = (f"path = {str(path)!r}\n" + code +
+              "\nimport sys\nassert not any(m.split('.')[0] == 'zooscope' for m in sys.modules)"
+              "\nprint(json.dumps({'recomputed': recomputed.tolist(), 'agreement': agreement,"
+              " 'logits': logits.tolist()}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=cli_env(), timeout=600, cwd=path.parent)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["agreement"] == 1.0
+    return result["recomputed"], np.array(result["logits"])
+
+
+def test_documented_reevaluation_reproduces_stored_predictions(tiny_zoo: Path) -> None:
+    from zooscope.generators.synthetic import synthetic_sentiment
+    from zooscope.models import rebuild
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        member = zoo.members()[1]
+        last = zoo.checkpoints(member)[-1]
+        stored = zoo.predictions([last])[0]
+        header = zoo.header()
+        model, tokenizer = rebuild(zoo, member, last.epoch)
+    recomputed, logits = reevaluate_from_docs(tiny_zoo, 1)
+    assert recomputed == stored.tolist()
+    # The inputs stored are the test split's texts, in the order of the labels.
+    rows = synthetic_sentiment(400)
+    assert header.test_texts == [rows[int(i.removeprefix("row-"))][0] for i in header.test_ids]
+    assert header.test_text_pairs is None
+    np.testing.assert_array_equal(
+        header.test_labels, [rows[int(i.removeprefix("row-"))][1] for i in header.test_ids])
+    # The head the document spells out gives zooscope's own model's logits.
+    with torch.no_grad():
+        for text, row in zip(header.test_texts[:8], logits, strict=False):
+            enc = tokenizer([text], truncation=True, max_length=32, return_tensors="pt")
+            _, own = model(enc["input_ids"], enc["attention_mask"])
+            np.testing.assert_allclose(row, own[0].numpy(), rtol=1e-4, atol=1e-5)

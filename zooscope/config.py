@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscope.errors import ConfigError
-from zooscope.zoo import Member, canonical_json
+from zooscope.zoo import Member, canonical_json, member_id
 
 _NUMBER = (int, float)
 
@@ -75,6 +75,12 @@ CHOICES = {
 }
 #: Grid factors with a meaning the engine knows; others are passed to the generator.
 POSITIVE_FACTORS = ("learning_rate", "epochs", "batch_size")
+#: [train] keys that change a member's weights (the others change only evaluation,
+#: speed or where it runs); they enter member ids.
+TRAINING_KEYS = ("batch_size", "optimizer", "dropout", "lr_schedule", "max_seq_len", "head",
+                 "freeze_backbone", "max_train_examples", "mixed_precision")
+#: [data] keys that say where data lives; the data fingerprint stands for their content.
+DATA_LOCATIONS = ("source", "test_source", "validation_source")
 
 
 @dataclass
@@ -124,11 +130,31 @@ class ZooConfig:
         looks_local = value.startswith((".", "/", "~")) or local.exists()
         return str(local.resolve()) if looks_local else value
 
-    def members(self, expand: bool = True) -> list[Member]:
+    def recipe(self, generator_version: str, data: dict[str, Any],
+               default_optimizer: str = "adamw") -> dict[str, Any]:
+        """What besides its factors decides every member's weights, for member ids.
+
+        ``data`` is the generator's data record (its ``fingerprints``); only the training
+        split's fingerprint enters: validation and test data change no weight.
+        """
+        train = {k: self.train[k] for k in TRAINING_KEYS}
+        train["optimizer"] = self.raw.get("train", {}).get("optimizer", default_optimizer)
+        return {
+            "generator": self.generator, "generator_version": str(generator_version),
+            "data": {"train": data.get("fingerprints", {}).get("train"),
+                     **{k: v for k, v in self.data.items() if k not in DATA_LOCATIONS}},
+            "train": train,
+        }
+
+    def members(self, expand: bool = True, recipe: dict[str, Any] | None = None
+                ) -> list[Member]:
         """The product of the grid and the seeds, in a fixed order.
 
         ``zoo://`` selectors expand into one backbone per selected parent checkpoint
-        (which reads the parent zoo); ``expand=False`` leaves them as written.
+        (which reads the parent zoo); ``expand=False`` leaves them as written. Ids cover
+        ``recipe`` (``ZooConfig.recipe``), each member's epochs, its backbone (a
+        ``zoo://`` one by the parent checkpoint's digest, not its path; ``scratch`` with
+        the [scratch] table) and its factors; without a recipe, the factors alone.
         """
         grid = dict(self.grid)
         backbones = grid.pop("backbone", [self.zoo["backbone"]])
@@ -145,7 +171,9 @@ class ZooConfig:
             for seed in self.zoo["seeds"]:
                 factors = dict(zip(keys, values, strict=True))
                 factors["seed"] = seed
-                members.append(Member.from_factors(factors, lineage.get(factors["backbone"])))
+                parent = lineage.get(factors["backbone"])
+                mid = member_id(*self._identity(factors, parent, recipe))
+                members.append(Member(id=mid, factors=factors, lineage=parent))
         if self.train["share_epochs"] and len(self.grid.get("epochs", [])) > 1:
             members = _share_epochs(members)
         ids = [m.id for m in members]
@@ -153,6 +181,19 @@ class ZooConfig:
             raise ConfigError("the grid lists the same member twice",
                               hint="remove repeated values from [grid] or [zoo] seeds")
         return members
+
+    def _identity(self, factors: dict[str, Any], parent: dict[str, Any] | None,
+                  recipe: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The factors and recipe a member's id hashes."""
+        if recipe is None:
+            return factors, None
+        backbone: Any = factors["backbone"]
+        if parent is not None and "checkpoint" in parent:
+            backbone = {"zoo_checkpoint": parent["checkpoint"]}
+        elif backbone == "scratch":
+            backbone = {"scratch": self.scratch}
+        own = {**recipe, "epochs": self.epochs_of(Member(id="", factors=factors))}
+        return {**factors, "backbone": backbone}, own
 
     def expand_backbone(self, name: Any) -> list[tuple[Any, dict[str, Any] | None]]:
         """A backbone value, or the exact ``zoo://`` checkpoints a selector stands for."""
@@ -164,6 +205,15 @@ class ZooConfig:
             base = self.path.parent if self.path is not None else None
             self._expanded[name] = lineage.expand(name, base)
         return list(self._expanded[name])
+
+    def lineage_of(self, backbone: str) -> dict[str, Any]:
+        """The lineage of an exact ``zoo://`` backbone this config's members use, or ``{}``
+        where it was not expanded here."""
+        for expanded in self._expanded.values():
+            for concrete, parent in expanded:
+                if concrete == backbone and parent is not None:
+                    return dict(parent)
+        return {}
 
     def epochs_of(self, member: Member) -> int:
         return int(member.factors.get("epochs", self.zoo["epochs"]))

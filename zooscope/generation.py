@@ -39,6 +39,10 @@ class TaskData:
     predictions: dict[str, Any] | None = None
     test_labels: np.ndarray | None = None
     test_ids: list[str] | None = None
+    #: The test examples' input texts (the questions of a QA task) and, for sentence
+    #: pairs, their second texts: enough to re-evaluate a member from the zoo alone.
+    test_texts: list[str] | None = None
+    test_text_pairs: list[str] | None = None
     test_contexts: list[str] | None = None
     test_answers: list[list[str]] | None = None
     cache: dict[str, Any] = field(default_factory=dict)

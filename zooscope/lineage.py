@@ -15,6 +15,11 @@ Keys: ``member`` (ids, comma-separated, or ``*``), ``epoch`` (numbers, ``last`` 
 ``*``); any other key filters the parent's members by a generating factor. A relative
 path is looked up beside the config file, then in the working directory
 (``zoo:///abs/path.h5`` for an absolute one).
+
+Lineage names the parent checkpoint by its content, not by the parent file: the
+checkpoint digest combines the parent member's id and factors, the epoch and the
+stored digest of every tensor, so analysing or extending the parent zoo keeps it
+valid, and loading the backbone checks the tensors read against those digests.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from zooscope.errors import ConfigError, ZooscopeError
 if TYPE_CHECKING:
     from torch import nn
 
+    from zooscope.zoo import Checkpoint, Member, Zoo
+
 SCHEME = "zoo://"
-_hash_cache: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -88,17 +94,18 @@ def format_ref(path: str, member: str, epoch: int) -> str:
     return f"{SCHEME}{path}#member={member}&epoch={epoch}"
 
 
-def zoo_sha256(path: Path) -> str:
-    """The parent zoo file's sha256, computed once per file version in a process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _hash_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-        _hash_cache[key] = h.hexdigest()
-    return _hash_cache[key]
+def checkpoint_digest(member: Member, epoch: int, tensor_digests: dict[str, str]) -> str:
+    """The parent checkpoint's identity: SHA-256 over the canonical JSON of its member's
+    id and factors, the epoch and each tensor's stored digest."""
+    from zooscope.zoo import canonical_json
+
+    record = {"member": member.id, "factors": member.factors, "epoch": int(epoch),
+              "tensors": tensor_digests}
+    return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+
+
+def _stored_digest(zoo: Zoo, member: Member, checkpoint: Checkpoint) -> str:
+    return checkpoint_digest(member, checkpoint.epoch, zoo.checkpoint_digests(checkpoint))
 
 
 def _resolve(ref: ZooRef, base: Path | None) -> Path:
@@ -127,14 +134,15 @@ def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
                 if mid not in known:
                     raise ConfigError(f"backbone {uri!r}: {path.name} has no member {mid!r}",
                                       hint="list them with: zooscope zoo ls " + str(path))
-            chosen = []
+            chosen: list[tuple[str, int, str]] = []
             for m in members:
                 if ref.member is not None and m.id not in ref.member:
                     continue
                 if any(k not in m.factors or not _same(m.factors[k], _number(v))
                        for k, v in ref.factors):
                     continue
-                epochs = [c.epoch for c in zoo.checkpoints(m)]
+                cps = {c.epoch: c for c in zoo.checkpoints(m)}
+                epochs = list(cps)
                 if not epochs:
                     if ref.member is not None:
                         raise ConfigError(f"backbone {uri!r}: member {m.id} has no committed "
@@ -151,16 +159,16 @@ def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
                             f"backbone {uri!r}: member {m.id} has no epoch {missing[0]} "
                             f"(it has {epochs[0]}..{epochs[-1]})")
                     wanted = [e for e in ref.epoch if e in epochs]
-                chosen += [(m.id, e) for e in wanted]
+                chosen += [(m.id, e, _stored_digest(zoo, m, cps[e])) for e in wanted]
     except ZooscopeError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"backbone {uri!r}: {exc.message}") from None
     if not chosen:
         raise ConfigError(f"backbone {uri!r} selects no checkpoint of {path.name}")
-    digest = zoo_sha256(path)
-    return [(format_ref(ref.path, mid, e), {"zoo": digest, "path": ref.path, "member": mid,
-                                             "epoch": e}) for mid, e in chosen]
+    return [(format_ref(ref.path, mid, e), {"checkpoint": digest, "path": ref.path,
+                                             "member": mid, "epoch": e})
+            for mid, e, digest in chosen]
 
 
 def _number(value: str) -> Any:
@@ -173,12 +181,53 @@ def _number(value: str) -> Any:
             return value
 
 
-def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base"
-                  ) -> tuple[nn.Module, Any]:
+def verify(zoo: Zoo, uri: str, member: Member, epoch: int, expected: str | None) -> None:
+    """Check a parent checkpoint by content: every tensor against its stored digest, and
+    the checkpoint digest against the one the lineage recorded (where it recorded one)."""
+    from zooscope.errors import ZooFileError
+
+    checkpoint = next((c for c in zoo.checkpoints(member) if c.epoch == epoch), None)
+    if checkpoint is None:
+        raise ConfigError(f"backbone {uri!r}: member {member.id} has no epoch {epoch}")
+    for name in zoo.tensor_names(member):
+        problems = zoo.check_tensor(checkpoint, name)
+        if problems:
+            raise ZooFileError(f"backbone {uri!r}: {problems[0]}",
+                               hint="the parent zoo is damaged: restore it or regenerate it")
+    if expected is not None and _stored_digest(zoo, member, checkpoint) != expected:
+        raise ZooFileError(
+            f"backbone {uri!r}: the parent checkpoint's content is not the one this zoo's "
+            "lineage records", hint="the parent zoo was regenerated or replaced; use the "
+            "parent this zoo was built from, or generate a new zoo")
+
+
+def verify_parents(members: list[Member], base: Path | None) -> None:
+    """Verify by content every parent checkpoint the members start from, once each, so a
+    damaged parent stops ``generate`` before it creates or extends any file."""
+    from zooscope.zoo import open_zoo
+
+    seen: set[tuple[str, str, int]] = set()
+    for m in members:
+        lin = m.lineage or {}
+        uri = str(m.factors.get("backbone", ""))
+        if "checkpoint" not in lin or not is_zoo_ref(uri):
+            continue
+        key = (lin["path"], lin["member"], int(lin["epoch"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        with open_zoo(_resolve(parse_ref(uri), base)) as zoo:
+            verify(zoo, uri, zoo.member(lin["member"]), int(lin["epoch"]), lin["checkpoint"])
+
+
+def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base",
+                  expected: str | None = None) -> tuple[nn.Module, Any]:
     """The model a zoo checkpoint holds, as a fresh backbone with the given dropout.
 
     ``kind`` ``"base"`` gives the bare encoder (``AutoModel``), ``"masked-lm"`` the
     encoder with its masked-LM head (continuing pre-training from a checkpoint).
+    The checkpoint is verified by content first (``verify``); ``expected`` is the
+    checkpoint digest the member's lineage records.
     """
     import json
     import tempfile
@@ -194,8 +243,10 @@ def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base
         raise ConfigError(f"backbone {uri!r} is a selector, not one checkpoint")
     path = _resolve(ref, base)
     with open_zoo(path) as zoo:
-        files = zoo.model_files(ref.member[0])  # type: ignore[index]
-        parent, _ = rebuild(zoo, ref.member[0], ref.epoch[0])  # type: ignore[index]
+        member = zoo.member(ref.member[0])  # type: ignore[index]
+        verify(zoo, uri, member, ref.epoch[0], expected)  # type: ignore[index]
+        files = zoo.model_files(member)
+        parent, _ = rebuild(zoo, member, ref.epoch[0])  # type: ignore[index]
     head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.json").write_bytes(files["config.json"])

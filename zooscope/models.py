@@ -62,8 +62,9 @@ class SequenceClassifier(nn.Module):
 
     def head_spec(self) -> dict[str, Any]:
         return {"kind": "sequence-classification", "num_labels": self.num_labels,
-                "hidden": int(len(self.head) > 1), "backbone_prefix": "backbone.",
-                "head_prefix": "head.", "input": "first token ([CLS]) of last_hidden_state"}
+                "hidden": int(len(self.head) > 1), "activation": "relu",
+                "backbone_prefix": "backbone.", "head_prefix": "head.",
+                "input": "first token ([CLS]) of last_hidden_state"}
 
 
 class QuestionAnswerer(nn.Module):
@@ -93,7 +94,7 @@ class QuestionAnswerer(nn.Module):
 
     def head_spec(self) -> dict[str, Any]:
         return {"kind": "question-answering", "hidden": int(len(self.head) > 1),
-                "backbone_prefix": "backbone.", "head_prefix": "head.",
+                "activation": "relu", "backbone_prefix": "backbone.", "head_prefix": "head.",
                 "input": "every token of last_hidden_state; outputs start and end logits"}
 
 
@@ -122,7 +123,8 @@ def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "b
         return scratch_backbone(cfg.scratch, texts, dropout, max_len, kind)
     if lineage.is_zoo_ref(name):
         base = cfg.path.parent if cfg.path is not None else None
-        return lineage.load_from_zoo(name, base, dropout, kind)
+        return lineage.load_from_zoo(name, base, dropout, kind,
+                                     expected=cfg.lineage_of(name).get("checkpoint"))
     return load_backbone(cfg.resolve(name), dropout, kind)
 
 

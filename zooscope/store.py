@@ -32,6 +32,9 @@ class ZooHeader:
     predictions: dict[str, Any] | None = None
     test_labels: np.ndarray | None = None
     test_ids: list[str] | None = None
+    #: The test inputs as the model reads them (first and, for pairs, second texts).
+    test_texts: list[str] | None = None
+    test_text_pairs: list[str] | None = None
     #: Extractive QA: each test question's context and gold answers, so that stored
     #: character spans turn back into answer text without the data set.
     test_contexts: list[str] | None = None

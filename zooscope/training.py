@@ -27,6 +27,7 @@ from zooscope import registry
 from zooscope.config import ZooConfig
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.lineage import verify_parents
 from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
 from zooscope.store import Store, ZooHeader, ZooWriter, store_for
@@ -395,7 +396,8 @@ def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
         name=cfg.name, config_text=cfg.text, generator=generator.name,
         generator_version=generator.version, metric_columns=task.metric_columns,
         data=task.info, predictions=task.predictions, test_labels=task.test_labels,
-        test_ids=task.test_ids, test_contexts=task.test_contexts,
+        test_ids=task.test_ids, test_texts=task.test_texts,
+        test_text_pairs=task.test_text_pairs, test_contexts=task.test_contexts,
         test_answers=task.test_answers, storage_dtype=cfg.store["dtype"],
         compression=cfg.store["compression"],
     )
@@ -458,16 +460,19 @@ def generate(
             # Before anything is replaced: the live writer's zoo and resume state stay.
             raise ZooFileError(f"{out} is being written by another process",
                                hint="wait for it to finish, or stop it first, then --force")
-    members = cfg.members()
+    task = generator.prepare(cfg)  # bad data fails here, before any file is touched
+    members = member_list(cfg, generator, task)
     if shard is not None:
         members = shard_members(members, *shard)
+    verify_parents(members, cfg.path.parent if cfg.path is not None else None)
     if state is not None and cfg.zoo["strategy"] == "members":
         if cfg.train["num_threads"] == 0 and state.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
         path = part_path(out, state.process_index, state.num_processes)
         with state.split_between_processes(members) as mine:
-            result = _generate_into(cfg, generator, store, path, list(mine), resume, force,
-                                    progress if state.is_main_process else Reporter(), log, state)
+            result = _generate_into(cfg, generator, task, store, path, list(mine), resume,
+                                    force, progress if state.is_main_process else Reporter(), log,
+                                    state)
         state.wait_for_everyone()
         if state.is_main_process:
             from zooscope.zoofile import merge_zoos
@@ -475,7 +480,7 @@ def generate(
             parts = [part_path(out, i, state.num_processes) for i in range(state.num_processes)]
             if out.exists() and force:
                 out.unlink()
-            merge_zoos(parts, out, all_members=cfg.members() if shard is None else members)
+            merge_zoos(parts, out, all_members=members)
             for p in parts:
                 p.unlink()
             result.path = out
@@ -489,18 +494,66 @@ def generate(
     elif state is not None and state.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
     if state is not None:  # strategy "ddp": every process trains every member together
-        result = _generate_into(cfg, generator, store, out, members, resume, force,
+        result = _generate_into(cfg, generator, task, store, out, members, resume, force,
                                 progress if state.is_main_process else Reporter(), log, state,
                                 dist=state)
         result.main = state.is_main_process
         return result
-    return _generate_into(cfg, generator, store, out, members, resume, force, progress, log, state)
+    return _generate_into(cfg, generator, task, store, out, members, resume, force, progress,
+                          log, state)
 
 
-def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Path,
-                   members: list[Member], resume: bool, force: bool, progress: Any,
+def member_list(cfg: ZooConfig, generator: Generator | None = None,
+                task: TaskData | None = None) -> list[Member]:
+    """The config's members with ids over everything that decides their weights: the
+    generator, its data as prepared (loaded here when ``task`` is not given), the
+    training settings and the factors."""
+    generator = generator or registry.get_generator(cfg.generator)
+    task = task or generator.prepare(cfg)
+    return cfg.members(recipe=cfg.recipe(generator.version, task.info,
+                                         generator.default_optimizer))
+
+
+def stored_ids(path: Path, members: list[Member]) -> list[Member]:
+    """The members as the zoo being resumed names them.
+
+    A member must keep its stored id; a zoo written before ids covered the training
+    recipe stores ids over the factors alone, which are taken as they are. Any other
+    difference means the config, data or backbone changed since the zoo was started.
+    """
+    from zooscope.zoo import canonical_json, member_id, open_zoo
+
+    with open_zoo(path) as zoo:
+        stored = {m.id: m for m in zoo.members()}
+    by_factors = {canonical_json(m.factors): m.id for m in stored.values()}
+    renamed: dict[str, str] = {}
+    for m in members:
+        if m.id in stored:
+            continue
+        old = by_factors.get(canonical_json(m.factors))
+        if old is not None and old == member_id(m.factors):
+            renamed[m.id] = old
+            continue
+        raise ZooFileError(
+            f"{path} was started with another config, data or backbone: it has no member "
+            f"{m.id} ({', '.join(f'{k}={v}' for k, v in m.factors.items() if k != 'backbone')})",
+            hint="generate into a new file, or replace this one with --force")
+    if not renamed:
+        return members
+    out = []
+    for m in members:
+        lineage = m.lineage
+        if lineage and lineage.get("checkpoints_from") in renamed:
+            lineage = {**lineage, "checkpoints_from": renamed[lineage["checkpoints_from"]]}
+        out.append(Member(id=renamed.get(m.id, m.id), factors=m.factors, lineage=lineage))
+    return out
+
+
+def _generate_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Store,
+                   path: Path, members: list[Member], resume: bool, force: bool, progress: Any,
                    log: Callable[[str], None], state: Any, dist: Any = None) -> GenerateResult:
-    task = generator.prepare(cfg)  # bad data fails here, before any file is touched
+    if resume and path.exists():
+        members = stored_ids(path, members)
     resume_state = ResumeState(path)
     writer: ZooWriter
     if dist is not None and not dist.is_main_process:

@@ -38,16 +38,22 @@ def check_safe_name(name: str, what: str) -> str:
 
 
 def canonical_json(value: Any) -> str:
+    """JSON with keys sorted, no spaces and non-ASCII characters escaped (``json.dumps``
+    defaults otherwise): the same value always gives the same text, so its hash is stable."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def member_id(factors: dict[str, Any]) -> str:
-    """A stable id derived from the generating factors alone.
+def member_id(factors: dict[str, Any], recipe: dict[str, Any] | None = None) -> str:
+    """A stable id: ``m`` + 11 hex digits of SHA-256 over the member's canonical JSON.
 
-    Resume, shards and merges agree on identities because every process derives
-    the same id from the same factors.
+    ``recipe`` is everything besides the factors that decides the member's weights
+    (``ZooConfig.recipe``); the same id in two zoos then means the same training.
+    Without one (zoos imported from model folders, grid checks) only the factors count.
+    Resume, shards and merges agree on identities because every process derives the
+    same id from the same config and data.
     """
-    return "m" + hashlib.sha256(canonical_json(factors).encode()).hexdigest()[:11]
+    payload: Any = factors if recipe is None else {"factors": factors, "recipe": recipe}
+    return "m" + hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:11]
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,9 @@ class Member:
     status: str = field(default="pending", hash=False, compare=False)
 
     @classmethod
-    def from_factors(cls, factors: dict[str, Any], lineage: dict[str, Any] | None = None) -> Member:
-        return cls(id=member_id(factors), factors=dict(factors), lineage=lineage)
+    def from_factors(cls, factors: dict[str, Any], lineage: dict[str, Any] | None = None,
+                     recipe: dict[str, Any] | None = None) -> Member:
+        return cls(id=member_id(factors, recipe), factors=dict(factors), lineage=lineage)
 
     def matches(self, **wanted: Any) -> bool:
         """True where every named factor equals the value (or is in the list) given."""
@@ -203,6 +210,11 @@ class Zoo(ABC):
     @abstractmethod
     def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
         """Problems of one stored tensor (checksum, NaN/Inf); empty when it is sound."""
+
+    def checkpoint_digests(self, checkpoint: Checkpoint) -> dict[str, str]:
+        """Each tensor's stored content digest (hex text) in one checkpoint, read from the
+        file without reading the tensors."""
+        raise ZooFileError(f"{self.path} records no tensor digests")
 
     @abstractmethod
     def uncommitted_rows(self) -> int:

@@ -85,11 +85,12 @@ def generate(
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     from zooscope import registry
-    from zooscope.training import shard_members
+    from zooscope.training import member_list, shard_members
 
     generator = registry.get_generator(cfg.generator)
     generator.validate(cfg)
-    members = cfg.members()
+    # Member ids cover the data's fingerprint, so the data is loaded (not tokenised).
+    members = member_list(cfg, generator, generator.prepare(cfg))
     if shard is not None:
         members = shard_members(members, *shard)
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
