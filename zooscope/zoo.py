@@ -201,6 +201,12 @@ class Zoo(ABC):
     def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
         """Problems of one stored tensor (checksum, NaN/Inf); empty when it is sound."""
 
+    def check_structure(self) -> list[str]:
+        """Problems of the file's structure beyond what opening checks (every tensor's
+        dataset, stored analyses); empty when sound. Stores that check everything on
+        opening keep this default."""
+        return []
+
     @abstractmethod
     def uncommitted_rows(self) -> int:
         """Rows a writer appended after its last commit (a killed or running writer)."""
