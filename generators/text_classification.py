@@ -51,6 +51,8 @@ def load_table(source: str) -> Any:
         elif _is_local(source):
             if not path.exists():
                 raise DataError(f"no data file at {path}")
+            if not path.is_file():  # a device or pipe would be read without end
+                raise DataError(f"{path} is not a regular file")
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
                 raise DataError(f"cannot read {path.name}: use .tsv, .csv, .jsonl or .parquet")

@@ -365,16 +365,17 @@ def _check_format(f: h5py.File, path: Path) -> int:
 def _architecture_layout(group: h5py.Group) -> tuple[list[str], dict[str, tuple[int, ...]]]:
     names = _json_attr(group, "tensor_names")
     shapes_raw = _json_attr(group, "shapes")
+    damaged = f"{group.file.filename} is damaged:"
     if not isinstance(names, list) or not isinstance(shapes_raw, dict):
-        raise ZooFileError(f"architecture {group.name} has a malformed tensor layout")
+        raise ZooFileError(f"{damaged} architecture {group.name} has a malformed tensor layout")
     shapes: dict[str, tuple[int, ...]] = {}
     for name in names:
         check_safe_name(name, "tensor")
         shape = shapes_raw.get(name)
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ZooFileError(f"tensor {name!r} has a malformed shape {shape!r}")
+            raise ZooFileError(f"{damaged} tensor {name!r} has a malformed shape {shape!r}")
         if int(np.prod(shape, dtype=np.float64)) > MAX_TENSOR_ELEMENTS:
-            raise ZooFileError(f"tensor {name!r} declares an absurd shape {shape}")
+            raise ZooFileError(f"{damaged} tensor {name!r} declares an absurd shape {shape}")
         shapes[name] = tuple(shape)
     return names, shapes
 

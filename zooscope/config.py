@@ -91,6 +91,8 @@ _FACTOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 #: ``[train] device``: what torch.device accepts and this engine can train on.
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")
 MAX_THREADS = 1024
+#: A config is a page of TOML; a larger file is not one (and is stored in every zoo).
+MAX_CONFIG_BYTES = 2**20
 
 
 @dataclass
@@ -341,8 +343,8 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     fractions = [split.get(k, 0.0) for k in ("train", "validation", "test")]
     for k, v in zip(("train", "validation", "test"), fractions, strict=True):
         _check_type(f"[data] split {k}", v, _NUMBER)
-        if v < 0:
-            raise ConfigError(f"[data] split {k} must be ≥ 0")
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"[data] split {k} must be ≥ 0 and finite, got {v!r}")
     if split.get("train", 0) <= 0:
         raise ConfigError("[data] split train must be > 0")
     if abs(sum(fractions) - 1.0) > 1e-6:
@@ -418,7 +420,7 @@ def _check_scratch(scratch: dict[str, Any], max_seq_len: int) -> None:
         raise ConfigError(f"[scratch] describes a model of {parameters:,} parameters; training "
                           f"it needs {needed / 2**30:,.0f} GiB, more than this machine's "
                           f"{memory / 2**30:,.0f} GiB of memory",
-                          hint="make hidden_size, num_hidden_layers or vocab_size smaller")
+                          hint="make the [scratch] sizes or [train] max_seq_len smaller")
 
 
 def _check_positive(where: str, value: Any) -> None:
@@ -435,6 +437,11 @@ def load_config(path: str | Path) -> ZooConfig:
         raise ConfigError(f"no config file at {path}", hint="ready configs live in zoos/")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a config file")
+    if not path.is_file():  # a device or pipe would be read without end
+        raise ConfigError(f"{path} is not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} holds {path.stat().st_size:,} bytes; a zoo config is at most "
+                          f"{MAX_CONFIG_BYTES:,}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
