@@ -51,6 +51,8 @@ def load_table(source: str) -> Any:
         elif _is_local(source):
             if not path.exists():
                 raise DataError(f"no data file at {path}")
+            if not path.is_file():  # a device or pipe would be read without end
+                raise DataError(f"{path} is not a regular file")
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
                 raise DataError(f"cannot read {path.name}: use .tsv, .csv, .jsonl or .parquet")
@@ -85,10 +87,7 @@ def load_rows(source: str, text_column: str | None, label_column: str,
     if source.startswith("synthetic:"):
         from zooscope.generators.synthetic import synthetic_sentiment
 
-        kind, _, n = source.partition(":")[2].partition(":")
-        if kind != "sentiment":
-            raise DataError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment")
-        rows = synthetic_sentiment(int(n or 3000))
+        rows = synthetic_sentiment(synthetic_size(source))
         return [t for t, _ in rows], [y for _, y in rows], None
     ds = load_table(source)
     columns = list(ds.column_names)
@@ -104,6 +103,26 @@ def load_rows(source: str, text_column: str | None, label_column: str,
     texts = ["" if t is None else str(t) for t in ds[text_column]]
     pairs = None if pair_column is None else ["" if t is None else str(t) for t in ds[pair_column]]
     return texts, list(ds[label_column]), pairs
+
+
+#: Most examples ``synthetic:sentiment:N`` may ask for (the demo uses 3000).
+MAX_SYNTHETIC = 1_000_000
+#: Most classes a data set may have: integer labels are class ids 0..max.
+MAX_CLASSES = 100_000
+
+
+def synthetic_size(source: str) -> int:
+    """The number of examples ``synthetic:sentiment[:N]`` asks for; a ``ConfigError`` when
+    the source is not of that form."""
+    kind, _, n = source.partition(":")[2].partition(":")
+    if kind != "sentiment":
+        raise ConfigError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment:N")
+    if not n:
+        return 3000
+    if not n.isascii() or not n.isdigit() or not 0 < int(n) <= MAX_SYNTHETIC:
+        raise ConfigError(f"[data] source {source!r}: N must be a whole number from 1 to "
+                          f"{MAX_SYNTHETIC:,}", hint="e.g. synthetic:sentiment:3000")
+    return int(n)
 
 
 def _check_utf8(path: Path) -> None:
@@ -127,9 +146,15 @@ def _label_ids(labels: list[Any], source: str) -> tuple[np.ndarray, list[str]]:
     if any(v is None for v in labels):
         raise DataError(f"{source} has rows without a label")
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        if any(not 0 <= v < MAX_CLASSES for v in labels):
+            bad = next(v for v in labels if not 0 <= v < MAX_CLASSES)
+            if bad < 0:
+                raise DataError(f"{source} has negative labels (unlabelled rows?)")
+            # Integer labels are class ids: one this large would ask for a head that size.
+            raise DataError(f"{source} has the label {bad}; integer labels are class ids "
+                            f"from 0 to {MAX_CLASSES - 1:,}",
+                            hint="use class ids 0..K-1, or text labels")
         arr = np.asarray(labels, dtype=np.int64)
-        if arr.min() < 0:
-            raise DataError(f"{source} has negative labels (unlabelled rows?)")
         names = [str(i) for i in range(int(arr.max()) + 1)]
         return arr, names
     names = sorted({str(v) for v in labels})
@@ -167,7 +192,9 @@ class TextClassificationGenerator(Generator):
     def validate(self, cfg: ZooConfig) -> None:
         for key in ("source", "test_source", "validation_source"):
             value = cfg.data.get(key) or (self.default_source if key == "source" else None)
-            if value and not value.startswith("synthetic:"):
+            if value and value.startswith("synthetic:"):
+                synthetic_size(value)
+            elif value:
                 resolved = Path(cfg.resolve(value)).expanduser()
                 if _is_local(value) and not resolved.exists():
                     raise ConfigError(f"[data] {key}: no data file at {resolved}")

@@ -33,8 +33,6 @@ from zooscope.store import Architecture, ZooHeader, ZooWriter
 from zooscope.stores.h5results import (
     ResultsStore,
     read_entries,
-    read_figures,
-    read_tables,
     write_result,
     zoo_identity,
 )
@@ -64,21 +62,109 @@ _STR = h5py.string_dtype()
 
 
 def _attr_text(obj: h5py.HLObject, name: str, default: str | None = None) -> str:
-    value = obj.attrs.get(name, default)
+    where = f"{obj.file.filename} is damaged: the attribute {obj.name}:{name}"
+    try:
+        value = obj.attrs.get(name, default)
+    except UnicodeDecodeError:
+        raise ZooFileError(f"{where} is not UTF-8 text") from None
     if value is None:
         raise ZooFileError(f"zoo file lacks the attribute {obj.name}:{name}")
-    return value.decode() if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise ZooFileError(f"{where} is not UTF-8 text") from None
+    if not isinstance(value, str):
+        raise ZooFileError(f"{where} is not text ({type(value).__name__})")
+    return value
 
 
-def _json_attr(obj: h5py.HLObject, name: str, default: Any = None) -> Any:
+def _json_attr(obj: h5py.HLObject, name: str, default: Any = None,
+               kind: type | tuple[type, ...] | None = None) -> Any:
     if name not in obj.attrs:
         if default is not None:
             return default
         raise ZooFileError(f"zoo file lacks the attribute {obj.name}:{name}")
+    where = f"{obj.file.filename} is damaged: the attribute {obj.name}:{name}"
     try:
-        return json.loads(_attr_text(obj, name))
-    except json.JSONDecodeError as exc:
-        raise ZooFileError(f"attribute {obj.name}:{name} is not valid JSON") from exc
+        value = json.loads(_attr_text(obj, name))
+    except json.JSONDecodeError:
+        raise ZooFileError(f"{where} is not valid JSON") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ZooFileError(f"{where} holds JSON of the wrong type ({type(value).__name__})")
+    return value
+
+
+def _memory_budget() -> int:
+    """Bytes one read may allocate: half the smaller of physical memory and the process's
+    address-space limit. A file declaring more is refused instead of exhausting memory."""
+    import resource
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = physical if soft == resource.RLIM_INFINITY else min(physical, soft)
+    return limit // 2
+
+
+def _get(group: h5py.Group, name: str, path: Path, dataset: bool = True) -> Any:
+    """A dataset (or group) a zoo must have; missing or of the other kind is damage."""
+    obj = group.get(name)
+    if obj is None:
+        raise ZooFileError(f"{path} is damaged: {group.name.rstrip('/')}/{name} is missing")
+    if dataset and not isinstance(obj, h5py.Dataset):
+        raise ZooFileError(f"{path} is damaged: {obj.name} is not a dataset")
+    if not dataset and not isinstance(obj, h5py.Group):
+        raise ZooFileError(f"{path} is damaged: {obj.name} is not a group")
+    return obj
+
+
+def _check_dataset(ds: h5py.Dataset, path: Path, kinds: str, ndim: int,
+                   rows: int | None = None, width: tuple[int, ...] | None = None) -> None:
+    """A dataset's dtype kind ("T" for text), rank, and, where given, its trailing shape and
+    at least ``rows`` rows, which the file must really hold (see ``_check_backed``)."""
+    text = ds.dtype.kind == "O" and h5py.check_string_dtype(ds.dtype) is not None
+    kind = "T" if text else ds.dtype.kind
+    if kind not in kinds:
+        raise ZooFileError(f"{path} is damaged: {ds.name} has the dtype {ds.dtype}")
+    if ds.ndim != ndim:
+        raise ZooFileError(f"{path} is damaged: {ds.name} has shape {ds.shape}, expected "
+                           f"{ndim} dimension(s)")
+    if width is not None and tuple(ds.shape[1:]) != tuple(width):
+        raise ZooFileError(f"{path} is damaged: {ds.name} has shape {ds.shape}, rows of "
+                           f"{tuple(width)} expected")
+    if rows is not None:
+        if ds.shape[0] < rows:
+            raise ZooFileError(f"{path} is damaged: {ds.name} has {ds.shape[0]} rows, "
+                               f"{rows} expected")
+        _check_backed(ds, rows, path)
+
+
+def _check_backed(ds: h5py.Dataset, rows: int, path: Path) -> None:
+    """Refuse to read ``rows`` rows of a dataset whose declared size the file cannot hold.
+
+    A small file may declare a billion rows; reading them would allocate that much.
+    Without filters the stored bytes must cover the rows; with filters (compression can
+    shrink zeros 30 000-fold) every chunk the rows lie in must be stored. Either way the
+    rows must fit the memory budget.
+    """
+    width = int(np.prod(ds.shape[1:], dtype=np.float64)) if ds.ndim else 1
+    needed = rows * width * ds.id.get_type().get_size()
+    if needed > _memory_budget():
+        raise ZooFileError(f"{path}: {ds.name} declares {needed / 2**30:,.1f} GiB to read, more "
+                           "than this machine's memory allows",
+                           hint="the file is damaged or crafted; a real zoo splits such data")
+    if needed == 0:
+        return
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_nfilters() == 0:
+        held = ds.id.get_storage_size()
+    else:
+        chunk = ds.chunks or ds.shape
+        per_chunk = int(np.prod(chunk, dtype=np.float64)) * ds.id.get_type().get_size()
+        held = ds.id.get_num_chunks() * per_chunk
+    if held < needed:
+        raise ZooFileError(f"{path} is damaged: {ds.name} declares shape {ds.shape} but the "
+                           f"file holds {held:,} of the {needed:,} bytes its rows need")
 
 
 def _compression(name: str) -> dict[str, Any]:
@@ -230,7 +316,12 @@ def _check_safe_file(f: h5py.File, path: Path) -> None:
         elif info.type != h5py.h5l.TYPE_HARD:
             problems.append(f"soft link {name.decode(errors='replace')!r}")
 
-    f.id.links.visit(visit, info=True)
+    try:
+        f.id.links.visit(visit, info=True)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ZooFileError(f"{path} is damaged: {_damaged_object(f)} cannot be read "
+                           f"({_reason(exc).split('(')[-1].rstrip(')')})",
+                           hint="`zooscope zoo validate` lists what it finds") from None
     if problems:
         raise ZooFileError(f"{path} is unsafe: it holds an {problems[0]}",
                            hint="zoo files never link outside themselves")
@@ -258,10 +349,39 @@ def _check_safe_file(f: h5py.File, path: Path) -> None:
                            hint="zoo files keep all their data inside themselves")
 
 
+def _damaged_object(f: h5py.File) -> str:
+    """The first object whose metadata HDF5 cannot read (a failed checksum, say), found by
+    opening every object in turn; names it for the error message."""
+    pending: list[h5py.Group] = [f]
+    while pending:
+        group = pending.pop()
+        try:
+            names = list(group)
+            group.attrs.keys()
+        except (OSError, RuntimeError, KeyError):
+            return f"the group {group.name}"
+        for name in names:
+            where = f"{group.name.rstrip('/')}/{name}"
+            try:
+                obj = group[name]
+                if isinstance(obj, h5py.Dataset):
+                    obj.dtype, obj.shape  # noqa: B018 - reading them is the check
+            except (OSError, RuntimeError, KeyError, ValueError):
+                return f"the object {where}"
+            if isinstance(obj, h5py.Group):
+                pending.append(obj)
+    return "an object"
+
+
 def _check_format(f: h5py.File, path: Path) -> int:
     if "zooscope_format" not in f.attrs:
         raise ZooFileError(f"{path} is an HDF5 file but not a zooscope zoo (no zooscope_format)")
-    version = int(f.attrs["zooscope_format"])
+    raw = f.attrs["zooscope_format"]
+    if not isinstance(raw, (int, np.integer)) or isinstance(raw, (bool, np.bool_)):
+        raise ZooFileError(f"{path} is damaged: the attribute zooscope_format is not an integer")
+    version = int(raw)
+    if version < 1:
+        raise ZooFileError(f"{path} is damaged: zooscope_format is {version}; formats start at 1")
     if version > FORMAT_VERSION:
         raise ZooFileError(
             f"{path} uses zoo format {version}; this zooscope reads format {FORMAT_VERSION}",
@@ -270,22 +390,25 @@ def _check_format(f: h5py.File, path: Path) -> int:
     for group in ("members", "architectures", "checkpoints"):
         if group not in f:
             raise ZooFileError(f"{path} is damaged: the group /{group} is missing")
+        if not isinstance(f[group], h5py.Group):
+            raise ZooFileError(f"{path} is damaged: /{group} is not a group")
     return version
 
 
 def _architecture_layout(group: h5py.Group) -> tuple[list[str], dict[str, tuple[int, ...]]]:
     names = _json_attr(group, "tensor_names")
     shapes_raw = _json_attr(group, "shapes")
+    damaged = f"{group.file.filename} is damaged:"
     if not isinstance(names, list) or not isinstance(shapes_raw, dict):
-        raise ZooFileError(f"architecture {group.name} has a malformed tensor layout")
+        raise ZooFileError(f"{damaged} architecture {group.name} has a malformed tensor layout")
     shapes: dict[str, tuple[int, ...]] = {}
     for name in names:
         check_safe_name(name, "tensor")
         shape = shapes_raw.get(name)
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ZooFileError(f"tensor {name!r} has a malformed shape {shape!r}")
+            raise ZooFileError(f"{damaged} tensor {name!r} has a malformed shape {shape!r}")
         if int(np.prod(shape, dtype=np.float64)) > MAX_TENSOR_ELEMENTS:
-            raise ZooFileError(f"tensor {name!r} declares an absurd shape {shape}")
+            raise ZooFileError(f"{damaged} tensor {name!r} declares an absurd shape {shape}")
         shapes[name] = tuple(shape)
     return names, shapes
 
@@ -309,7 +432,7 @@ class HDF5Writer(ZooWriter):
         self.compression = _attr_text(f, "compression", "none")
         self.metric_columns = _json_attr(f["checkpoints/metrics"], "columns")
         self.member_index = {
-            (v.decode() if isinstance(v, bytes) else v): i
+            check_safe_name(v.decode() if isinstance(v, bytes) else v, "member"): i
             for i, v in enumerate(f["members/id"][()])
         }
         self.arch_keys = [k for k in sorted(f["architectures"], key=lambda s: int(s[1:]))]
@@ -565,69 +688,277 @@ def _fingerprint(arch: Architecture) -> str:
     return h.hexdigest()
 
 
-class HDF5Zoo(Zoo):
-    """A read-only view of the committed state of a zoo file."""
+def _reads(method: Any) -> Any:
+    """Turn what a damaged file raises deep inside h5py (a failed checksum, a missing
+    object, a value of the wrong type) into one ``ZooFileError`` naming the zoo."""
+    import functools
 
-    def __init__(self, path: Path) -> None:
+    @functools.wraps(method)
+    def wrapper(self: HDF5Zoo, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ZooFileError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            raise _damage(self.path, self.f, exc) from None
+    return wrapper
+
+
+def _damage(path: Path, f: h5py.File, exc: BaseException) -> ZooFileError:
+    """The error for what h5py raised on a damaged file, naming the object when HDF5
+    could not read its metadata."""
+    reason = _reason(exc)
+    if isinstance(exc, (OSError, KeyError, RuntimeError)) and "checksum" in reason:
+        reason = f"{_damaged_object(f)} cannot be read ({reason.split('(')[-1].rstrip(')')})"
+    return ZooFileError(f"{path} is damaged: {reason}",
+                        hint="`zooscope zoo validate` lists what it finds")
+
+
+def _reason(exc: BaseException) -> str:
+    """h5py's message without its noise: "Unable to open object (object 'rows' doesn't exist)"."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0].strip("'\"")
+    return text.replace("Unable to synchronously ", "cannot ")
+
+
+#: The fields of a checkpoint index row and the dtype kinds each may have.
+_INDEX_FIELDS = {"member": "iu", "epoch": "iu", "step": "iu", "wall_time": "f",
+                 "architecture": "iu", "arch_row": "iu"}
+_STORED_AS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+              "bfloat16": np.dtype("<u2")}
+#: The largest model file (config.json, tokenizer files) a zoo may hold.
+MAX_MODEL_FILE = 2**30
+
+
+class HDF5Zoo(Zoo):
+    """A read-only view of the committed state of a zoo file.
+
+    Opening checks the structure docs/format.md promises (groups, dtypes, shapes,
+    lengths that agree, index rows that point inside their tables) and that every
+    declared size is backed by the file; each tensor dataset is checked when first read
+    (``check_structure`` checks them all).
+    """
+
+    def __init__(self, path: Path, handle: h5py.File | None = None) -> None:
         self.path = path
-        self.f = _open_for_reading(path)
+        self.f = handle if handle is not None else _open_for_reading(path)
         try:
             self._load()
         except ZooFileError:
             self.f.close()
             raise
-        except (KeyError, ValueError, TypeError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, IndexError, RuntimeError) as exc:
+            error = _damage(path, self.f, exc)
             self.f.close()
-            raise ZooFileError(f"{path} is damaged: {exc}") from None
+            raise error from None
 
     def _load(self) -> None:
-        f = self.f
-        self.format_version = _check_format(f, self.path)
-        _check_safe_file(f, self.path)
-        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["members/id"][()]]
+        f, path = self.f, self.path
+        self.format_version = _check_format(f, path)
+        _check_safe_file(f, path)
+        for name in ("storage_dtype", "compression"):
+            value = _attr_text(f, name, "float32" if name == "storage_dtype" else "none")
+            if value not in (STORAGE_DTYPES if name == "storage_dtype" else COMPRESSIONS):
+                raise ZooFileError(f"{path} is damaged: unknown {name} {value!r}")
+        for name in ("name", "config", "generator", "generator_version", "created"):
+            if name in f.attrs:
+                _attr_text(f, name)
+        for name in ("versions", "data", "extra"):
+            _json_attr(f, name, {}, kind=dict)
+        members = f["members"]
+        id_ds = _get(members, "id", path)
+        _check_dataset(id_ds, path, "T", 1)
+        m = id_ds.shape[0]
+        _check_dataset(id_ds, path, "T", 1, rows=m)
+        kinds = {"factors": "T", "lineage": "T", "status": "iu", "architecture": "iu"}
+        for name, kind in kinds.items():
+            ds = _get(members, name, path)
+            _check_dataset(ds, path, kind, 1)
+            if ds.shape[0] != m:
+                raise ZooFileError(f"{path} is damaged: {ds.name} has {ds.shape[0]} rows, "
+                                   f"/members/id {m}")
+            _check_backed(ds, m, path)
+        ids = list(id_ds.asstr()[()])
         for mid in ids:
             check_safe_name(mid, "member")
-        # The index first: it decides what is committed. Everything read after it is
-        # refreshed (SWMR readers otherwise keep extents cached from opening time),
-        # so it holds at least what the index points at.
-        self._index = self._fresh("checkpoints/index")[()]
-        n = len(self._index)
-        factors = [json.loads(v) for v in f["members/factors"].asstr()[()]]
-        lineage = [json.loads(v) for v in f["members/lineage"].asstr()[()]]
+        if len(set(ids)) != len(ids):
+            raise ZooFileError(f"{path} is damaged: /members/id repeats a member id")
+        factors = [self._json_row(v, "/members/factors", dict) for v in
+                   members["factors"].asstr()[()]]
+        lineage = [self._json_row(v, "/members/lineage", (dict, type(None))) for v in
+                   members["lineage"].asstr()[()]]
         status = self._fresh("members/status")[()]
+        bad_status = [int(v) for v in status if int(v) not in STATUS_LABELS]
+        if bad_status:
+            raise ZooFileError(f"{path} is damaged: /members/status holds {bad_status[0]}, "
+                               "not a status code 0-3")
         self._members = [
-            Member(id=mid, factors=fac, lineage=lin, status=STATUS_LABELS.get(int(s), "unknown"))
+            Member(id=mid, factors=fac, lineage=lin, status=STATUS_LABELS[int(s)])
             for mid, fac, lin, s in zip(ids, factors, lineage, status, strict=True)
         ]
-        self._member_arch = self._fresh("members/architecture")[()]
         self._by_id = {m.id: i for i, m in enumerate(self._members)}
-        self.metric_columns = _json_attr(f["checkpoints/metrics"], "columns")
-        metrics = self._fresh("checkpoints/metrics")[:n]
-        self._arch_keys = sorted(f["architectures"], key=lambda s: int(s[1:]))
-        self._layouts = [_architecture_layout(f["architectures"][k]) for k in self._arch_keys]
-        for (names, _), key in zip(self._layouts, self._arch_keys, strict=True):
-            stored = set(f["architectures"][key]["tensors"])
+
+        # Architectures: a0, a1, ... each with a layout, a rows table and digests.
+        keys = list(f["architectures"])
+        expected = [f"a{k}" for k in range(len(keys))]
+        if sorted(keys) != sorted(expected):
+            odd = sorted(set(keys) - set(expected))[:1] or keys[:1]
+            raise ZooFileError(f"{path} is damaged: /architectures holds {odd[0]!r}; groups "
+                               "are named a0, a1, ... in turn")
+        self._arch_keys = expected
+        self._layouts = []
+        for key in self._arch_keys:
+            group = _get(f["architectures"], key, path, dataset=False)
+            names, shapes = _architecture_layout(group)
+            self._layouts.append((names, shapes))
+            stored = _get(group, "tensors", path, dataset=False)
             missing = [n for n in names if n not in stored]
             if missing:
                 raise ZooFileError(f"tensor {missing[0]!r} is declared but missing in {key}")
-        # Stored shapes are checked against the declared ones when a tensor is first
-        # opened (``_dataset``): opening every dataset here would dominate open time.
-        if len(metrics) != n:
-            raise ZooFileError(f"{self.path} is damaged: fewer metric rows than checkpoints")
+            rows = _get(group, "rows", path)
+            _check_dataset(rows, path, "iu", 2, width=(len(names),))
+            digests = _get(group, "digests", path)
+            _check_dataset(digests, path, "S", 2, width=(len(names),))
+            files = _get(group, "files", path, dataset=False)
+            for fname, ds in files.items():
+                check_safe_name(fname, "file")
+                if not isinstance(ds, h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 1:
+                    raise ZooFileError(f"{path} is damaged: {group.name}/files/{fname} is not "
+                                       "a file (a 1-D uint8 dataset)")
+                if ds.shape[0] > MAX_MODEL_FILE:
+                    raise ZooFileError(f"{path} is damaged: {ds.name} declares "
+                                       f"{ds.shape[0]:,} bytes, more than a model file holds")
+                _check_backed(ds, ds.shape[0], path)
+        arch_of_member = self._fresh("members/architecture")[()]
+        if len(arch_of_member) and (arch_of_member.min() < -1
+                                    or arch_of_member.max() >= len(self._arch_keys)):
+            bad = next(int(a) for a in arch_of_member if not -1 <= a < len(self._arch_keys))
+            raise ZooFileError(f"{path} is damaged: /members/architecture names architecture "
+                               f"{bad} of {len(self._arch_keys)}")
+        self._member_arch = arch_of_member
+
+        # The index first: it decides what is committed. Everything read after it is
+        # refreshed (SWMR readers otherwise keep extents cached from opening time),
+        # so it holds at least what the index points at.
+        checkpoints = f["checkpoints"]
+        index_ds = _get(checkpoints, "index", path)
+        if index_ds.dtype.names is None or any(
+                name not in index_ds.dtype.names or index_ds.dtype[name].kind not in kinds
+                for name, kinds in _INDEX_FIELDS.items()):
+            raise ZooFileError(f"{path} is damaged: /checkpoints/index lacks the fields "
+                               f"{', '.join(_INDEX_FIELDS)}")
+        if index_ds.ndim != 1:
+            raise ZooFileError(f"{path} is damaged: /checkpoints/index is not one-dimensional")
+        if self.f.swmr_mode:
+            index_ds.refresh()
+        n = index_ds.shape[0]
+        _check_backed(index_ds, n, path)
+        self._index = index_ds[()]
+        metrics_ds = _get(checkpoints, "metrics", path)
+        self.metric_columns = _json_attr(metrics_ds, "columns", kind=list)
+        if not all(isinstance(c, str) for c in self.metric_columns):
+            raise ZooFileError(f"{path} is damaged: /checkpoints/metrics:columns is not a list "
+                               "of names")
+        if self.f.swmr_mode:
+            metrics_ds.refresh()
+        if metrics_ds.ndim == 2 and metrics_ds.shape[0] < n:
+            raise ZooFileError(f"{path} is damaged: fewer metric rows than checkpoints")
+        _check_dataset(metrics_ds, path, "f", 2, rows=n, width=(len(self.metric_columns),))
+        metrics = metrics_ds[:n]
+        self._check_index(n)
+        self._check_test_data(n)
         self._checkpoints = []
         for row, values in zip(self._index, metrics, strict=True):
-            mid = int(row["member"])
-            if not 0 <= mid < len(self._members):
-                raise ZooFileError(f"{self.path} is damaged: checkpoint of unknown member {mid}")
             self._checkpoints.append(
                 Checkpoint(
-                    member=self._members[mid].id, epoch=int(row["epoch"]), step=int(row["step"]),
-                    wall_time=float(row["wall_time"]),
+                    member=self._members[int(row["member"])].id, epoch=int(row["epoch"]),
+                    step=int(row["step"]), wall_time=float(row["wall_time"]),
                     metrics={k: float(v) for k, v in zip(self.metric_columns, values, strict=True)
                              if not np.isnan(v)},
                 )
             )
         self._position = {(c.member, c.epoch): i for i, c in enumerate(self._checkpoints)}
+
+    def _json_row(self, text: str, where: str, kind: type | tuple[type, ...]) -> Any:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ZooFileError(f"{self.path} is damaged: {where} holds {text[:40]!r}, not "
+                               "JSON") from None
+        if not isinstance(value, kind):
+            raise ZooFileError(f"{self.path} is damaged: {where} holds JSON of the wrong "
+                               f"type ({type(value).__name__})")
+        return value
+
+    def _check_index(self, n: int) -> None:
+        """Every committed index row points inside the member list, the architectures and
+        the architecture's rows table; no checkpoint is committed twice."""
+        index, path = self._index, self.path
+        where = f"{path} is damaged: /checkpoints/index"
+        if not n:
+            self._committed = [0] * len(self._arch_keys)
+            return
+        member, arch = index["member"].astype(np.int64), index["architecture"].astype(np.int64)
+        if member.min() < 0 or member.max() >= len(self._members):
+            bad = int(member[(member < 0) | (member >= len(self._members))][0])
+            raise ZooFileError(f"{where} names member {bad} of {len(self._members)}")
+        if arch.min() < 0 or arch.max() >= len(self._arch_keys):
+            bad = int(arch[(arch < 0) | (arch >= len(self._arch_keys))][0])
+            raise ZooFileError(f"{where} names architecture {bad} of {len(self._arch_keys)}")
+        if (index["epoch"].astype(np.int64) < 0).any():
+            raise ZooFileError(f"{where} holds a negative epoch")
+        if (self._member_arch[member] != arch).any():
+            k = int(np.flatnonzero(self._member_arch[member] != arch)[0])
+            raise ZooFileError(f"{where} row {k} names architecture {int(arch[k])}, its member "
+                               f"architecture {int(self._member_arch[member[k]])}")
+        pairs = set(zip(member.tolist(), index["epoch"].tolist(), strict=True))
+        if len(pairs) != n:
+            raise ZooFileError(f"{where} commits a checkpoint twice")
+        self._committed = []
+        for a, key in enumerate(self._arch_keys):
+            mine = index["arch_row"][arch == a].astype(np.int64)
+            used = int(mine.max()) + 1 if len(mine) else 0
+            group = self.f["architectures"][key]
+            for name in ("rows", "digests"):
+                ds = group[name]
+                if self.f.swmr_mode:
+                    ds.refresh()
+                if len(mine) and mine.min() < 0 or ds.shape[0] < used:
+                    raise ZooFileError(f"{where} points at row {used - 1} of {ds.name}, which "
+                                       f"has {ds.shape[0]} rows")
+                _check_backed(ds, used, path)
+            self._committed.append(used)
+
+    def _check_test_data(self, n: int) -> None:
+        """Predictions and the test split's data agree with each other and the index."""
+        f, path = self.f, self.path
+        n_test = None
+        data = f.get("data")
+        if data is not None and not isinstance(data, h5py.Group):
+            raise ZooFileError(f"{path} is damaged: /data is not a group")
+        for name, kind in (("test_labels", "iu"), ("test_ids", "T"), ("test_contexts", "T"),
+                           ("test_answers", "T")):
+            if data is None or name not in data:
+                continue
+            ds = _get(data, name, path)
+            _check_dataset(ds, path, kind, 1, rows=ds.shape[0] if ds.ndim == 1 else None)
+            if n_test is not None and ds.shape[0] != n_test:
+                raise ZooFileError(f"{path} is damaged: {ds.name} has {ds.shape[0]} rows, "
+                                   f"the test split {n_test}")
+            n_test = ds.shape[0]
+        if "predictions" not in f["checkpoints"]:
+            return
+        ds = _get(f["checkpoints"], "predictions", path)
+        kind = _attr_text(ds, "kind", "class")
+        if kind not in ("class", "span"):
+            raise ZooFileError(f"{path} is damaged: /checkpoints/predictions:kind is {kind!r}, "
+                               "not class or span")
+        if self.f.swmr_mode:
+            ds.refresh()
+        width = None if n_test is None else ((n_test,) if kind == "class" else (n_test, 2))
+        _check_dataset(ds, path, "iu", 2 if kind == "class" else 3, rows=n, width=width)
+        if kind == "span" and ds.shape[2] != 2:
+            raise ZooFileError(f"{path} is damaged: span predictions need rows of (n_test, 2), "
+                               f"not {ds.shape[1:]}")
 
     def _fresh(self, path: str) -> h5py.Dataset:
         """A dataset with its current extent, also while a SWMR writer appends to it."""
@@ -638,6 +969,7 @@ class HDF5Zoo(Zoo):
 
     # -- zoo level ------------------------------------------------------------------------
     @property
+    @_reads
     def info(self) -> dict[str, Any]:
         f = self.f
         return {
@@ -657,6 +989,7 @@ class HDF5Zoo(Zoo):
         }
 
     @property
+    @_reads
     def config_text(self) -> str:
         return _attr_text(self.f, "config", "")
 
@@ -693,6 +1026,7 @@ class HDF5Zoo(Zoo):
             raise ZooFileError(f"member {mid} has no checkpoints yet")
         return a
 
+    @_reads
     def tensor_names(self, member: Member | str | None = None) -> list[str]:
         if member is None:
             if not self._layouts:
@@ -700,6 +1034,7 @@ class HDF5Zoo(Zoo):
             return list(self._layouts[0][0])
         return list(self._layouts[self._arch_of(member)][0])
 
+    @_reads
     def tensor_shape(self, name: str, member: Member | str | None = None) -> tuple[int, ...]:
         a = 0 if member is None else self._arch_of(member)
         return self._layouts[a][1][name]
@@ -712,18 +1047,23 @@ class HDF5Zoo(Zoo):
         return int(row["architecture"]), int(row["arch_row"])
 
     def _rows(self, a: int) -> np.ndarray:
+        """The committed part of an architecture's rows table (checked at opening)."""
         cache = self.__dict__.setdefault("_rows_cache", {})
         if a not in cache:
-            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/rows")[()]
+            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/rows")[
+                : self._committed[a]]
         return cache[a]
 
     def _digest_table(self, a: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_digest_cache", {})
         if a not in cache:
-            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/digests")[()]
+            cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/digests")[
+                : self._committed[a]]
         return cache[a]
 
     def _dataset(self, a: int, name: str) -> h5py.Dataset:
+        """A tensor dataset, checked on first use: dtype, ``stored_as``, shape, and that
+        every committed row pointing into it lies inside it."""
         cache = self.__dict__.setdefault("_datasets", {})
         if (a, name) in cache:
             return cache[(a, name)]
@@ -731,15 +1071,60 @@ class HDF5Zoo(Zoo):
         if name not in shapes:
             raise ZooFileError(f"no tensor {name!r} in this zoo",
                                hint="Zoo.tensor_names() lists them")
-        ds = self.f["architectures"][self._arch_keys[a]]["tensors"][name]
+        ds = _get(self.f["architectures"][self._arch_keys[a]]["tensors"], name, self.path)
         if self.f.swmr_mode:
             ds.refresh()
+        where = f"{self.path} is damaged: {ds.name}"
+        if ds.dtype.kind not in _ALLOWED_KINDS or ds.ndim != len(shapes[name]) + 1:
+            raise ZooFileError(f"{where} has dtype {ds.dtype} and shape {ds.shape}")
         if ds.shape[1:] != shapes[name]:
             raise ZooFileError(f"tensor {name!r} is stored with shape {ds.shape[1:]}, "
                                f"declared {shapes[name]}")
+        if "stored_as" in ds.attrs:
+            stored_as = _attr_text(ds, "stored_as")
+            if stored_as not in _STORED_AS:
+                raise ZooFileError(f"{where} is stored_as {stored_as!r}, not one of "
+                                   f"{', '.join(_STORED_AS)}")
+            if ds.dtype != _STORED_AS[stored_as]:
+                raise ZooFileError(f"{where} is stored_as {stored_as} but holds {ds.dtype}")
+        elif ds.dtype.kind == "f":
+            raise ZooFileError(f"{where} is a floating tensor without a stored_as attribute")
+        rows = self._rows(a)[:, names.index(name)]
+        outside = rows[(rows < 0) | (rows >= ds.shape[0])]
+        if len(outside):
+            raise ZooFileError(f"{where} has {ds.shape[0]} rows, but /architectures/"
+                               f"{self._arch_keys[a]}/rows points at row {int(outside[0])}")
+        top = int(rows.max()) + 1 if len(rows) else 0
+        _check_backed(ds, top, self.path)
         cache[(a, name)] = ds
         return ds
 
+    @_reads
+    def check_structure(self) -> list[str]:
+        """Problems of the structure that opening leaves to first use: every tensor
+        dataset, the member table and stored analyses. Empty when sound."""
+        problems: list[str] = []
+        for a in range(len(self._arch_keys)):
+            for name in self._layouts[a][0]:
+                try:
+                    self._dataset(a, name)
+                except ZooFileError as exc:
+                    problems.append(str(exc))
+        table = self.f["members"].get("table")
+        if table is not None:
+            for name, ds in table.items():
+                if not isinstance(ds, h5py.Dataset) or ds.shape != (len(self._members),):
+                    problems.append(f"/members/table/{name} is not a column of "
+                                    f"{len(self._members)} values")
+        for entry in self.analyses():
+            try:
+                self.analysis_tables(entry["name"], entry["key"])
+                self.analysis_figures(entry["name"], entry["key"])
+            except ZooFileError as exc:
+                problems.append(str(exc))
+        return problems
+
+    @_reads
     def state_dict(self, member: Member | str, epoch: int) -> dict[str, Any]:
         mid = member if isinstance(member, str) else member.id
         pos = self._position.get((mid, int(epoch)))
@@ -760,6 +1145,7 @@ class HDF5Zoo(Zoo):
             out[name] = to_torch(raw, _attr_text(ds, "stored_as", str(ds.dtype)))
         return out
 
+    @_reads
     def tensor(self, name: str, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
         chosen = self.checkpoints() if checkpoints is None else list(checkpoints)
         if not chosen:
@@ -791,6 +1177,7 @@ class HDF5Zoo(Zoo):
             return values  # no tensor shared between checkpoints: no reordering copy
         return values[inverse]
 
+    @_reads
     def predictions(self, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
         if "checkpoints/predictions" not in self.f:
             raise ZooFileError("this zoo stores no predictions")
@@ -799,16 +1186,19 @@ class HDF5Zoo(Zoo):
         data = self._fresh("checkpoints/predictions")[: len(self._checkpoints)]
         return data[positions]
 
+    @_reads
     def prediction_kind(self) -> str | None:
         if "checkpoints/predictions" not in self.f:
             return None
         return _attr_text(self.f["checkpoints/predictions"], "kind", "class")
 
+    @_reads
     def test_labels(self) -> np.ndarray | None:
         if "data/test_labels" not in self.f:
             return None
         return self.f["data/test_labels"][()]
 
+    @_reads
     def model_files(self, member: Member | str) -> dict[str, bytes]:
         files = self.f["architectures"][self._arch_keys[self._arch_of(member)]]["files"]
         out = {}
@@ -817,10 +1207,12 @@ class HDF5Zoo(Zoo):
             out[name] = bytes(files[name][()].tobytes())
         return out
 
+    @_reads
     def architecture_name(self, member: Member | str) -> str:
         g = self.f["architectures"][self._arch_keys[self._arch_of(member)]]
         return _attr_text(g, "name", "")
 
+    @_reads
     def check_tensor(self, c: Checkpoint, name: str) -> list[str]:
         """Problems of one stored tensor: a failed checksum, a changed digest, NaN or Inf."""
         a, arch_row = self._locate(c)
@@ -829,7 +1221,11 @@ class HDF5Zoo(Zoo):
         seen = self.__dict__.setdefault("_checked", {})
         if (a, name, row) in seen:
             return seen[(a, name, row)]
-        ds = self._dataset(a, name)
+        try:
+            ds = self._dataset(a, name)
+        except ZooFileError as exc:
+            seen[(a, name, row)] = [str(exc)]
+            return seen[(a, name, row)]
         out = np.empty(ds.shape[1:], dtype=ds.dtype)
         where = f"tensor {name!r} of {c.member}@{c.epoch}"
         problems: list[str] = []
@@ -853,10 +1249,12 @@ class HDF5Zoo(Zoo):
         digests = self._digest_table(a)[arch_row]
         return {name: bytes(digests[j]).decode() for j, name in enumerate(self._layouts[a][0])}
 
+    @_reads
     def uncommitted_rows(self) -> int:
         """Rows a writer appended after its last commit (a killed or running writer)."""
         return max(0, self.f["checkpoints/metrics"].shape[0] - len(self._checkpoints))
 
+    @_reads
     def architecture(self, member: Member | str) -> Architecture:
         a = self._arch_of(member)
         names, shapes = self._layouts[a]
@@ -865,6 +1263,7 @@ class HDF5Zoo(Zoo):
         return Architecture(key=self.architecture_name(member), files=self.model_files(member),
                             shapes=dict(shapes), dtypes=dtypes)
 
+    @_reads
     def header(self) -> ZooHeader:
         """The zoo-level record, to create a zoo of the same kind (merging shards)."""
         info = self.info
@@ -899,6 +1298,7 @@ class HDF5Zoo(Zoo):
         note = self._results().note
         return [note] if note else []
 
+    @_reads
     def analyses(self) -> list[dict[str, Any]]:
         # Format 1 zoos written before the results store kept results inside; those
         # still read, and a result stored beside the zoo wins over one inside it.
@@ -907,6 +1307,7 @@ class HDF5Zoo(Zoo):
         inside = [e for e in read_entries(self.f, "zoo") if (e["name"], e["key"]) not in seen]
         return inside + beside
 
+    @_reads
     def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
         tables = self._results().tables(name, key)
         if tables is not None:
@@ -914,14 +1315,36 @@ class HDF5Zoo(Zoo):
         g = self.f.get(f"analyses/{name}/{key}")
         if g is None:
             raise ZooFileError(f"no stored analysis {name}/{key}")
-        return read_tables(g)
+        tables: dict[str, dict[str, np.ndarray]] = {}
+        if "tables" not in g:
+            return tables
+        for tname, tgroup in g["tables"].items():
+            order = _json_attr(tgroup, "columns", [], kind=list)
+            cols = {}
+            for col in order:
+                if not isinstance(col, str):
+                    raise ZooFileError(f"{self.path} is damaged: {tgroup.name}:columns holds "
+                                       f"{col!r}, not a column name")
+                ds = _get(tgroup, col, self.path)
+                _check_dataset(ds, self.path, "iufbT", 1, rows=ds.shape[0] if ds.ndim else 0)
+                cols[col] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
+            tables[tname] = cols
+        return tables
 
+    @_reads
     def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
         figures = self._results().figures(name, key)
         if figures is not None:
             return figures
-        g = self.f.get(f"analyses/{name}/{key}")
-        return {} if g is None else read_figures(g)
+        path = f"analyses/{name}/{key}/figures"
+        if path not in self.f:
+            return {}
+        figures = {}
+        for n in self.f[path]:
+            ds = _get(self.f[path], n, self.path)
+            _check_dataset(ds, self.path, "u", 1, rows=ds.shape[0] if ds.ndim == 1 else None)
+            figures[n] = bytes(ds[()].tobytes())
+        return figures
 
     def close(self) -> None:
         if self.f.id.valid:
@@ -951,8 +1374,17 @@ def resume_zoo(path: Path) -> HDF5Writer:
         raise ZooFileError(f"no zoo file at {path} to resume")
     lock = _Lock(path)
     try:
+        try:
+            handle = _open_for_reading(path, wait=0)
+        except ZooFileError:
+            handle = None  # a writer killed outside SWMR mode: clearing its flag fixes that
+        if handle is not None:
+            HDF5Zoo(path, handle).close()  # refuses a damaged zoo before anything changes
         clear_write_flags(path)
         return HDF5Writer(path, lock)
+    except (KeyError, ValueError, TypeError) as exc:
+        lock.release()
+        raise ZooFileError(f"{path} is damaged: {_reason(exc)}") from None
     except OSError as exc:
         lock.release()
         if "unable to lock file" in str(exc):

@@ -9,13 +9,15 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zooscope.errors import ConfigError
-from zooscope.zoo import Member, canonical_json, member_id
+from zooscope.zoo import SAFE_NAME, Member, canonical_json, member_id
 
 _NUMBER = (int, float)
 
@@ -23,7 +25,7 @@ _NUMBER = (int, float)
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "zoo": {
         "name": (str,), "generator": (str,), "backbone": (str,), "seeds": (list,),
-        "epochs": (int,), "strategy": (str,), "description": (str,),
+        "epochs": (int,), "strategy": (str,), "description": (str,), "max_members": (int,),
     },
     "grid": {},  # any factor name; values are non-empty lists
     "train": {
@@ -49,7 +51,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
 }
 REQUIRED = {"zoo": ("name", "generator"), "grid": ()}
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "zoo": {"seeds": [0], "epochs": 1, "strategy": "members", "backbone": "bert-base-uncased"},
+    "zoo": {"seeds": [0], "epochs": 1, "strategy": "members", "backbone": "bert-base-uncased",
+            "max_members": 10_000},
     "train": {
         "batch_size": 32, "eval_batch_size": 256, "optimizer": "adamw", "dropout": 0.1,
         "lr_schedule": "constant", "max_seq_len": 512, "head": {"hidden": 1, "activation": "relu"},
@@ -72,6 +75,8 @@ CHOICES = {
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),
     ("store", "dtype"): ("float32", "float16", "bfloat16"),
     ("store", "compression"): ("none", "lz4", "zstd", "gzip"),
+    # Encoders whose first token feeds the task head and that build without a hub.
+    ("scratch", "model_type"): ("bert", "roberta", "distilbert"),
 }
 #: Grid factors with a meaning the engine knows; others are passed to the generator.
 POSITIVE_FACTORS = ("learning_rate", "epochs", "batch_size")
@@ -81,6 +86,18 @@ TRAINING_KEYS = ("batch_size", "optimizer", "dropout", "lr_schedule", "max_seq_l
                  "freeze_backbone", "max_train_examples", "mixed_precision")
 #: [data] keys that say where data lives; the data fingerprint stands for their content.
 DATA_LOCATIONS = ("source", "test_source", "validation_source")
+#: Seeds feed torch, numpy and Python generators; numpy takes 32 bits, and the engine
+#: derives each epoch's data order from ``seed * 1_000_003 + epoch`` in torch's 64 bits.
+MAX_SEED = 2**32 - 1
+#: Factor values become HDF5 columns (int64, float64, bool or text).
+_FACTOR_TYPES = (str, int, float, bool)
+#: Factor names become dataset names in the zoo file (``members/table/<factor>``).
+_FACTOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: ``[train] device``: what torch.device accepts and this engine can train on.
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")
+MAX_THREADS = 1024
+#: A config is a page of TOML; a larger file is not one (and is stored in every zoo).
+MAX_CONFIG_BYTES = 2**20
 
 
 @dataclass
@@ -298,20 +315,32 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     zoo = tables["zoo"]
     if not zoo["name"].strip():
         raise ConfigError("[zoo] name must not be empty")
+    # The name is the default output file (NAME.h5 in the working directory): never a path.
+    if not SAFE_NAME.match(zoo["name"]) or ".." in zoo["name"]:
+        raise ConfigError(f"[zoo] name {zoo['name']!r} may hold only letters, digits, '_', '.' "
+                          "and '-' (it names the zoo file)",
+                          hint="choose where the zoo goes with --out")
     _check_positive("[zoo] epochs", zoo["epochs"])
+    _check_positive("[zoo] max_members", zoo["max_members"])
     seeds = zoo["seeds"]
     if not seeds:
         raise ConfigError("[zoo] seeds is empty", hint="give at least one seed, e.g. seeds = [0]")
     for s in seeds:
         _check_type("each of [zoo] seeds", s, (int,))
+        _check_seed("[zoo] seeds", s)
     if len(set(seeds)) != len(seeds):
         raise ConfigError("[zoo] seeds repeats a seed")
     grid = tables["grid"]
     for key, values in grid.items():
+        if not _FACTOR_NAME.match(key):
+            raise ConfigError(f"[grid] factor name {key!r} must be a word of letters, digits and "
+                              "'_' (it names a column of the zoo file)")
         if not isinstance(values, list):
             raise ConfigError(f"[grid] {key} must be a list of values, e.g. {key} = [{values!r}]")
         if not values:
             raise ConfigError(f"[grid] {key} is empty", hint="a factor needs at least one value")
+        for v in values:
+            _check_factor_value(key, v)
         if key in POSITIVE_FACTORS:
             for v in values:
                 _check_type(f"each of [grid] {key}", v, (int,) if key != "learning_rate" else _NUMBER)
@@ -326,9 +355,23 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     if "learning_rate" not in grid:
         raise ConfigError("[grid] needs a learning_rate list",
                           hint="e.g. learning_rate = [2e-5, 3e-5, 5e-5]")
+    for value in grid.get("backbone", []):
+        _check_type("each of [grid] backbone", value, (str,))
+    # Counted before any member is built: expanding an absurd grid alone exhausts memory.
+    count = math.prod(len(v) for v in grid.values()) * len(seeds)
+    if count > zoo["max_members"]:
+        raise ConfigError(f"the grid has {count:,} members, more than [zoo] max_members = "
+                          f"{zoo['max_members']:,}",
+                          hint="shrink [grid], or raise [zoo] max_members if you mean it")
     train = tables["train"]
     for key in ("batch_size", "eval_batch_size", "max_seq_len"):
         _check_positive(f"[train] {key}", train[key])
+    if not 0 <= train["num_threads"] <= MAX_THREADS:
+        raise ConfigError(f"[train] num_threads must be 0 (all cores) to {MAX_THREADS}, "
+                          f"got {train['num_threads']!r}")
+    if not _DEVICE.match(train["device"]):
+        raise ConfigError(f"[train] device = {train['device']!r} is not one of auto, cpu, cuda, "
+                          "cuda:N, mps")
     if not 0 <= train["dropout"] < 1:
         raise ConfigError(f"[train] dropout must be in [0, 1), got {train['dropout']!r}")
     for key in ("max_train_examples", "max_eval_examples"):
@@ -349,20 +392,84 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     fractions = [split.get(k, 0.0) for k in ("train", "validation", "test")]
     for k, v in zip(("train", "validation", "test"), fractions, strict=True):
         _check_type(f"[data] split {k}", v, _NUMBER)
-        if v < 0:
-            raise ConfigError(f"[data] split {k} must be ≥ 0")
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"[data] split {k} must be ≥ 0 and finite, got {v!r}")
     if split.get("train", 0) <= 0:
         raise ConfigError("[data] split train must be > 0")
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"[data] split fractions add up to {sum(fractions):g}, not 1")
+    if "seed" in split:
+        _check_type("[data] split seed", split["seed"], (int,))
+        _check_seed("[data] split seed", split["seed"])
+    data = tables["data"]
+    if "seed" in data:
+        _check_seed("[data] seed", data["seed"])
+    for key in ("num_examples", "train_examples"):
+        if data.get(key, 0) < 0:
+            raise ConfigError(f"[data] {key} must be ≥ 0, got {data[key]!r}")
+    for key in ("source", "test_source", "validation_source", "text_column", "label_column",
+                "text_pair_column"):
+        if "\0" in data.get(key, ""):
+            raise ConfigError(f"[data] {key} holds a NUL character")
+    if "\0" in zoo["backbone"] or "\0" in zoo["generator"]:
+        raise ConfigError("[zoo] backbone and generator must not hold a NUL character")
     scratch = tables["scratch"]
     for key, value in scratch.items():
         if isinstance(value, int) and key != "seed":
             _check_positive(f"[scratch] {key}", value)
+    _check_seed("[scratch] seed", scratch["seed"])
     cfg = ZooConfig(text=text, path=path, zoo=zoo, grid=grid, train=train, data=tables["data"],
                     scratch=scratch, store=tables["store"], raw=raw)
     cfg.members(expand=False)  # refuses repeated members early, without reading parent zoos
+    if "scratch" in grid.get("backbone", [zoo["backbone"]]):
+        _check_scratch(scratch, train["max_seq_len"])
     return cfg
+
+
+def _check_seed(where: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{where} must be in 0 to 2**32 - 1, got {value!r}")
+
+
+def _check_factor_value(key: str, value: Any) -> None:
+    """A grid value must be a plain number, string or boolean that the zoo file can hold."""
+    if not isinstance(value, _FACTOR_TYPES):
+        raise ConfigError(f"each of [grid] {key} must be a number, string or true/false, not "
+                          f"{type(value).__name__} ({value!r})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"[grid] {key} holds {value!r}: values must be finite")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"[grid] {key} holds {value!r}, beyond a 64-bit integer")
+    if isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"[grid] {key} holds a value with a NUL character")
+
+
+def _check_scratch(scratch: dict[str, Any], max_seq_len: int) -> None:
+    """Build the [scratch] model on the meta device: what transformers or torch would refuse
+    (an unknown model type, a width the heads do not divide) fails here, before any file."""
+    import torch
+    from transformers import AutoModel
+
+    from zooscope.models import scratch_config
+
+    try:
+        config = scratch_config(scratch, int(scratch["vocab_size"]), max_seq_len)
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")
+        raise ConfigError(f"[scratch] does not describe a model transformers can build: {first}",
+                          hint="check model_type, hidden_size (a multiple of "
+                               "num_attention_heads) and the other sizes") from None
+    # Training holds weights, gradients and two Adam moments: 16 bytes a parameter.
+    needed = 16 * parameters
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise ConfigError(f"[scratch] describes a model of {parameters:,} parameters; training "
+                          f"it needs {needed / 2**30:,.0f} GiB, more than this machine's "
+                          f"{memory / 2**30:,.0f} GiB of memory",
+                          hint="make the [scratch] sizes or [train] max_seq_len smaller")
 
 
 def _check_positive(where: str, value: Any) -> None:
@@ -379,6 +486,11 @@ def load_config(path: str | Path) -> ZooConfig:
         raise ConfigError(f"no config file at {path}", hint="ready configs live in zoos/")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a config file")
+    if not path.is_file():  # a device or pipe would be read without end
+        raise ConfigError(f"{path} is not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} holds {path.stat().st_size:,} bytes; a zoo config is at most "
+                          f"{MAX_CONFIG_BYTES:,}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

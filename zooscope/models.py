@@ -195,20 +195,10 @@ def scratch_backbone(scratch: dict[str, Any], texts: Iterable[str], dropout: flo
     The backbone's initialisation depends only on ``scratch.seed``, so every member of
     a zoo starts from the same backbone, as members of a fine-tuning zoo do.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForMaskedLM
 
     tokenizer = train_wordpiece(texts, int(scratch["vocab_size"]))
-    config = AutoConfig.for_model(
-        scratch["model_type"], vocab_size=len(tokenizer), hidden_size=scratch["hidden_size"],
-        num_hidden_layers=scratch["num_hidden_layers"],
-        num_attention_heads=scratch["num_attention_heads"],
-        intermediate_size=scratch["intermediate_size"],
-        max_position_embeddings=max(scratch["max_position_embeddings"], max_seq_len + 2),
-        pad_token_id=tokenizer.pad_token_id,
-        # DistilBERT names its feed-forward width hidden_dim
-        **({"hidden_dim": scratch["intermediate_size"]} if scratch["model_type"] == "distilbert"
-           else {}),
-    )
+    config = scratch_config(scratch, len(tokenizer), max_seq_len, tokenizer.pad_token_id)
     set_dropout(config, dropout)
     tokenizer.model_max_length = max_seq_len
     with torch.random.fork_rng(devices=[]):
@@ -219,6 +209,24 @@ def scratch_backbone(scratch: dict[str, Any], texts: Iterable[str], dropout: flo
             kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
             model = AutoModel.from_config(config, **kwargs)
     return model, tokenizer
+
+
+def scratch_config(scratch: dict[str, Any], vocab_size: int, max_seq_len: int,
+                   pad_token_id: int = 0) -> Any:
+    """The transformers config a [scratch] table describes (checked by the config, used here)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        scratch["model_type"], vocab_size=vocab_size, hidden_size=scratch["hidden_size"],
+        num_hidden_layers=scratch["num_hidden_layers"],
+        num_attention_heads=scratch["num_attention_heads"],
+        intermediate_size=scratch["intermediate_size"],
+        max_position_embeddings=max(scratch["max_position_embeddings"], max_seq_len + 2),
+        pad_token_id=pad_token_id,
+        # DistilBERT names its feed-forward width hidden_dim
+        **({"hidden_dim": scratch["intermediate_size"]} if scratch["model_type"] == "distilbert"
+           else {}),
+    )
 
 
 def architecture_files(backbone: nn.Module, tokenizer: Any, head: dict[str, Any]) -> dict[str, bytes]:

@@ -32,6 +32,7 @@ from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
 from zooscope.store import Store, ZooHeader, ZooWriter, store_for
 from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, Member
+from zooscope.zoofile import check_output_path
 
 
 class Interrupted(ZooscopeError):
@@ -425,13 +426,91 @@ def final_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def check_output(out: Path, resume: bool, force: bool) -> None:
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other")
+    check_output_path(out)
+    if resume and out.is_symlink():
+        # Resuming writes in place: through a link, into a file outside this folder.
+        raise ZooFileError(f"{out} is a link to {os.readlink(out)}; resume the zoo itself",
+                           hint="zooscope generate CONFIG --out TARGET --resume")
     if out.exists() and not (resume or force):
         raise ZooFileError(f"{out} already exists",
                            hint="add --resume to continue it, or --force to replace it")
-    if resume and force:
-        raise ConfigError("--resume and --force contradict each other")
-    if out.exists() and out.is_dir():
-        raise ZooFileError(f"{out} is a directory")
+    for side in (out.with_name(out.name + suffix) for suffix in (".lock", ".creating")):
+        if side.is_symlink() or (side.exists() and not side.is_file()):
+            raise ZooFileError(f"{side} is not a plain file; zooscope keeps its side files "
+                               "beside the zoo and never follows links",
+                               hint="remove it, then run again")
+    state = ResumeState(out).dir
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        raise ZooFileError(f"{state} is not a folder; zooscope keeps the resume state there "
+                           "and never follows links", hint="remove it, then run again")
+    if state.is_dir():
+        for p in state.iterdir():
+            if p.is_symlink() or not p.is_file():
+                raise ZooFileError(f"{p} is not a plain file; the resume state holds only "
+                                   "files zooscope wrote", hint="remove it, then run again")
+
+
+def check_device(cfg: ZooConfig) -> None:
+    """The device the config names exists here: found before any file is written."""
+    wanted = cfg.train["device"]
+    if wanted.startswith("cuda"):
+        index = int(wanted.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigError(f"[train] device = {wanted!r}: no such CUDA device on this machine",
+                              hint='use device = "auto" or "cpu"')
+    elif wanted == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("[train] device = 'mps': this machine has no MPS device",
+                          hint='use device = "auto" or "cpu"')
+
+
+#: Config keys that say how to run, not what the zoo is: they may change on --resume.
+RUN_KEYS = {("train", "num_threads"), ("train", "device"), ("zoo", "description"),
+            ("zoo", "max_members")}
+
+
+def check_resumable(cfg: ZooConfig, out: Path) -> None:
+    """Refuse to resume a zoo made from another config, before the file is opened for
+    writing, naming what changed."""
+    import tomllib
+
+    from zooscope.config import DEFAULTS, SCHEMA
+    from zooscope.zoo import open_zoo
+
+    try:
+        zoo = open_zoo(out)
+    except ZooFileError as exc:
+        if "not a readable HDF5 file" in exc.message:
+            # A writer killed while outside SWMR mode leaves a file only resuming (which
+            # clears its write flag) can open; the store checks it then.
+            return
+        raise
+    with zoo:
+        stored_text = zoo.config_text
+        stored_generator = zoo.info["generator"]
+    hint = "resume with the config the zoo was made from, or start a new zoo with --force"
+    if stored_text != cfg.text:
+        try:
+            stored = tomllib.loads(stored_text)
+        except tomllib.TOMLDecodeError:
+            raise ZooFileError(f"{out} was made from another config (its stored config is not "
+                               "valid TOML)", hint=hint) from None
+        changes = []
+        for table in SCHEMA:
+            old = {**DEFAULTS.get(table, {}), **(stored.get(table) or {})}
+            new = {**DEFAULTS.get(table, {}), **cfg.raw.get(table, {})}
+            for key in sorted(set(old) | set(new)):
+                if (table, key) not in RUN_KEYS and old.get(key) != new.get(key):
+                    changes.append(f"[{table}] {key} {old.get(key, '(unset)')!r} → "
+                                   f"{new.get(key, '(unset)')!r}")
+        if changes:
+            more = f" and {len(changes) - 2} more" if len(changes) > 2 else ""
+            raise ZooFileError(f"{out} was made from another config: "
+                               f"{'; '.join(changes[:2])}{more}", hint=hint)
+    if stored_generator and stored_generator != cfg.generator:
+        raise ZooFileError(f"{out} was made by the generator {stored_generator!r}, not "
+                           f"{cfg.generator!r}", hint=hint)
 
 
 def part_path(out: Path, index: int, count: int) -> Path:
@@ -451,6 +530,7 @@ def generate(
     generator = registry.get_generator(cfg.generator)
     generator.validate(cfg)
     store: Store = store_for(out)
+    check_device(cfg)
     state = _distributed_state()
     if state is None or state.is_main_process or cfg.zoo["strategy"] == "members":
         # Under ddp the main process creates the zoo: a slower rank must not find it
@@ -460,6 +540,8 @@ def generate(
             # Before anything is replaced: the live writer's zoo and resume state stay.
             raise ZooFileError(f"{out} is being written by another process",
                                hint="wait for it to finish, or stop it first, then --force")
+        if resume and out.is_file():
+            check_resumable(cfg, out)
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
     members = member_list(cfg, generator, task)
     if shard is not None:

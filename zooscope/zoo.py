@@ -216,6 +216,12 @@ class Zoo(ABC):
         file without reading the tensors."""
         raise ZooFileError(f"{self.path} records no tensor digests")
 
+    def check_structure(self) -> list[str]:
+        """Problems of the file's structure beyond what opening checks (every tensor's
+        dataset, stored analyses); empty when sound. Stores that check everything on
+        opening keep this default."""
+        return []
+
     @abstractmethod
     def uncommitted_rows(self) -> int:
         """Rows a writer appended after its last commit (a killed or running writer)."""

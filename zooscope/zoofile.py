@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,38 @@ from zooscope.zoo import (
 )
 
 _STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
+
+
+# -- output paths -----------------------------------------------------------------------------
+def check_output_path(out: Path, directory: bool = False) -> None:
+    """Refuse an output path that cannot work, before any work: a missing or unwritable
+    folder, or an existing path of the wrong kind (a folder where a zoo file goes, a file
+    where an export directory goes). Whether an existing file may be replaced is the
+    caller's business (``--force``, ``--resume``)."""
+    out = Path(out)
+    parent = out.parent
+    if directory and out.exists() and not out.is_dir():
+        raise ZooFileError(f"{out} exists and is not a directory",
+                           hint="give --out a new directory")
+    if not directory and out.is_dir():
+        raise ZooFileError(f"{out} is a directory, not a zoo file",
+                           hint="give --out a file name ending in .h5")
+    if not directory and out.exists() and not out.is_file():
+        raise ZooFileError(f"{out} exists and is not a regular file")
+    if not parent.exists():
+        raise ZooFileError(f"the folder {parent} does not exist", hint=f"create it first: "
+                           f"mkdir -p {parent}")
+    if not parent.is_dir():
+        raise ZooFileError(f"{parent} is not a folder, so {out.name} cannot go there")
+    if directory and out.is_dir():
+        return
+    # Only creating a file proves a folder writable (root passes every access() check).
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".zooscope-write-test-"):
+            pass
+    except OSError as exc:
+        raise ZooFileError(f"cannot write in the folder {parent}: {exc.strerror or exc}",
+                           hint="choose another --out") from None
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -49,6 +82,7 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
         checkpoints = zoo.checkpoints()
         report.checkpoints = len(checkpoints)
         writing = store_for(Path(path)).being_written(Path(path))
+        report.problems += zoo.check_structure()
         for member in zoo.members():
             if member.status == "running" and not writing:
                 # A process killed outright cannot record that it stopped; the lock tells.
@@ -119,6 +153,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
     """
     if not parts:
         raise ZooFileError("nothing to merge: give at least one shard")
+    check_output_path(out)
     zoos = [open_zoo(p) for p in parts]
     try:
         first = zoos[0]
@@ -198,6 +233,7 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     from zooscope.loader import HEAD_WEIGHTS, PROVENANCE, checkpoint_digest
 
     out_dir = Path(out_dir)
+    check_output_path(out_dir, directory=True)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
         raise ZooFileError(f"{out_dir} exists and is not an empty directory",
                            hint="choose a new directory, or add --force to overwrite its files")
@@ -319,6 +355,7 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
 
     if not dirs:
         raise ZooFileError("nothing to import: give at least one model directory")
+    check_output_path(out)
     loaded = []
     head: dict[str, Any]
     for d in dirs:
