@@ -254,7 +254,7 @@ def _write_store(
         g = analyses.require_group(name).create_group(key)
         g.attrs["options"] = canonical_json(dict(options))
         g.attrs["summary"] = summary
-        g.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+        g.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         g.attrs["zooscope_version"] = __version__
         g.attrs["inputs"] = canonical_json([dict(i) for i in inputs])
         g.attrs["digest"] = content_digest(tables, figures)

@@ -59,11 +59,6 @@ class HDF5Store(Store):
 
         return write_analysis(path, name, key, options, summary, tables, figures, inputs)
 
-    def being_written(self, path: Path) -> bool:
-        from zooscope.stores.h5zoo import _Lock
-
-        return _Lock.held(path)
-
 
 @zooscope.hookimpl
 def zooscope_register_stores(register: Any) -> None:

@@ -455,7 +455,7 @@ def _write_files(result: StoredAnalysis, target: Path, earlier_files: Sequence[s
             "members": sorted(m.id for m in selection.members),
             "epochs": selection.epochs if selection.epochs is not None else "all",
             "inputs": result.inputs, "zoo": zoo_path.name,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "stored": result.stored, "files": [p.name for p in result.files],
         }
         (target / RESULT_FILE).write_text(json.dumps(record, indent=1, default=_plain) + "\n")

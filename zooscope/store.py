@@ -135,7 +135,6 @@ class Store(ABC):
         it was computed from. Returns notes for the user; raises ``ZooFileError`` when the
         result cannot be stored."""
 
-
     def results_path(self, path: Path) -> Path | None:
         """Where analysis results of the zoo at ``path`` are stored (None: not stored)."""
         return None
@@ -143,10 +142,6 @@ class Store(ABC):
     def being_written(self, path: Path) -> bool:
         """Whether a live process is writing the zoo at ``path`` (stores without a writer
         lock keep the default)."""
-        return False
-
-    def being_written(self, path: Path) -> bool:
-        """Whether a live process holds the zoo for writing; stores without a lock say no."""
         return False
 
 
