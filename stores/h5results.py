@@ -59,6 +59,18 @@ def _json(obj: h5py.HLObject, name: str, default: Any) -> Any:
         return default
 
 
+def _links_out(f: h5py.File) -> bool:
+    """Whether the file holds soft or external links (a results store never does)."""
+    found: list[bytes] = []
+
+    def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
+        if info.type != h5py.h5l.TYPE_HARD:
+            found.append(name)
+
+    f.id.links.visit(visit, info=True)
+    return bool(found)
+
+
 def read_entries(root: h5py.Group, where: str) -> list[dict[str, Any]]:
     """The analyses under ``root/analyses``: name, key, options, summary, created, inputs, digest."""
     out: list[dict[str, Any]] = []
@@ -116,6 +128,10 @@ class ResultsStore:
                 if theirs != identity:
                     store.note = (f"the results in {store.path} belong to an earlier zoo of this "
                                   f"name (created {_text(f, 'zoo_created', '?')}); they are not used")
+                    return store
+                if _links_out(f):
+                    store.note = (f"{store.path} links outside itself; its results are not "
+                                  "used")
                     return store
                 store.entries = read_entries(f, "results")
         except OSError as exc:
@@ -242,6 +258,8 @@ def _write_store(
                     if _text(old, "zoo_identity") != identity:
                         notes.append(f"replaced the results of an earlier zoo of this name "
                                      f"(created {_text(old, 'zoo_created', '?')}) in {path}")
+                    elif _links_out(old):
+                        notes.append(f"replaced {path}, which linked outside itself")
                     elif "analyses" in old:
                         for aname, group in old["analyses"].items():
                             for akey in group:

@@ -130,6 +130,16 @@ def test_results_of_a_regenerated_zoo_of_the_same_name_are_not_served(zoo_copy: 
     assert third.stderr.strip().splitlines()[-1].startswith("reused")
 
 
+def test_a_results_store_linking_outside_itself_is_not_read(zoo_copy: Path, tmp_path: Path) -> None:
+    assert analyze(zoo_copy, "--plugin", "agreement").returncode == 0
+    with h5py.File(store_of(zoo_copy), "r+") as f:
+        f["analyses/elsewhere"] = h5py.ExternalLink(str(tmp_path / "secret.h5"), "/")
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        assert zoo.analyses() == []
+        assert zoo.results_notes() == [f"{store_of(zoo_copy)} links outside itself; its results "
+                                       "are not used"]
+
+
 def test_an_unwritable_results_store_still_gives_the_files(zoo_copy: Path, tmp_path: Path) -> None:
     # Where the results folder should be sits a file: the store cannot be written.
     blocker = zoo_copy.with_name("copy_analysis")
