@@ -103,10 +103,10 @@ def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    skip = {"backbone", "seeds", f"dev_{metric}", f"test_{metric}"}
+    skip = {"backbone", "seeds", "epoch", f"dev_{metric}", f"test_{metric}"}
     names = [short_name(r["backbone"]) + "\n" + "\n".join(
-        f"{k}={v}" for k, v in r.items() if k not in skip) + f"\n{r['seeds']} seeds"
-        for r in rows]
+        f"{k}={v}" for k, v in r.items() if k not in skip)
+        + f"\nscored at epoch {r['epoch']}\n{r['seeds']} seeds" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(rows) + 2), 4.8), layout="constrained")
     dev = [r[f"dev_{metric}"] for r in rows]

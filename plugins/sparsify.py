@@ -197,10 +197,16 @@ def _plot(curves: dict[str, list[Any]], metric: str, members: list[Member], scop
     when = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
     shown = sorted(set(ids), key=lambda i: labels[i])
     fig, ax = plt.subplots(figsize=(6.5 if len(shown) <= 12 else 5, 3.8), layout="constrained")
-    for m in shown:
-        sel = ids == m
-        ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
-                marker="o", alpha=0.7, label=labels[m])
+    epoch_of = np.asarray(curves["epoch"])
+    styles = ["-", "--", ":", "-."]
+    for k, m in enumerate(shown):
+        # One curve per checkpoint: a member pruned at several epochs gets one per epoch.
+        for j, e in enumerate(epochs):
+            sel = (ids == m) & (epoch_of == e)
+            if sel.any():
+                ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
+                        marker="o", alpha=0.7, color=f"C{k % 10}", linestyle=styles[j % 4],
+                        label=labels[m] + (f", epoch {e}" if len(epochs) > 1 else ""))
     ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(metric)
     ax.set_title(f"magnitude pruning ({scope}), {when}" + (f"\n{constant}" if constant else ""),

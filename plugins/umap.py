@@ -160,8 +160,19 @@ def _scatter(table: dict[str, list[Any]], color_by: str, shown: list[Member]) ->
         ax.legend(title=color_by, fontsize=7, title_fontsize=8, loc="upper left",
                   bbox_to_anchor=(1.02, 1), frameon=False)
     else:
-        sc = ax.scatter(x, y, c=np.asarray(values, dtype=float), cmap="viridis", s=22, zorder=3)
-        fig.colorbar(sc, ax=ax, label=color_by)
+        c = np.asarray(values, dtype=float)
+        norm = None
+        if np.all(c == np.round(c)):  # integers (many epochs): one colour band per value
+            from matplotlib.colors import BoundaryNorm
+
+            norm = BoundaryNorm(np.arange(c.min() - 0.5, c.max() + 1.5), plt.cm.viridis.N)
+        sc = ax.scatter(x, y, c=c, cmap="viridis", norm=norm, s=22, zorder=3)
+        bar = fig.colorbar(sc, ax=ax, label=color_by)
+        if norm is not None:
+            from matplotlib.ticker import MaxNLocator
+
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
     for (px, py), text in _cluster_names(x, y, members, epochs, shown, labels).items():
         ax.annotate(text, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=6,
                     color="black", zorder=4,
