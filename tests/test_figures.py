@@ -14,7 +14,7 @@ import pytest
 
 import zooscope
 from zooscope import registry
-from zooscope.analysis import AnalysisResult, Selection, parse_members, run_analysis
+from zooscope.analysis import AnalysisResult, Selection, parse_members, resolve_inputs, run_analysis
 
 matplotlib.use("Agg")
 
@@ -42,7 +42,8 @@ def analysis(zoo_path: Path, name: str, *sets: str, members: str | None = None,
     """The analyzer's result as analyze returns it, its matplotlib figures drawn."""
     analyzer = registry.get_analyzer(name)
     with zooscope.open_zoo(zoo_path) as z:
-        selection = Selection(parse_members(z, members), epochs)
+        selection = Selection(parse_members(z, members), epochs,
+                              inputs=resolve_inputs(z, analyzer))
         out = analyzer.analyze(z, analyzer.parse_options(list(sets)), selection)
     for fig in out.figures.values():
         assert isinstance(fig, plt.Figure), f"{name} returned {type(fig).__name__}, not a Figure"
