@@ -1277,7 +1277,9 @@ class HDF5Zoo(Zoo):
                     raise ZooFileError(f"{self.path} is damaged: {tgroup.name}:columns holds "
                                        f"{col!r}, not a column name")
                 ds = _get(tgroup, col, self.path)
-                _check_dataset(ds, self.path, "iufbT", 1, rows=ds.shape[0] if ds.ndim else 0)
+                # Columns are one value a row; a value may itself be a vector.
+                _check_dataset(ds, self.path, "iufbT", max(ds.ndim, 1),
+                               rows=ds.shape[0] if ds.ndim else None)
                 cols[col] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
             tables[tname] = cols
         return tables

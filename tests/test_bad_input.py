@@ -517,6 +517,19 @@ CONFIG_VALUE_CASES = [
             'source = "synthetic:sentiment:400"', 'source = "./data.tsv"')),
         ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
          "/dev/zero is not a regular file"),
+    Case("squad file is a device", lambda tmp: (
+        (tmp / "q.json").symlink_to("/dev/zero"),
+        (tmp / "zoo.toml").write_text(TINY_CONFIG.replace('"sst2"', '"squad"').replace(
+            'source = "synthetic:sentiment:400"', 'source = "./q.json"\nstride = 16').replace(
+            "max_seq_len = 32", "max_seq_len = 64")),
+        ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
+         "/dev/zero is not a regular file"),
+    Case("corpus file is a device", lambda tmp: (
+        (tmp / "c.txt").symlink_to("/dev/zero"),
+        (tmp / "zoo.toml").write_text(TINY_CONFIG.replace('"sst2"', '"mlm"').replace(
+            'source = "synthetic:sentiment:400"', 'source = "./c.txt"')),
+        ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
+         "/dev/zero is not a regular file"),
     Case("zoo is a device", lambda tmp: ((tmp / "z.h5").symlink_to("/dev/zero"),
                                          ["zoo", "ls", str(tmp / "z.h5")])[1],
          "z.h5 is not a readable HDF5 file"),
