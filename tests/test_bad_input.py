@@ -876,3 +876,49 @@ def test_reading_within_the_memory_limit_refuses_what_would_not_fit(tmp_path: Pa
                           preexec_fn=_limit_memory, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 2
+
+
+def test_a_start_that_fails_before_any_checkpoint_leaves_no_file(register_plugin,  # type: ignore[no-untyped-def]
+                                                                 tmp_path: Path) -> None:
+    import zooscope
+    from zooscope.errors import DataError
+    from zooscope.generators.text_classification import TextClassificationGenerator
+
+    class FailsAt(TextClassificationGenerator):
+        """Fails in a member's first evaluation (``epoch`` 0: before anything is committed)."""
+
+        def __init__(self, name: str, epoch: int) -> None:
+            super().__init__(name, "fails on purpose", default_source="synthetic:sentiment:200")
+            self.fail_epoch, self.calls = epoch, 0
+
+        def evaluate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls > self.fail_epoch:
+                raise DataError(f"evaluation {self.calls} failed")
+            return super().evaluate(*args, **kwargs)
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
+            register(FailsAt("fails-first", 0))
+            register(FailsAt("fails-later", 1))
+
+    register_plugin(Plugin(), "failing-generators")
+    base = TINY_CONFIG.replace('source = "synthetic:sentiment:400"\n', "").replace(
+        "seeds = [0, 1]", "seeds = [0]").replace("[3e-4, 1e-3]", "[1e-3]")
+    for name, kept in (("fails-first", False), ("fails-later", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "zoo.toml").write_text(base.replace('"sst2"', f'"{name}"'))
+        result = runner.invoke(app, ["generate", str(folder / "zoo.toml"), "--out",
+                                     str(folder / "out.h5")])
+        assert result.exit_code == 1
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
+            f"error: evaluation {1 if name == 'fails-first' else 2} failed"]
+        left = sorted(p.name for p in folder.iterdir())
+        if kept:  # epoch 0 is committed: the zoo stays, to resume
+            assert left == ["out.h5", "out.h5.state", "zoo.toml"]
+            with zooscope.open_zoo(folder / "out.h5") as zoo:
+                assert [c.epoch for c in zoo.checkpoints()] == [0]
+        else:
+            assert left == ["zoo.toml"]

@@ -569,6 +569,7 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
     resume_state = ResumeState(path)
     writer: ZooWriter
+    discard = _DiscardIfNothingCommitted(path, resume_state.dir)
     if dist is not None and not dist.is_main_process:
         dist.wait_for_everyone()  # the main process has created or reopened the zoo
         writer = _Follower(path)
@@ -579,12 +580,14 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
             if force and resume_state.dir.exists():
                 for p in resume_state.dir.iterdir():
                     p.unlink()
+            discard.state_existed = resume_state.dir.exists()
             writer = store.create(path, _header(cfg, generator, task), members)
+            discard.created = True
         if dist is not None:
             dist.wait_for_everyone()
     result = GenerateResult(path=path)
     device = _device(cfg, state)
-    with writer, _StopFlag() as stop:
+    with discard, writer, _StopFlag() as stop:
         bars = _Bars(progress, cfg, members, writer)
         run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
                         resume_state=resume_state, device=device, stop=stop,
@@ -619,6 +622,41 @@ def _generate_into(cfg: ZooConfig, generator: Generator, store: Store, path: Pat
     log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
         f"{result.skipped} already complete")
     return result
+
+
+class _DiscardIfNothingCommitted:
+    """A run that created its zoo and failed before committing a checkpoint leaves no
+    file: there is nothing to resume, and a failed start must not leave a zoo behind.
+    Exits after the writer has closed (it comes first in the ``with``); a Ctrl-C keeps
+    the zoo, as its message promises a resume."""
+
+    def __init__(self, path: Path, state_dir: Path) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self.created = False
+        self.state_existed = True
+
+    def __enter__(self) -> _DiscardIfNothingCommitted:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if kind is None or not self.created or not issubclass(kind, Exception) or \
+                isinstance(exc, Interrupted):
+            return
+        from zooscope.zoo import open_zoo
+
+        try:
+            with open_zoo(self.path) as zoo:
+                if zoo.checkpoints():
+                    return
+        except ZooscopeError:
+            return  # unreadable: leave it for the user to look at
+        self.path.unlink(missing_ok=True)
+        if not self.state_existed and self.state_dir.is_dir():
+            for p in self.state_dir.iterdir():
+                p.unlink()
+            self.state_dir.rmdir()
 
 
 class _Follower(ZooWriter):
