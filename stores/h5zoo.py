@@ -28,7 +28,7 @@ import xxhash
 
 from zooscope import __version__
 from zooscope.errors import ZooFileError
-from zooscope.store import Architecture, ZooHeader, ZooWriter
+from zooscope.store import Architecture, ZooHeader, ZooWriter, memory_budget
 from zooscope.stores.superblock import clear_write_flags
 from zooscope.zoo import (
     PENDING,
@@ -88,17 +88,6 @@ def _json_attr(obj: h5py.HLObject, name: str, default: Any = None,
     return value
 
 
-def _memory_budget() -> int:
-    """Bytes one read may allocate: half the smaller of physical memory and the process's
-    address-space limit. A file declaring more is refused instead of exhausting memory."""
-    import resource
-
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    limit = physical if soft == resource.RLIM_INFINITY else min(physical, soft)
-    return limit // 2
-
-
 def _get(group: h5py.Group, name: str, path: Path, dataset: bool = True) -> Any:
     """A dataset (or group) a zoo must have; missing or of the other kind is damage."""
     obj = group.get(name)
@@ -142,7 +131,7 @@ def _check_backed(ds: h5py.Dataset, rows: int, path: Path) -> None:
     """
     width = int(np.prod(ds.shape[1:], dtype=np.float64)) if ds.ndim else 1
     needed = rows * width * ds.id.get_type().get_size()
-    if needed > _memory_budget():
+    if needed > memory_budget():
         raise ZooFileError(f"{path}: {ds.name} declares {needed / 2**30:,.1f} GiB to read, more "
                            "than this machine's memory allows",
                            hint="the file is damaged or crafted; a real zoo splits such data")

@@ -530,6 +530,15 @@ CONFIG_VALUE_CASES = [
             'source = "synthetic:sentiment:400"', 'source = "./c.txt"')),
         ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
          "/dev/zero is not a regular file"),
+    Case("imported config is a device", lambda tmp: (
+        (tmp / "model").mkdir(), (tmp / "model" / "config.json").symlink_to("/dev/zero"),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "config.json is not a model config"),
+    Case("imported config of 20 MiB", lambda tmp: (
+        (tmp / "model").mkdir(),
+        (tmp / "model" / "config.json").write_text('{"model_type": "bert"}' + " " * 20 * 2**20),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "config.json is not a model config (a regular file of at most 16,777,216 bytes)"),
     Case("zoo is a device", lambda tmp: ((tmp / "z.h5").symlink_to("/dev/zero"),
                                          ["zoo", "ls", str(tmp / "z.h5")])[1],
          "z.h5 is not a readable HDF5 file"),
@@ -580,6 +589,14 @@ SIZE_CASES = [
          "N must be a whole number from 1 to 1,000,000", size=True),
     Case("sequence length beyond memory", generate_with(config(**{
         "max_seq_len = 32": "max_seq_len = 1000000000"})), "more than this machine's", size=True),
+    Case("imported model beyond memory", lambda tmp: (
+        (tmp / "model").mkdir(),
+        (tmp / "model" / "config.json").write_text(json.dumps({
+            "model_type": "bert", "hidden_size": 65536, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 65536, "vocab_size": 30000})),
+        (tmp / "model" / "model.safetensors").write_bytes(_tiny_safetensors()),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "its config.json describes 57,835,847,680 parameters", size=True),
     Case("scratch model beyond memory", generate_with(config(**{
         "hidden_size = 32": "hidden_size = 1048576", "intermediate_size = 64":
         "intermediate_size = 1048576"})), "more than this machine's", size=True),
@@ -729,6 +746,11 @@ DAMAGED_CASES = [
          "/analyses/agreement is not a group"),
 ]
 CASES += PATH_CASES + CONFIG_VALUE_CASES + SIZE_CASES + DAMAGED_CASES
+
+
+def _tiny_safetensors() -> bytes:
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(4)
 
 
 def _edit_file(path: Path, edit: Callable[[h5py.File], None]) -> None:
