@@ -817,7 +817,8 @@ class HDF5Zoo(Zoo):
         if self.f.swmr_mode:
             metrics_ds.refresh()
         if metrics_ds.ndim == 2 and metrics_ds.shape[0] < n:
-            raise ZooFileError(f"{path} is damaged: fewer metric rows than checkpoints")
+            raise ZooFileError(f"{path} is damaged: fewer metric rows than checkpoints "
+                               f"(/checkpoints/metrics has {metrics_ds.shape[0]}, the index {n})")
         _check_dataset(metrics_ds, path, "f", 2, rows=n, width=(len(self.metric_columns),))
         metrics = metrics_ds[:n]
         self._check_index(n)

@@ -741,6 +741,17 @@ DAMAGED_CASES = [
     Case("tensor names not a list", zoo_file(edit_zoo(lambda f: _set(
         f["architectures/a0"], "tensor_names", '"layer.bias"')), "zoo", "ls", "ZOO"),
          "has a malformed tensor layout"),
+    Case("metrics fewer than checkpoints", zoo_file(edit_zoo(lambda f: f[
+        "checkpoints/metrics"].resize(3, axis=0)), "zoo", "ls", "ZOO"),
+         "fewer metric rows than checkpoints"),
+    Case("data is a dataset", zoo_file(edit_zoo(lambda f: (
+        f.__delitem__("data"), f.create_dataset("data", data=[1]))), "zoo", "validate", "ZOO"),
+         "/data is not a group"),
+    Case("digests deleted", zoo_file(edit_zoo(lambda f: f.__delitem__(
+        "architectures/a0/digests")), "zoo", "validate", "ZOO"),
+         "/architectures/a0/digests is missing"),
+    Case("model files deleted", zoo_file(edit_zoo(lambda f: f.__delitem__(
+        "architectures/a0/files")), "zoo", "info", "ZOO"), "/architectures/a0/files is missing"),
     Case("analysis is a dataset", zoo_file(edit_zoo(lambda f: f.create_dataset(
         "analyses/agreement", data=[1])), "zoo", "info", "ZOO"),
          "/analyses/agreement is not a group"),
