@@ -36,6 +36,8 @@ def load_squad(source: str) -> list[dict[str, Any]]:
     local = source.startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl", ".parquet")
     if local and not path.exists():
         raise DataError(f"no SQuAD file at {path}")
+    if local and not path.is_dir() and not path.is_file():  # a device or pipe: endless
+        raise DataError(f"{path} is not a regular file")
     if local and path.suffix == ".json":
         try:
             with open(path, encoding="utf-8") as fh:

@@ -129,6 +129,8 @@ def _check_utf8(path: Path) -> None:
     """Text files must be UTF-8; checked in a streaming pass before any parser sees them."""
     import codecs
 
+    if not path.is_file():  # a device or pipe would be read without end
+        raise DataError(f"{path} is not a regular file")
     decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as fh:
         try:

@@ -29,7 +29,7 @@ import xxhash
 
 from zooscope import __version__
 from zooscope.errors import ZooFileError
-from zooscope.store import Architecture, ZooHeader, ZooWriter
+from zooscope.store import Architecture, ZooHeader, ZooWriter, memory_budget
 from zooscope.stores.h5results import (
     ResultsStore,
     read_entries,
@@ -95,17 +95,6 @@ def _json_attr(obj: h5py.HLObject, name: str, default: Any = None,
     return value
 
 
-def _memory_budget() -> int:
-    """Bytes one read may allocate: half the smaller of physical memory and the process's
-    address-space limit. A file declaring more is refused instead of exhausting memory."""
-    import resource
-
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    limit = physical if soft == resource.RLIM_INFINITY else min(physical, soft)
-    return limit // 2
-
-
 def _get(group: h5py.Group, name: str, path: Path, dataset: bool = True) -> Any:
     """A dataset (or group) a zoo must have; missing or of the other kind is damage."""
     obj = group.get(name)
@@ -149,7 +138,7 @@ def _check_backed(ds: h5py.Dataset, rows: int, path: Path) -> None:
     """
     width = int(np.prod(ds.shape[1:], dtype=np.float64)) if ds.ndim else 1
     needed = rows * width * ds.id.get_type().get_size()
-    if needed > _memory_budget():
+    if needed > memory_budget():
         raise ZooFileError(f"{path}: {ds.name} declares {needed / 2**30:,.1f} GiB to read, more "
                            "than this machine's memory allows",
                            hint="the file is damaged or crafted; a real zoo splits such data")
@@ -861,7 +850,8 @@ class HDF5Zoo(Zoo):
         if self.f.swmr_mode:
             metrics_ds.refresh()
         if metrics_ds.ndim == 2 and metrics_ds.shape[0] < n:
-            raise ZooFileError(f"{path} is damaged: fewer metric rows than checkpoints")
+            raise ZooFileError(f"{path} is damaged: fewer metric rows than checkpoints "
+                               f"(/checkpoints/metrics has {metrics_ds.shape[0]}, the index {n})")
         _check_dataset(metrics_ds, path, "f", 2, rows=n, width=(len(self.metric_columns),))
         metrics = metrics_ds[:n]
         self._check_index(n)
@@ -1326,7 +1316,9 @@ class HDF5Zoo(Zoo):
                     raise ZooFileError(f"{self.path} is damaged: {tgroup.name}:columns holds "
                                        f"{col!r}, not a column name")
                 ds = _get(tgroup, col, self.path)
-                _check_dataset(ds, self.path, "iufbT", 1, rows=ds.shape[0] if ds.ndim else 0)
+                # Columns are one value a row; a value may itself be a vector.
+                _check_dataset(ds, self.path, "iufbT", max(ds.ndim, 1),
+                               rows=ds.shape[0] if ds.ndim else None)
                 cols[col] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
             tables[tname] = cols
         return tables

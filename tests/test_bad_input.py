@@ -561,6 +561,28 @@ CONFIG_VALUE_CASES = [
             'source = "synthetic:sentiment:400"', 'source = "./data.tsv"')),
         ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
          "/dev/zero is not a regular file"),
+    Case("squad file is a device", lambda tmp: (
+        (tmp / "q.json").symlink_to("/dev/zero"),
+        (tmp / "zoo.toml").write_text(TINY_CONFIG.replace('"sst2"', '"squad"').replace(
+            'source = "synthetic:sentiment:400"', 'source = "./q.json"\nstride = 16').replace(
+            "max_seq_len = 32", "max_seq_len = 64")),
+        ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
+         "/dev/zero is not a regular file"),
+    Case("corpus file is a device", lambda tmp: (
+        (tmp / "c.txt").symlink_to("/dev/zero"),
+        (tmp / "zoo.toml").write_text(TINY_CONFIG.replace('"sst2"', '"mlm"').replace(
+            'source = "synthetic:sentiment:400"', 'source = "./c.txt"')),
+        ["generate", str(tmp / "zoo.toml"), "--out", str(tmp / "out.h5")])[-1],
+         "/dev/zero is not a regular file"),
+    Case("imported config is a device", lambda tmp: (
+        (tmp / "model").mkdir(), (tmp / "model" / "config.json").symlink_to("/dev/zero"),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "config.json is not a model config"),
+    Case("imported config of 20 MiB", lambda tmp: (
+        (tmp / "model").mkdir(),
+        (tmp / "model" / "config.json").write_text('{"model_type": "bert"}' + " " * 20 * 2**20),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "config.json is not a model config (a regular file of at most 16,777,216 bytes)"),
     Case("zoo is a device", lambda tmp: ((tmp / "z.h5").symlink_to("/dev/zero"),
                                          ["zoo", "ls", str(tmp / "z.h5")])[1],
          "z.h5 is not a readable HDF5 file"),
@@ -611,6 +633,14 @@ SIZE_CASES = [
          "N must be a whole number from 1 to 1,000,000", size=True),
     Case("sequence length beyond memory", generate_with(config(**{
         "max_seq_len = 32": "max_seq_len = 1000000000"})), "more than this machine's", size=True),
+    Case("imported model beyond memory", lambda tmp: (
+        (tmp / "model").mkdir(),
+        (tmp / "model" / "config.json").write_text(json.dumps({
+            "model_type": "bert", "hidden_size": 65536, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 65536, "vocab_size": 30000})),
+        (tmp / "model" / "model.safetensors").write_bytes(_tiny_safetensors()),
+        ["zoo", "import", str(tmp / "model"), "--out", str(tmp / "imported.h5")])[-1],
+         "its config.json describes 57,835,847,680 parameters", size=True),
     Case("scratch model beyond memory", generate_with(config(**{
         "hidden_size = 32": "hidden_size = 1048576", "intermediate_size = 64":
         "intermediate_size = 1048576"})), "more than this machine's", size=True),
@@ -755,11 +785,27 @@ DAMAGED_CASES = [
     Case("tensor names not a list", zoo_file(edit_zoo(lambda f: _set(
         f["architectures/a0"], "tensor_names", '"layer.bias"')), "zoo", "ls", "ZOO"),
          "has a malformed tensor layout"),
+    Case("metrics fewer than checkpoints", zoo_file(edit_zoo(lambda f: f[
+        "checkpoints/metrics"].resize(3, axis=0)), "zoo", "ls", "ZOO"),
+         "fewer metric rows than checkpoints"),
+    Case("data is a dataset", zoo_file(edit_zoo(lambda f: (
+        f.__delitem__("data"), f.create_dataset("data", data=[1]))), "zoo", "validate", "ZOO"),
+         "/data is not a group"),
+    Case("digests deleted", zoo_file(edit_zoo(lambda f: f.__delitem__(
+        "architectures/a0/digests")), "zoo", "validate", "ZOO"),
+         "/architectures/a0/digests is missing"),
+    Case("model files deleted", zoo_file(edit_zoo(lambda f: f.__delitem__(
+        "architectures/a0/files")), "zoo", "info", "ZOO"), "/architectures/a0/files is missing"),
     Case("analysis is a dataset", zoo_file(edit_zoo(lambda f: f.create_dataset(
         "analyses/agreement", data=[1])), "zoo", "info", "ZOO"),
          "/analyses/agreement is not a group"),
 ]
 CASES += PATH_CASES + CONFIG_VALUE_CASES + SIZE_CASES + DAMAGED_CASES
+
+
+def _tiny_safetensors() -> bytes:
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(4)
 
 
 def _edit_file(path: Path, edit: Callable[[h5py.File], None]) -> None:
@@ -907,3 +953,49 @@ def test_reading_within_the_memory_limit_refuses_what_would_not_fit(tmp_path: Pa
                           preexec_fn=_limit_memory, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 2
+
+
+def test_a_start_that_fails_before_any_checkpoint_leaves_no_file(register_plugin,  # type: ignore[no-untyped-def]
+                                                                 tmp_path: Path) -> None:
+    import zooscope
+    from zooscope.errors import DataError
+    from zooscope.generators.text_classification import TextClassificationGenerator
+
+    class FailsAt(TextClassificationGenerator):
+        """Fails in a member's first evaluation (``epoch`` 0: before anything is committed)."""
+
+        def __init__(self, name: str, epoch: int) -> None:
+            super().__init__(name, "fails on purpose", default_source="synthetic:sentiment:200")
+            self.fail_epoch, self.calls = epoch, 0
+
+        def evaluate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls > self.fail_epoch:
+                raise DataError(f"evaluation {self.calls} failed")
+            return super().evaluate(*args, **kwargs)
+
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
+            register(FailsAt("fails-first", 0))
+            register(FailsAt("fails-later", 1))
+
+    register_plugin(Plugin(), "failing-generators")
+    base = TINY_CONFIG.replace('source = "synthetic:sentiment:400"\n', "").replace(
+        "seeds = [0, 1]", "seeds = [0]").replace("[3e-4, 1e-3]", "[1e-3]")
+    for name, kept in (("fails-first", False), ("fails-later", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "zoo.toml").write_text(base.replace('"sst2"', f'"{name}"'))
+        result = runner.invoke(app, ["generate", str(folder / "zoo.toml"), "--out",
+                                     str(folder / "out.h5")])
+        assert result.exit_code == 1
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
+            f"error: evaluation {1 if name == 'fails-first' else 2} failed"]
+        left = sorted(p.name for p in folder.iterdir())
+        if kept:  # epoch 0 is committed: the zoo stays, to resume
+            assert left == ["out.h5", "out.h5.state", "zoo.toml"]
+            with zooscope.open_zoo(folder / "out.h5") as zoo:
+                assert [c.epoch for c in zoo.checkpoints()] == [0]
+        else:
+            assert left == ["zoo.toml"]

@@ -145,6 +145,18 @@ class Store(ABC):
         return False
 
 
+def memory_budget() -> int:
+    """Bytes one read may allocate: half the smaller of physical memory and the process's
+    address-space limit. A file declaring more is refused instead of exhausting memory."""
+    import os
+    import resource
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = physical if soft == resource.RLIM_INFINITY else min(physical, soft)
+    return limit // 2
+
+
 def store_for(path: Path) -> Store:
     from zooscope.registry import stores
 

@@ -638,6 +638,7 @@ def _generate_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: 
         members = stored_ids(path, members)
     resume_state = ResumeState(path)
     writer: ZooWriter
+    discard = _DiscardIfNothingCommitted(path, resume_state.dir)
     if dist is not None and not dist.is_main_process:
         dist.wait_for_everyone()  # the main process has created or reopened the zoo
         writer = _Follower(path)
@@ -645,7 +646,9 @@ def _generate_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: 
         if resume and path.exists():
             writer = store.resume(path)
         else:
+            discard.state_existed = resume_state.dir.exists()
             writer = store.create(path, _header(cfg, generator, task), members)
+            discard.created = True
             # Only now, holding the zoo's lock: a live writer's resume state is never touched.
             if force and resume_state.dir.exists():
                 for p in resume_state.dir.iterdir():
@@ -655,7 +658,7 @@ def _generate_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: 
     result = GenerateResult(path=path)
     device = _device(cfg, state)
     reporter = progress if progress is not None else current_reporter()
-    with writer, _StopFlag() as stop:
+    with discard, writer, _StopFlag() as stop:
         ids = {m.id: m for m in members}
         order = training_order(members)
         done_epochs = {m.id: writer.completed_epochs(m) for m in order}
@@ -721,6 +724,41 @@ def _set_status_quietly(writer: ZooWriter, member: Member, status: int) -> None:
     """Record why a member stopped where the file still takes a write (a full disk may not)."""
     with contextlib.suppress(OSError, ZooscopeError):
         writer.set_status(member, status)
+
+
+class _DiscardIfNothingCommitted:
+    """A run that created its zoo and failed before committing a checkpoint leaves no
+    file: there is nothing to resume, and a failed start must not leave a zoo behind.
+    Exits after the writer has closed (it comes first in the ``with``); a Ctrl-C keeps
+    the zoo, as its message promises a resume."""
+
+    def __init__(self, path: Path, state_dir: Path) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self.created = False
+        self.state_existed = True
+
+    def __enter__(self) -> _DiscardIfNothingCommitted:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if kind is None or not self.created or not issubclass(kind, Exception) or \
+                isinstance(exc, Interrupted):
+            return
+        from zooscope.zoo import open_zoo
+
+        try:
+            with open_zoo(self.path) as zoo:
+                if zoo.checkpoints():
+                    return
+        except ZooscopeError:
+            return  # unreadable: leave it for the user to look at
+        self.path.unlink(missing_ok=True)
+        if not self.state_existed and self.state_dir.is_dir():
+            for p in self.state_dir.iterdir():
+                p.unlink()
+            self.state_dir.rmdir()
 
 
 class _Follower(ZooWriter):

@@ -16,7 +16,7 @@ from typing import Any
 
 from zooscope.errors import ZooFileError
 from zooscope.models import HEAD_FILE
-from zooscope.store import Architecture, ZooHeader, store_for
+from zooscope.store import Architecture, ZooHeader, memory_budget, store_for
 from zooscope.zoo import (
     COMPLETE,
     RUNNING,
@@ -342,6 +342,24 @@ checkpoint read from any copy of the zoo (`zooscope.loader.checkpoint_digest`).
 
 
 # -- import -----------------------------------------------------------------------------------
+#: A Hugging Face config.json is a few kilobytes; a larger one is not a model config.
+MAX_HF_CONFIG = 2**24
+
+
+def _check_fits(d: Path, config: Any) -> None:
+    """Count the parameters a config describes (on the meta device, no memory) and refuse
+    a model that would not fit, before transformers allocates it."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    if 4 * parameters > memory_budget():
+        raise ZooFileError(f"cannot load {d}: its config.json describes {parameters:,} "
+                           f"parameters ({4 * parameters / 2**30:,.1f} GiB), more than this "
+                           "machine's memory allows")
+
+
 def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
                        on_checkpoint: Callable[[], None] = lambda: None) -> int:
     """Build a zoo from Hugging Face model directories; returns the number of checkpoints.
@@ -361,6 +379,10 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
     for d in dirs:
         if not Path(d, "config.json").exists():
             raise ZooFileError(f"{d} is not a Hugging Face model directory (no config.json)")
+        config_file = Path(d, "config.json")
+        if not config_file.is_file() or config_file.stat().st_size > MAX_HF_CONFIG:
+            raise ZooFileError(f"{config_file} is not a model config (a regular file of at most "
+                               f"{MAX_HF_CONFIG:,} bytes)")
         if Path(d, HEAD_FILE).exists():
             # A zooscope export: backbone and trained head become one model again.
             from zooscope.loader import load_model
@@ -371,6 +393,7 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
             continue
         try:
             config = AutoConfig.from_pretrained(str(d))
+            _check_fits(d, config)
             model, info = AutoModel.from_pretrained(str(d), config=config, output_loading_info=True)
             head = {"kind": "base-model"}
             if any(k.startswith("pooler.") for k in info["missing_keys"]):
