@@ -77,7 +77,11 @@ def read_entries(root: h5py.Group, where: str) -> list[dict[str, Any]]:
     if "analyses" not in root:
         return out
     for name, group in root["analyses"].items():
+        if not isinstance(group, h5py.Group):
+            raise ZooFileError(f"{root.file.filename} is damaged: {group.name} is not a group")
         for key, g in group.items():
+            if not isinstance(g, h5py.Group):
+                raise ZooFileError(f"{root.file.filename} is damaged: {g.name} is not a group")
             if key.endswith(".writing"):
                 continue  # an older zoo's half-written result
             out.append({

@@ -994,7 +994,7 @@ def test_a_start_that_fails_before_any_checkpoint_leaves_no_file(register_plugin
             f"error: evaluation {1 if name == 'fails-first' else 2} failed"]
         left = sorted(p.name for p in folder.iterdir())
         if kept:  # epoch 0 is committed: the zoo stays, to resume
-            assert left == ["out.h5", "out.h5.state", "zoo.toml"]
+            assert left == ["out.h5", "out.h5.lock", "out.h5.state", "zoo.toml"]
             with zooscope.open_zoo(folder / "out.h5") as zoo:
                 assert [c.epoch for c in zoo.checkpoints()] == [0]
         else:

@@ -647,6 +647,7 @@ def _generate_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: 
             writer = store.resume(path)
         else:
             discard.state_existed = resume_state.dir.exists()
+            discard.lock_existed = discard.lock.exists()
             writer = store.create(path, _header(cfg, generator, task), members)
             discard.created = True
             # Only now, holding the zoo's lock: a live writer's resume state is never touched.
@@ -737,6 +738,8 @@ class _DiscardIfNothingCommitted:
         self.state_dir = state_dir
         self.created = False
         self.state_existed = True
+        self.lock = path.with_name(path.name + ".lock")
+        self.lock_existed = True
 
     def __enter__(self) -> _DiscardIfNothingCommitted:
         return self
@@ -755,6 +758,10 @@ class _DiscardIfNothingCommitted:
         except ZooscopeError:
             return  # unreadable: leave it for the user to look at
         self.path.unlink(missing_ok=True)
+        if not self.lock_existed:
+            # The writer's lock file (docs/format.md) outlives its writer by design; one
+            # made for a zoo that no longer exists is left over from this run alone.
+            self.lock.unlink(missing_ok=True)
         if not self.state_existed and self.state_dir.is_dir():
             for p in self.state_dir.iterdir():
                 p.unlink()
