@@ -99,6 +99,12 @@ def test_out_of_tree_plugin_is_discovered_through_its_entry_point(example_site: 
     assert rows["final_metric"]["version"] == "0.2.0"
     assert rows["final_metric"]["provides"] == {"analyzer": ["final-metric"]}
     assert rows["final_metric"]["builtin"] is False
+    # The package name, which ZOOSCOPE_LOAD_PLUGINS takes, shown beside the entry point.
+    assert rows["final_metric"]["distribution"] == "zooscope-final-metric"
+    table = run_cli("plugins", env={**env, "COLUMNS": "80"})
+    assert table.returncode == 0 and table.stderr == ""
+    line = next(ln for ln in table.stdout.splitlines() if "final_metric" in ln)
+    assert "zooscope-final-metric" in line and "analyzer final-metric" in line
 
 
 def test_allow_list_controls_entry_point_plugins(example_site: Path) -> None:
@@ -108,6 +114,17 @@ def test_allow_list_controls_entry_point_plugins(example_site: Path) -> None:
     allowed = run_cli("plugins", "--json", env={"PYTHONPATH": str(example_site),
                                                 "ZOOSCOPE_LOAD_PLUGINS": "zooscope-final-metric"})
     assert [r["name"] for r in json.loads(allowed.stdout)] == ["final_metric"]
+    assert allowed.stderr == ""
+    # pip's spelling rules: case, '_' and '.' are the same as '-'.
+    same = run_cli("plugins", "--json", env={"PYTHONPATH": str(example_site),
+                                             "ZOOSCOPE_LOAD_PLUGINS": "Zooscope_Final.Metric"})
+    assert [r["name"] for r in json.loads(same.stdout)] == ["final_metric"]
+    typo = run_cli("plugins", "--json", env={"PYTHONPATH": str(example_site),
+                                             "ZOOSCOPE_LOAD_PLUGINS": "zooscope-final-metrc"})
+    assert json.loads(typo.stdout) == []
+    assert typo.stderr.splitlines() == [
+        "warning: ZOOSCOPE_LOAD_PLUGINS names 'zooscope-final-metrc', which no installed "
+        "plugin package provides (installed: zooscope-final-metric)"]
 
 
 def test_example_analyzer_runs_on_a_zoo(example_site: Path, zoo_copy: Path,
