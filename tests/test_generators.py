@@ -767,3 +767,25 @@ def test_resume_keeps_stored_ids_and_refuses_another_config(zoo_copy: Path, tmp_
     assert json.loads(proc.stdout)["skipped"] == 4  # every member found complete
     with zooscope.open_zoo(zoo_copy) as zoo:
         assert [m.id for m in zoo.members()] == old
+
+
+def test_a_sentence_pair_zoo_stores_both_texts_and_reevaluates_from_the_file(
+        tmp_path: Path) -> None:
+    from .test_zoofile import reevaluate_from_docs
+
+    source = write_boolq(tmp_path)
+    text = BOOLQ_CONFIG.format(backbones='"scratch"').replace(
+        "learning_rate = [1e-3, 3e-3]\nepochs = [1, 2]", "learning_rate = [3e-3]\nepochs = [1]")
+    text += ("\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+             "intermediate_size = 64\nvocab_size = 200\n")
+    out = tmp_path / "pairs.h5"
+    generate(load_config(write_config(tmp_path, text, "pairs.toml")), out)
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    with zooscope.open_zoo(out) as zoo:
+        header = zoo.header()
+        stored = zoo.predictions([zoo.checkpoints()[-1]])[0]
+    picked = [rows[int(i.removeprefix("row-"))] for i in header.test_ids]
+    assert header.test_texts == [r["question"] for r in picked]
+    assert header.test_text_pairs == [r["passage"] for r in picked]
+    recomputed, _ = reevaluate_from_docs(out)
+    assert recomputed == stored.tolist()
