@@ -671,22 +671,34 @@ def test_shared_epochs_equal_training_them_again(tmp_path: Path) -> None:
         assert len(a["architectures/a0/rows"]) == 3 and len(b["architectures/a0/rows"]) == 5
 
 
-def test_overfit_mode_reports_and_fails_with_exit_1(tmp_path: Path) -> None:
-    write_boolq(tmp_path)
-    base = BOOLQ_CONFIG.format(backbones='"scratch"').replace("batch_size = 16", "batch_size = 2")
-    base += ("\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
-             "intermediate_size = 64\nvocab_size = 200\n")
+@pytest.mark.slow
+def test_overfit_passes_a_demo_like_config_and_fails_broken_ones(tmp_path: Path) -> None:
+    from .conftest import TINY_CONFIG
+
+    # The demo's set-up in small: scratch BERT, batch size 32, its smallest learning rate.
+    base = TINY_CONFIG.replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [2e-4, 5e-4]")
     ok = run_cli("generate", str(write_config(tmp_path, base, "ok.toml")), "--overfit", "--json",
                  cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
-    assert report["examples"] == 10 and report["epochs"] == 20
+    assert (report["examples"], report["epochs"], report["batch_size"]) == (10, 20, 1)
+    assert report["backbones"][0]["learning_rate"] == 2e-4
     assert report["backbones"][0]["train_accuracy"] == 1.0
-    bad = base.replace("learning_rate = [1e-3, 3e-3]", "learning_rate = [1e-9]")
-    proc = run_cli("generate", str(write_config(tmp_path, bad, "bad.toml")), "--overfit",
-                   cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-2].startswith("error: 1 of 1 backbones did not fit")
+    assert ok.stderr.strip().splitlines()[-1] == "ok: every backbone fits 10 examples " \
+        "(train_accuracy = 1)"
+    broken = {"lr": base.replace("learning_rate = [2e-4, 5e-4]", "learning_rate = [1e-9]"),
+              # Only [CLS] [SEP] survive truncation: every example looks alike.
+              "blind": base.replace("max_seq_len = 32", "max_seq_len = 2")}
+    for what, text in broken.items():
+        proc = run_cli("generate", str(write_config(tmp_path, text, f"{what}.toml")), "--overfit",
+                       "--json", cwd=tmp_path)
+        assert proc.returncode == 1, (what, proc.stderr)
+        accuracy = json.loads(proc.stdout)["backbones"][0]["train_accuracy"]
+        assert accuracy < 1.0, what
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-2].startswith("error: 1 of 1 backbones did not fit 10 training examples "
+                                    "in 20 epochs (train_accuracy "), (what, proc.stderr)
+        assert lines[-1].startswith("hint: a model that cannot memorise 10 examples")
     assert not list(tmp_path.glob("*.h5"))
 
 
@@ -755,3 +767,25 @@ def test_resume_keeps_stored_ids_and_refuses_another_config(zoo_copy: Path, tmp_
     assert json.loads(proc.stdout)["skipped"] == 4  # every member found complete
     with zooscope.open_zoo(zoo_copy) as zoo:
         assert [m.id for m in zoo.members()] == old
+
+
+def test_a_sentence_pair_zoo_stores_both_texts_and_reevaluates_from_the_file(
+        tmp_path: Path) -> None:
+    from .test_zoofile import reevaluate_from_docs
+
+    source = write_boolq(tmp_path)
+    text = BOOLQ_CONFIG.format(backbones='"scratch"').replace(
+        "learning_rate = [1e-3, 3e-3]\nepochs = [1, 2]", "learning_rate = [3e-3]\nepochs = [1]")
+    text += ("\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+             "intermediate_size = 64\nvocab_size = 200\n")
+    out = tmp_path / "pairs.h5"
+    generate(load_config(write_config(tmp_path, text, "pairs.toml")), out)
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    with zooscope.open_zoo(out) as zoo:
+        header = zoo.header()
+        stored = zoo.predictions([zoo.checkpoints()[-1]])[0]
+    picked = [rows[int(i.removeprefix("row-"))] for i in header.test_ids]
+    assert header.test_texts == [r["question"] for r in picked]
+    assert header.test_text_pairs == [r["passage"] for r in picked]
+    recomputed, _ = reevaluate_from_docs(out)
+    assert recomputed == stored.tolist()

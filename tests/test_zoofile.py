@@ -184,3 +184,29 @@ def test_documented_reevaluation_reproduces_stored_predictions(tiny_zoo: Path) -
             enc = tokenizer([text], truncation=True, max_length=32, return_tensors="pt")
             _, own = model(enc["input_ids"], enc["attention_mask"])
             np.testing.assert_allclose(row, own[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_member_ids_follow_the_documented_recipe(tiny_zoo: Path) -> None:
+    """docs/format.md's id recipe, written out by hand for the tiny config."""
+    import hashlib
+
+    with h5py.File(tiny_zoo, "r") as f:
+        ids = list(f["members/id"].asstr()[()])
+        factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]
+        data = json.loads(f.attrs["data"])
+    scratch = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 200,
+               "max_position_embeddings": 128, "seed": 0}
+    recipe = {
+        "generator": "sst2", "generator_version": "1", "epochs": 2,
+        "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0},
+                 "train": data["fingerprints"]["train"]},
+        "train": {"batch_size": 32, "optimizer": "adamw", "dropout": 0.1,
+                  "lr_schedule": "constant", "max_seq_len": 32,
+                  "head": {"hidden": 1, "activation": "relu"}, "freeze_backbone": False,
+                  "max_train_examples": 0, "mixed_precision": "no"},
+    }
+    for mid, fs in zip(ids, factors, strict=True):
+        payload = {"factors": {**fs, "backbone": {"scratch": scratch}}, "recipe": recipe}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        assert mid == "m" + hashlib.sha256(text.encode()).hexdigest()[:11]

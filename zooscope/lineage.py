@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from zooscope.errors import ConfigError, ZooscopeError
+from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -184,8 +184,6 @@ def _number(value: str) -> Any:
 def verify(zoo: Zoo, uri: str, member: Member, epoch: int, expected: str | None) -> None:
     """Check a parent checkpoint by content: every tensor against its stored digest, and
     the checkpoint digest against the one the lineage recorded (where it recorded one)."""
-    from zooscope.errors import ZooFileError
-
     checkpoint = next((c for c in zoo.checkpoints(member) if c.epoch == epoch), None)
     if checkpoint is None:
         raise ConfigError(f"backbone {uri!r}: member {member.id} has no epoch {epoch}")
