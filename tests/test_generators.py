@@ -754,9 +754,17 @@ def test_resume_keeps_stored_ids_and_refuses_another_config(zoo_copy: Path, tmp_
     proc = run_cli("generate", str(changed), "--out", str(zoo_copy), "--resume")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-2].startswith(f"error: {zoo_copy} was started with another config, data or "
-                                "backbone: it has no member m")
-    assert lines[-1] == "hint: generate into a new file, or replace this one with --force"
+    # The stored config tells first, naming the change, before the file is touched.
+    assert lines[-2] == (f"error: {zoo_copy} was made from another config: [train] max_seq_len "
+                         "32 → 24")
+    # The same config over other data or another backbone gives other ids: refused too.
+    from zooscope.errors import ZooFileError
+    from zooscope.training import stored_ids
+    from zooscope.zoo import Member
+
+    other = [Member(id="m" + "0" * 11, factors=m.factors) for m in member_list(load_config(config))]
+    with pytest.raises(ZooFileError, match="was started with another config, data or backbone"):
+        stored_ids(zoo_copy, other)
     # A zoo written when ids covered the factors alone resumes under its stored ids.
     with h5py.File(zoo_copy, "r+") as f:
         factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]

@@ -89,7 +89,7 @@ def test_analyze_at_80_columns(tiny_zoo: Path, tmp_path: Path) -> None:
                      str(tmp_path / "a"), env=NARROW)
     assert result.returncode == 0, result.stderr
     _fits(result.stdout)
-    for word in ("learning_rate", "learning_rate+seed", "seed", "mean_agreement"):
+    for word in ("learning_rate", "learning_rate+seed", "seed", "agree", "kappa"):
         assert _whole(result.stdout, word), word
 
 
@@ -137,8 +137,13 @@ def test_dry_run_offline_says_so_in_one_line() -> None:
     result = run_cli("generate", str(ROOT / "zoos" / "sst2.toml"), "--dry-run",
                      env={**NARROW, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "note: the Hugging Face hub is offline (HF_HUB_OFFLINE is set); the size estimate "
-        "leaves out bert-base-uncased unless cached"]
+    notes = result.stderr.splitlines()
+    assert notes[0] == ("note: the Hugging Face hub is offline (HF_HUB_OFFLINE is set); the size "
+                        "estimate leaves out bert-base-uncased unless cached")
+    # Ids cover the data's fingerprint: without the hub's data they are left out, said once.
+    assert len(notes) == 2 and notes[1].startswith(
+        "note: the data cannot be loaded offline (") and notes[1].endswith(
+        "member ids, which cover its fingerprint, are left out")
+    assert "│ id" not in result.stdout and "12 members" in result.stdout
     # Nothing else on stderr: no download was tried, so no retry warnings.
     assert "estimated size on disk: unknown while the hub is offline" in result.stdout

@@ -565,6 +565,8 @@ def generate(
             merge_zoos(parts, out, all_members=members)
             for p in parts:
                 p.unlink()
+                # The part's writer lock outlives its writer by design; the part is gone.
+                p.with_name(p.name + ".lock").unlink(missing_ok=True)
             result.path = out
             result.members = final_metrics(out)
             result.trained = len(result.members) - result.skipped - result.shared

@@ -209,46 +209,6 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
     return table
 
 
-class _LazyProgress:
-    """A Rich progress display that appears with its first task, so errors before any
-    work print nothing else."""
-
-    def __init__(self) -> None:
-        self._progress: Any = None
-
-    def __enter__(self) -> _LazyProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def add_task(self, *args: Any, **kwargs: Any) -> Any:
-        if self._progress is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(),
-                                      TimeRemainingColumn(), console=err_console)
-            self._progress.start()
-        return self._progress.add_task(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._progress, name)
-
-
-def progress() -> Any:
-    """Progress bars on stderr, shown once work starts."""
-    return _LazyProgress()
-
-
 def reporter(quiet: bool = False) -> Any:
     """The current progress reporter for a command's work, closed when the block ends:
     bars in a terminal, one line per unit of work in a log, nothing with ``--quiet``."""

@@ -89,21 +89,33 @@ def generate(
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     from zooscope import registry
+    from zooscope.errors import DataError
     from zooscope.training import member_list, shard_members
 
     generator = registry.get_generator(cfg.generator)
     generator.validate(cfg)
+    hub = sorted({str(f["backbone"]) for f in (m.factors for m in cfg.members())
+                  if _is_hub_id(cfg, str(f.get("backbone", "scratch")))})
+    # Asked first: offline, the data below is looked up in the cache without retries.
+    source = str(cfg.data.get("source", ""))
+    hub_data = not source.startswith("synthetic:") and _is_hub_id(cfg, source)
+    offline = _hub_offline() if hub or hub_data else None
+    if offline and hub:
+        err_console.print(f"note: the Hugging Face hub is offline ({offline}); the size "
+                          f"estimate leaves out {', '.join(hub)} unless cached", soft_wrap=True)
     # Member ids cover the data's fingerprint, so the data is loaded (not tokenised).
-    members = member_list(cfg, generator, generator.prepare(cfg))
+    try:
+        members = member_list(cfg, generator, generator.prepare(cfg))
+        with_ids = True
+    except DataError as exc:
+        if not offline:
+            raise
+        err_console.print(f"note: the data cannot be loaded offline ({exc}); member ids, "
+                          "which cover its fingerprint, are left out", soft_wrap=True)
+        members, with_ids = cfg.members(), False
     if shard is not None:
         members = shard_members(members, *shard)
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
-    hub = sorted({str(m.factors["backbone"]) for m in members
-                  if _is_hub_id(cfg, str(m.factors.get("backbone", "scratch")))})
-    offline = _hub_offline() if hub else None
-    if offline:
-        err_console.print(f"note: the Hugging Face hub is offline ({offline}); the size "
-                          f"estimate leaves out {', '.join(hub)} unless cached", soft_wrap=True)
     estimate = getattr(generator, "estimate_bytes", None)
     size = estimate(cfg, members) if estimate else None
     ids = {m.id for m in members}
@@ -112,7 +124,10 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     trained_epochs = 0
     for m in members:
         source = (m.lineage or {}).get("checkpoints_from")
-        row = {"id": m.id, **order_factors(m.factors, order), "epochs": cfg.epochs_of(m)}
+        row = {"id": m.id if with_ids else None, **order_factors(m.factors, order),
+               "epochs": cfg.epochs_of(m)}
+        if not with_ids and not json_:
+            del row["id"]
         if source:
             row["checkpoints_from"] = source if source in ids else ""
         if source not in ids:

@@ -18,10 +18,11 @@ from zooscope.commands.common import (
     grid_order,
     order_factors,
     print_json,
-    progress,
+    reporter,
     rich_table,
 )
 from zooscope.commands.common import ZooscopeGroup as _Group
+from zooscope.progress import task
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect, validate, merge, export "
                   "and import zoo files.")
@@ -121,9 +122,9 @@ def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
 
     with open_zoo(zoo) as z:
         total = len(z.checkpoints())
-    with progress() as bars:
-        task = bars.add_task("checking checkpoints", total=total)
-        report = validate_zoo(zoo, on_checkpoint=lambda: bars.advance(task))
+    with reporter():
+        checked = task("checking checkpoints", total=total)
+        report = validate_zoo(zoo, on_checkpoint=checked.advance)
     if json_:
         print_json({"zoo": str(zoo), "ok": report.ok, "checkpoints": report.checkpoints,
                     "tensors_checked": report.tensors_checked, "problems": report.problems,
@@ -159,9 +160,9 @@ def merge(
         raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
     if out.resolve() in {s.resolve() for s in shards}:
         raise ZooFileError("the output must not be one of the shards")
-    with progress() as bars:
-        task = bars.add_task("copying checkpoints", total=None)
-        n = merge_zoos(shards, out, on_checkpoint=lambda: bars.advance(task))
+    with reporter():
+        copied = task("copying checkpoints")
+        n = merge_zoos(shards, out, on_checkpoint=copied.advance)
     if json_:
         print_json({"zoo": str(out), "shards": len(shards), "checkpoints": n})
         return
@@ -211,10 +212,9 @@ def import_(
 
     if out.exists() and not force:
         raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
-    with progress() as bars:
-        task = bars.add_task("importing", total=len(dirs))
-        n = import_checkpoints(dirs, out, as_epochs=as_epochs,
-                               on_checkpoint=lambda: bars.advance(task))
+    with reporter():
+        imported = task("importing", total=len(dirs))
+        n = import_checkpoints(dirs, out, as_epochs=as_epochs, on_checkpoint=imported.advance)
     if json_:
         print_json({"zoo": str(out), "checkpoints": n})
         return
