@@ -23,6 +23,7 @@ import numpy as np
 
 from zooscope import __version__
 from zooscope.errors import ConfigError, ZooFileError
+from zooscope.store import lock_path
 from zooscope.zoo import canonical_json, check_safe_name
 
 RESULTS_FORMAT = 1
@@ -195,7 +196,7 @@ def write_result(
         path.parent.mkdir(exist_ok=True)
     except OSError as exc:
         raise ZooFileError(f"{path.parent} cannot be created ({exc.strerror or exc})") from None
-    lock = filelock.FileLock(path.with_name(path.name + ".lock"), fallback_to_soft=False)
+    lock = filelock.FileLock(lock_path(path), fallback_to_soft=False)
     wait = _lock_wait() if wait is None else wait
     try:
         lock.acquire(timeout=wait)

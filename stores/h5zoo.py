@@ -29,7 +29,7 @@ import xxhash
 
 from zooscope import __version__
 from zooscope.errors import ZooFileError
-from zooscope.store import Architecture, ZooHeader, ZooWriter, memory_budget
+from zooscope.store import Architecture, ZooHeader, ZooWriter, lock_path, memory_budget
 from zooscope.stores.h5results import (
     ResultsStore,
     read_entries,
@@ -213,7 +213,7 @@ class _Lock:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + ".lock")
+        self.path = lock_path(path)
         self._lock = _file_lock(self.path)
         try:
             self._lock.acquire(timeout=0)
@@ -228,7 +228,7 @@ class _Lock:
     @staticmethod
     def held(path: Path) -> bool:
         """Whether a live process holds the lock (a killed writer's lock is free)."""
-        lock = path.with_name(path.name + ".lock")
+        lock = lock_path(path)
         if not lock.exists():
             return False
         probe = _file_lock(lock)

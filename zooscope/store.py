@@ -157,6 +157,12 @@ def memory_budget() -> int:
     return limit // 2
 
 
+def lock_path(path: Path) -> Path:
+    """The writer's lock file beside a zoo (or any file zooscope writes under a lock):
+    ``NAME.h5.lock``, documented in docs/format.md."""
+    return path.with_name(path.name + ".lock")
+
+
 def store_for(path: Path) -> Store:
     from zooscope.registry import stores
 

@@ -30,7 +30,7 @@ from zooscope.generation import Generator, MemberSetup, TaskData
 from zooscope.lineage import verify_parents
 from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
-from zooscope.store import Store, ZooHeader, ZooWriter, store_for
+from zooscope.store import Store, ZooHeader, ZooWriter, lock_path, store_for
 from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, Member
 from zooscope.zoofile import check_output_path
 
@@ -436,7 +436,7 @@ def check_output(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not (resume or force):
         raise ZooFileError(f"{out} already exists",
                            hint="add --resume to continue it, or --force to replace it")
-    for side in (out.with_name(out.name + suffix) for suffix in (".lock", ".creating")):
+    for side in (lock_path(out), out.with_name(out.name + ".creating")):
         if side.is_symlink() or (side.exists() and not side.is_file()):
             raise ZooFileError(f"{side} is not a plain file; zooscope keeps its side files "
                                "beside the zoo and never follows links",
@@ -566,7 +566,7 @@ def generate(
             for p in parts:
                 p.unlink()
                 # The part's writer lock outlives its writer by design; the part is gone.
-                p.with_name(p.name + ".lock").unlink(missing_ok=True)
+                lock_path(p).unlink(missing_ok=True)
             result.path = out
             result.members = final_metrics(out)
             result.trained = len(result.members) - result.skipped - result.shared
@@ -740,7 +740,7 @@ class _DiscardIfNothingCommitted:
         self.state_dir = state_dir
         self.created = False
         self.state_existed = True
-        self.lock = path.with_name(path.name + ".lock")
+        self.lock = lock_path(path)
         self.lock_existed = True
 
     def __enter__(self) -> _DiscardIfNothingCommitted:

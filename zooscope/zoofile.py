@@ -16,7 +16,7 @@ from typing import Any
 
 from zooscope.errors import ZooFileError
 from zooscope.models import HEAD_FILE
-from zooscope.store import Architecture, ZooHeader, memory_budget, store_for
+from zooscope.store import Architecture, ZooHeader, lock_path, memory_budget, store_for
 from zooscope.zoo import (
     COMPLETE,
     RUNNING,
@@ -213,7 +213,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
 def _remove_merge_files(tmp: Path) -> None:
     """A merge's temporary zoo and its lock file, once no merge holds that lock."""
     tmp.unlink(missing_ok=True)
-    tmp.with_name(tmp.name + ".lock").unlink(missing_ok=True)
+    lock_path(tmp).unlink(missing_ok=True)
 
 
 # -- export -----------------------------------------------------------------------------------
