@@ -87,6 +87,44 @@ def differing_factors(a: Member, b: Member) -> str:
     return "+".join(diff) if diff else "none"
 
 
+def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member]
+                    ) -> dict[str, list[Any]]:
+    """Per epoch and configuration (every factor but the seed), the pairs of members
+    that differ only in seed: their mean disagreement next to their mean test error,
+    the two sides of Jiang et al.'s (2022) generalisation disagreement equality."""
+    import numpy as np
+
+    acc: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    factors: dict[str, dict[str, Any]] = {}
+    # A configuration is named by the factors that vary among the members (not the seed).
+    varying = sorted(f for f in {f for m in by_id.values() for f in m.factors} if f != "seed"
+                     and len({str(m.factors.get(f)) for m in by_id.values()}) > 1)
+    for k, diff in enumerate(pairs["differ_in"]):
+        if diff != "seed":
+            continue
+        rest = {f: by_id[pairs["member_a"][k]].factors.get(f) for f in varying}
+        label = ", ".join(f"{f}={v}" for f, v in rest.items()) or "all"
+        factors[label] = rest
+        acc[(pairs["epoch"][k], label)].append(
+            (pairs["disagreement"][k], (pairs["error_a"][k] + pairs["error_b"][k]) / 2))
+    names = sorted({f for rest in factors.values() for f in rest})
+    table: dict[str, list[Any]] = {"epoch": [], "configuration": [],
+                                   **{f: [] for f in names}, "pairs": [],
+                                   "mean_disagreement": [], "mean_test_error": [],
+                                   "disagreement_minus_error": []}
+    for (epoch, label), values in sorted(acc.items()):
+        arr = np.asarray(values)
+        table["epoch"].append(epoch)
+        table["configuration"].append(label)
+        for f in names:
+            table[f].append(factors[label].get(f))
+        table["pairs"].append(len(values))
+        table["mean_disagreement"].append(float(arr[:, 0].mean()))
+        table["mean_test_error"].append(float(arr[:, 1].mean()))
+        table["disagreement_minus_error"].append(float(arr[:, 0].mean() - arr[:, 1].mean()))
+    return table
+
+
 class Agreement(Analyzer):
     name = "agreement"
     description = ("pairwise agreement and Cohen's kappa of test predictions; disagreement "
@@ -186,9 +224,13 @@ class Agreement(Analyzer):
                 matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
                                                   for k, mid in enumerate(ids)}}
         summary = self._summary(pairs, per_member, last, len(by_epoch[last]), second)
+        seed_pairs = seed_pair_table(pairs, by_id)
         figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats else {}
+        if seed_pairs["epoch"]:
+            figures["disagreement_vs_error"] = _gde_figure(seed_pairs)
         return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
-                                      "members": dict(per_member), "matrix": matrix_table},
+                                      "seed_pairs": seed_pairs, "members": dict(per_member),
+                                      "matrix": matrix_table},
                               summary=summary, figures=figures)
 
     def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
@@ -288,6 +330,43 @@ def _heatmap(heats: list[tuple[int, np.ndarray, list[str]]], by_id: dict[str, Me
         title += f", {len(drawn)} of {len(heats)} selected epochs (all in pairs.csv)"
     fig.suptitle(title + (f"\n{constant}" if constant else ""), fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.8, label="agreement")
+    return fig
+
+
+def _gde_figure(table: dict[str, list[Any]]) -> Any:
+    """Mean disagreement of seed-only pairs against their mean test error, one point per
+    configuration and epoch (the last epoch solid, earlier ones faded and joined), with
+    the diagonal on which Jiang et al.'s equality puts them."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    epochs = np.asarray(table["epoch"])
+    labels = sorted(set(table["configuration"]))
+    last = int(epochs.max())
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(labels), 1)))
+    for colour, label in zip(colours, labels, strict=True):
+        rows = [i for i, c in enumerate(table["configuration"]) if c == label]
+        rows.sort(key=lambda i: table["epoch"][i])
+        err = np.array([table["mean_test_error"][i] for i in rows])
+        dis = np.array([table["mean_disagreement"][i] for i in rows])
+        ax.plot(err, dis, "-", color=colour, alpha=0.35, linewidth=1)
+        at_last = [k for k, i in enumerate(rows) if table["epoch"][i] == last]
+        ax.scatter(err[at_last], dis[at_last], color=colour, s=40, label=label, zorder=3,
+                   clip_on=False)
+        early = [k for k, i in enumerate(rows) if table["epoch"][i] != last]
+        ax.scatter(err[early], dis[early], color=colour, s=14, alpha=0.35, zorder=2)
+    values = table["mean_test_error"] + table["mean_disagreement"]
+    top = min(max(max(values) * 1.08, 0.05), 1.0)
+    ax.plot([0, top], [0, top], "--", color="grey", linewidth=1, label="disagreement = error")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean test error of the pair")
+    ax.set_ylabel("disagreement between seeds")
+    ax.set_title(f"pairs differing only in seed: large points epoch {last}, "
+                 "small earlier epochs", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
     return fig
 
 

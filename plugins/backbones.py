@@ -64,7 +64,10 @@ class Backbones(Analyzer):
             test = float(np.nanmean([r["test"] for r in runs]))
             row = {"backbone": backbone, **{k: v for k, v in runs[0]["factors"].items()},
                    "epoch": runs[0]["epoch"], "seeds": len(runs), f"dev_{metric}": dev,
-                   f"test_{metric}": test}
+                   f"test_{metric}": test,
+                   # the spread over seeds (sample standard deviation; NaN for one seed)
+                   f"dev_{metric}_std": _seed_std([r["dev"] for r in runs]),
+                   f"test_{metric}_std": _seed_std([r["test"] for r in runs])}
             for k, v in row.items():
                 every[k].append(v)
             sign = -1 if lower_is_better else 1
@@ -97,13 +100,21 @@ class Backbones(Analyzer):
         return "best configuration per backbone, chosen on dev", cols
 
 
+def _seed_std(values: list[float]) -> float:
+    import numpy as np
+
+    finite = np.asarray([v for v in values if v == v], dtype=np.float64)
+    return float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+
+
 def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     """Dev and test score of each backbone's chosen configuration, the configuration
     written under its name, the legend below the axes where it covers no bar."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    skip = {"backbone", "seeds", "epoch", f"dev_{metric}", f"test_{metric}"}
+    skip = {"backbone", "seeds", "epoch", f"dev_{metric}", f"test_{metric}",
+            f"dev_{metric}_std", f"test_{metric}_std"}
     names = [short_name(r["backbone"]) + "\n" + "\n".join(
         f"{k}={v}" for k, v in r.items() if k not in skip)
         + f"\nscored at epoch {r['epoch']}\n{r['seeds']} seeds" for r in rows]
@@ -111,8 +122,10 @@ def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(rows) + 2), 4.8), layout="constrained")
     dev = [r[f"dev_{metric}"] for r in rows]
     test = [r[f"test_{metric}"] for r in rows]
-    ax.bar(x - 0.2, dev, 0.4, label="dev (chooses the configuration)")
-    ax.bar(x + 0.2, test, 0.4, label="test")
+    # Error bars: the standard deviation over seeds, where there are several.
+    spread = [[r.get(f"{split}_{metric}_std", np.nan) for r in rows] for split in ("dev", "test")]
+    ax.bar(x - 0.2, dev, 0.4, yerr=spread[0], capsize=3, label="dev (chooses the configuration)")
+    ax.bar(x + 0.2, test, 0.4, yerr=spread[1], capsize=3, label="test")
     for xs, values in ((x - 0.2, dev), (x + 0.2, test)):
         for xi, v in zip(xs, values, strict=True):
             ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
@@ -121,7 +134,7 @@ def _bars(rows: list[dict[str, Any]], metric: str) -> Any:
     ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} of each backbone's best configuration\n(chosen on dev, "
-                 "averaged over seeds)", fontsize=9)
+                 "mean over seeds, bars: standard deviation)", fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32 if len(names) else -0.1),
               ncol=2, fontsize=7, frameon=False)
     return fig

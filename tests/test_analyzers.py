@@ -60,6 +60,37 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     assert analyze(zoo_copy, "agreement", tmp_path, force=True).reused is False
 
 
+def test_seed_only_pairs_per_configuration(zoo_copy: Path, tmp_path: Path) -> None:
+    """The generalisation-disagreement table: for each learning rate and epoch, the two
+    seeds' disagreement and their mean test error, recomputed from the predictions."""
+    result = analyze(zoo_copy, "agreement", tmp_path)
+    table = result.tables["seed_pairs"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        labels = zoo.test_labels()
+        lr_of = {m.id: m.factors["learning_rate"] for m in zoo.members()}
+        expected = {}
+        for epoch in (0, 1, 2):
+            for lr in (3e-4, 1e-3):
+                cps = [c for c in zoo.checkpoints(epochs=[epoch]) if lr_of[c.member] == lr]
+                a, b = zoo.predictions(cps)
+                expected[(epoch, f"learning_rate={lr}")] = (
+                    np.mean(a != b), (np.mean(a != labels) + np.mean(b != labels)) / 2)
+    rows = {(e, c): i for i, (e, c) in enumerate(zip(table["epoch"], table["configuration"],
+                                                      strict=True))}
+    assert set(rows) == set(expected)
+    for key, (disagreement, error) in expected.items():
+        i = rows[key]
+        assert table["pairs"][i] == 1
+        assert table["learning_rate"][i] == float(key[1].split("=")[1])
+        assert table["mean_disagreement"][i] == pytest.approx(disagreement)
+        assert table["mean_test_error"][i] == pytest.approx(error)
+        assert table["disagreement_minus_error"][i] == pytest.approx(disagreement - error)
+    with open(tmp_path / "agreement" / "seed_pairs.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(expected)
+    png = tmp_path / "agreement" / "disagreement_vs_error.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def sklearn_kappa(a: np.ndarray, b: np.ndarray) -> float:
     """sklearn's kappa, NaN (with its warnings silenced) where it is 0/0."""
     import warnings
@@ -372,3 +403,20 @@ def test_agreement_console_table_fits_80_columns(zoo_copy: Path, tmp_path: Path)
     assert [r[:2] for r in rows] == [[g["differ_in"], g["pairs"]] for g in groups
                                      if g["epoch"] == "2"]
     assert "at epoch 2" in result.stdout
+
+
+def test_configurations_give_mean_and_spread_over_seeds(zoo_copy: Path, tmp_path: Path) -> None:
+    """Each configuration's test accuracy: the mean and sample standard deviation of its
+    seeds' last-epoch values, recomputed from the checkpoints."""
+    result = analyze(zoo_copy, "backbones", tmp_path)
+    table = result.tables["configurations"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        last = {}
+        for m in zoo.members():
+            cp = zoo.checkpoints([m])[-1]
+            last.setdefault(m.factors["learning_rate"], []).append(cp.metrics["test_accuracy"])
+    assert sorted(table["learning_rate"]) == sorted(last)
+    for i, lr in enumerate(table["learning_rate"]):
+        assert table["seeds"][i] == 2
+        assert table["test_accuracy"][i] == pytest.approx(np.mean(last[lr]))
+        assert table["test_accuracy_std"][i] == pytest.approx(np.std(last[lr], ddof=1))
