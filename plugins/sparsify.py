@@ -80,6 +80,8 @@ class Sparsify(Analyzer):
         Option("exclude", str, r"(bias|LayerNorm|layer_norm|embeddings)",
                "regex of tensors left dense"),
         Option("metric", str, "test_accuracy", "the metric to report"),
+        Option("tolerance", float, 0.01, "how far below the dense model a sparsity may fall "
+               "and still count as kept (0.01 = one point of accuracy)"),
     )
 
     def display(self, tables: Any) -> tuple[str, dict[str, Any]] | None:
@@ -149,8 +151,16 @@ class Sparsify(Analyzer):
                     layers["tensor"].append(n)
                     layers["realised_sparsity"].append(float(1 - mask.mean()))
         summary = _summary(curves, options["metric"], levels)
+        kept = kept_sparsity(curves, options["metric"], selection.members,
+                             float(options["tolerance"]))
+        if kept["configuration"] and 0.0 in levels:
+            widest = max(kept["kept_sparsity"])
+            summary += (f" Largest sparsity within {options['tolerance']:g} of the dense "
+                        f"{options['metric']} (mean over seeds): {min(kept['kept_sparsity']):g}"
+                        f" to {widest:g} over {len(kept['configuration'])} configurations.")
         return AnalysisResult(tables={"curves": dict(curves), "layers": dict(layers),
-                                      "by_sparsity": by_sparsity(curves, options["metric"])},
+                                      "by_sparsity": by_sparsity(curves, options["metric"]),
+                                      "kept": kept},
                               summary=summary,
                               figures={"sparsity_curves": _plot(curves, options["metric"],
                                                                 selection.members,
@@ -174,6 +184,51 @@ def by_sparsity(curves: dict[str, list[Any]], metric: str) -> dict[str, list[Any
             out[f"{name}_{metric}"].append(float(f(v[sel])) if np.isfinite(v[sel]).any()
                                            else float("nan"))
     return dict(out)
+
+
+def kept_sparsity(curves: dict[str, list[Any]], metric: str, members: list[Member],
+                  tolerance: float) -> dict[str, list[Any]]:
+    """Per configuration (the factors that vary, but the seed) and epoch: the metric at
+    each sparsity averaged over seeds, and the largest sparsity up to which every level
+    stays within ``tolerance`` of the dense (0 % pruned) model. Empty where the levels
+    do not include 0."""
+    import numpy as np
+
+    by_id = {m.id: m for m in members}
+    varying = sorted(f for f in {f for m in members for f in m.factors} if f != "seed"
+                     and len({str(m.factors.get(f)) for m in members}) > 1)
+    values: dict[tuple[str, int], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seeds: dict[tuple[str, int], set[str]] = defaultdict(set)
+    factors: dict[str, dict[str, Any]] = {}
+    for m, e, level, v in zip(curves["member"], curves["epoch"], curves["sparsity"],
+                              curves[metric], strict=True):
+        rest = {f: by_id[m].factors.get(f) for f in varying}
+        label = ", ".join(f"{f}={x}" for f, x in rest.items()) or "all"
+        factors[label] = rest
+        values[(label, e)][float(level)].append(float(v))
+        seeds[(label, e)].add(m)
+    table: dict[str, list[Any]] = {"configuration": [], **{f: [] for f in varying},
+                                   "epoch": [], "seeds": [], f"dense_{metric}": [],
+                                   "kept_sparsity": [], f"{metric}_at_kept": []}
+    for (label, epoch), at in sorted(values.items()):
+        if 0.0 not in at:
+            continue
+        means = {level: float(np.nanmean(v)) for level, v in sorted(at.items())}
+        dense = means[0.0]
+        kept = 0.0
+        for level, mean in means.items():  # ascending: stop at the first level that falls
+            if not mean >= dense - tolerance:
+                break
+            kept = level
+        table["configuration"].append(label)
+        for f in varying:
+            table[f].append(factors[label][f])
+        table["epoch"].append(epoch)
+        table["seeds"].append(len(seeds[(label, epoch)]))
+        table[f"dense_{metric}"].append(dense)
+        table["kept_sparsity"].append(kept)
+        table[f"{metric}_at_kept"].append(means[kept])
+    return table
 
 
 def _summary(curves: dict[str, list[Any]], metric: str, levels: list[float]) -> str:

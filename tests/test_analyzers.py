@@ -341,6 +341,37 @@ def test_sparsify_reevaluates_models_rebuilt_from_the_zoo(zoo_copy: Path, tmp_pa
     assert (tmp_path / "sparsify" / "sparsity_curves.png").exists()
 
 
+def test_kept_sparsity_is_the_last_level_within_tolerance_of_dense() -> None:
+    """Means over seeds per configuration, and the largest sparsity before the first
+    level that falls more than the tolerance below the dense mean (worked by hand)."""
+    from zooscope.plugins.sparsify import kept_sparsity
+    from zooscope.zoo import Member
+
+    members = [Member(f"m{lr}{seed}", {"learning_rate": lr, "seed": seed})
+               for lr in (1, 2) for seed in (0, 1)]
+    accuracy = {  # (lr, seed) -> accuracy at sparsity 0, 0.3, 0.6, 0.9
+        (1, 0): [0.90, 0.895, 0.87, 0.50], (1, 1): [0.92, 0.91, 0.90, 0.52],
+        (2, 0): [0.80, 0.80, 0.81, 0.70], (2, 1): [0.82, 0.79, 0.80, 0.60],
+    }
+    curves: dict[str, list[object]] = {"member": [], "epoch": [], "sparsity": [],
+                                       "test_accuracy": []}
+    for (lr, seed), values in accuracy.items():
+        for level, value in zip((0.0, 0.3, 0.6, 0.9), values, strict=True):
+            curves["member"].append(f"m{lr}{seed}")
+            curves["epoch"].append(3)
+            curves["sparsity"].append(level)
+            curves["test_accuracy"].append(value)
+    table = kept_sparsity(curves, "test_accuracy", members, 0.01)
+    assert table["configuration"] == ["learning_rate=1", "learning_rate=2"]
+    assert table["seeds"] == [2, 2]
+    # lr 1: dense 0.91; 0.3 -> 0.9025 (within), 0.6 -> 0.885 (falls): kept 0.3.
+    # lr 2: dense 0.81; 0.3 -> 0.795 (falls by 0.015): kept 0.
+    assert table["dense_test_accuracy"] == pytest.approx([0.91, 0.81])
+    assert table["kept_sparsity"] == [0.3, 0.0]
+    assert table["test_accuracy_at_kept"] == pytest.approx([0.9025, 0.81])
+    assert kept_sparsity(curves, "test_accuracy", members, 0.02)["kept_sparsity"] == [0.3, 0.6]
+
+
 @pytest.mark.slow
 def test_umap_is_deterministic(zoo_copy: Path, tmp_path: Path) -> None:
     first = analyze(zoo_copy, "umap", tmp_path, "neighbors=5")
