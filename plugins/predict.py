@@ -128,6 +128,22 @@ class Predict(Analyzer):
                     results["metric"].append(metric)
                     results["value"].append(float(value))
         members = {m.id: m for m in zoo.members()}
+        # Numeric factors (a learning-rate grid; not the seed) are also regressed, so
+        # their rank order can be scored like the target's (Kendall tau).
+        for factor in sorted({f for m in selection.members for f in m.factors} - {"seed"}):
+            values = [members[k[0]].factors.get(factor) for k in keys]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) \
+                    or len(set(values)) < 2:
+                continue
+            yf = np.asarray(values, dtype=np.float64)
+            for model, est in regressors().items():
+                pred = cross_validate(x, yf, groups, est, folds)
+                for metric, value in (("r2", r2_score(yf, pred)),
+                                      ("kendall_tau", kendalltau(yf, pred).statistic)):
+                    results["target"].append(factor)
+                    results["model"].append(model)
+                    results["metric"].append(metric)
+                    results["value"].append(float(value))
         for factor in track(sorted({f for m in selection.members for f in m.factors}),
                             "predict: factors"):
             labels = np.array([str(members[k[0]].factors.get(factor)) for k in keys])
@@ -174,20 +190,23 @@ def _plot(r: dict[str, list[Any]]) -> Any:
         ax.text(0.5, 0.5, "nothing to predict: too few members", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    widths = {"regression": 3.5, "factors": max(3.0, 1.0 * len(factors) + 1.5)}
+    targets = len({t for t, _, _, _ in regression})
+    widths = {"regression": 3.5 * max(1, targets) ** 0.8,
+              "factors": max(3.0, 1.0 * len(factors) + 1.5)}
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths[p] for p in panels) + 0.5, 3.8),
                              squeeze=False, layout="constrained",
                              width_ratios=[widths[p] for p in panels])
     colours = {"gradient_boosting": "tab:blue", "linear": "tab:orange"}
     for ax, panel in zip(axes[0], panels, strict=True):
         if panel == "regression":
-            metrics = list(dict.fromkeys(m for _, _, m, _ in regression))
+            # One group of bars per (target, score): the metric's, then numeric factors'.
+            metrics = list(dict.fromkeys((t, m) for t, _, m, _ in regression))
             models = list(dict.fromkeys(m for _, m, _, _ in regression))
             x = np.arange(len(metrics))
             step = 0.8 / len(models)
             for k, model in enumerate(models):
-                values = [next((v for _, mo, me, v in regression if mo == model and me == m),
-                               np.nan) for m in metrics]
+                values = [next((v for t, mo, me, v in regression
+                                if mo == model and (t, me) == m), np.nan) for m in metrics]
                 xs = x - 0.4 + step * (k + 0.5)
                 # R² has no lower bound: the axis stops at -1 and each bar carries its value.
                 ax.bar(xs, np.clip(values, -1, 1), step, label=model,
@@ -195,10 +214,14 @@ def _plot(r: dict[str, list[Any]]) -> Any:
                 for xi, v in zip(xs, values, strict=True):
                     ax.text(xi, 0.02 if not v < 0 else -0.02, f"{v:.2f}", ha="center",
                             va="bottom" if not v < 0 else "top", fontsize=7)
-            ax.set_xticks(x, [{"r2": "R²", "kendall_tau": "Kendall τ"}.get(m, m) for m in metrics])
+            names = {"r2": "R²", "kendall_tau": "Kendall τ"}
+            targets = list(dict.fromkeys(t for t, _ in metrics))
+            ax.set_xticks(x, [names.get(m, m) + (f"\n{t}" if len(targets) > 1 else "")
+                              for t, m in metrics], fontsize=8 if len(targets) > 1 else None)
             ax.axhline(0, color="black", linewidth=0.5)
-            ax.set_ylabel(f"{regression[0][0]}: score (out-of-fold)")
-            ax.set_title(f"regressing {regression[0][0]}", fontsize=10)
+            ax.set_ylabel("score (out-of-fold)" if len(targets) > 1 else
+                          f"{targets[0]}: score (out-of-fold)")
+            ax.set_title(f"regressing {', '.join(targets)}", fontsize=10)
             ax.set_ylim(-1.0, 1.0)
         else:
             models = list(dict.fromkeys(m for _, m, me, _ in rows
@@ -206,7 +229,8 @@ def _plot(r: dict[str, list[Any]]) -> Any:
             x = np.arange(len(factors))
             step = 0.8 / max(len(models), 1)
             for k, model in enumerate(models):
-                values = [next((v for t, mo, _, v in rows if t == f and mo == model), np.nan)
+                values = [next((v for t, mo, me, v in rows
+                                if t == f and mo == model and me == "accuracy"), np.nan)
                           for f in factors]
                 ax.bar(x - 0.4 + step * (k + 0.5), values, step, label=model,
                        color=colours.get(model, f"C{k}"))

@@ -298,8 +298,23 @@ def test_predict_matches_a_hand_built_sklearn_pipeline(zoo_copy: Path, tmp_path:
     pred = cross_val_predict(GradientBoostingRegressor(random_state=0), x, y, groups=groups,
                              cv=GroupKFold(n_splits=2))
     i = next(k for k in range(len(scores["model"])) if scores["model"][k] == "gradient_boosting"
-             and scores["metric"][k] == "r2")
+             and scores["metric"][k] == "r2" and scores["target"][k] == "test_accuracy")
     assert scores["value"][i] == pytest.approx(r2_score(y, pred))
+    # The learning rate, a numeric factor, is regressed the same way and rank-scored.
+    from scipy.stats import kendalltau
+
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        lr = {m.id: m.factors["learning_rate"] for m in zoo.members()}
+    y_lr = np.array([lr[k[0]] for k in keys])
+    pred_lr = cross_val_predict(GradientBoostingRegressor(random_state=0), x, y_lr,
+                                groups=groups, cv=GroupKFold(n_splits=2))
+    got = {scores["metric"][k]: scores["value"][k] for k in range(len(scores["model"]))
+           if scores["target"][k] == "learning_rate" and scores["model"][k] == "gradient_boosting"
+           and scores["metric"][k] != "accuracy"}
+    assert got["r2"] == pytest.approx(r2_score(y_lr, pred_lr))
+    assert got["kendall_tau"] == pytest.approx(kendalltau(y_lr, pred_lr).statistic, nan_ok=True)
+    assert not any(t == "seed" and m != "accuracy"
+                   for t, m in zip(scores["target"], scores["metric"], strict=True))
 
 
 def test_global_threshold_masks_equal_torch_prune() -> None:

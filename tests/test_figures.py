@@ -162,6 +162,13 @@ def test_predict_figure(zoo: Path) -> None:
     assert len({tuple(b.get_facecolor()) for b in bars}) >= 2
     assert all(ax.get_ylabel() for ax in fig.axes)
     assert any("chance" in t for t in texts(fig))
+    # The factors panel draws the classification accuracies, not the factors' regressions.
+    factors_ax = next(ax for ax in fig.axes if "classifying" in ax.get_title())
+    heights = sorted(round(p.get_height(), 9) for p in factors_ax.patches)
+    accuracies = sorted(round(v, 9) for v, mo, me in zip(scores["value"], scores["model"],
+                                                         scores["metric"], strict=True)
+                        if me == "accuracy" and mo != "chance")
+    assert heights == accuracies
     check(out.figures)
 
 
