@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from zooscope import __version__
-from zooscope.commands import analyze, generate, plugins, zoo
+from zooscope.commands import analyze, generate, plugins, report, zoo
 from zooscope.commands.common import ZooscopeGroup
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ def _root(
 app.command()(plugins.plugins)
 app.command()(generate.generate)
 app.command()(analyze.analyze)
+app.command()(report.report)
 app.add_typer(zoo.app, name="zoo")
 
 

@@ -1,0 +1,66 @@
+"""``zooscope report``: one page on a zoo, its learning curves and every stored analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zooscope.commands.common import QuietOption, err_console, fail, reporter
+
+
+def report(
+    zoo: Annotated[Path | None, typer.Argument(help="A zoo file (.h5).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the page "
+                                             "(default: ZOO_analysis/report/ beside the "
+                                             "zoo).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="html: one self-contained file; "
+                                         "md: Markdown with its figures beside it.")] = "html",
+    plugin: Annotated[list[str] | None, typer.Option("--plugin", "-p", help="An analyzer to "
+                                                     "run where its result is missing; "
+                                                     "repeatable (default: agreement, "
+                                                     "backbones, weightstats, predict, "
+                                                     "umap).")] = None,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Run nothing: show only the "
+                                         "analyses already stored.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Write one page on a zoo: its card, learning curves and every stored analysis.
+
+    Runs the missing analyses first (with progress), then writes report.html, a single
+    file with its figures inside that any browser opens offline.
+
+    Example: zooscope report demo.h5
+    """
+    from zooscope.analysis import check_out_dir
+    from zooscope.report import build_report, render_html, render_markdown
+
+    if zoo is None:
+        fail("missing the zoo file to report on", hint="zooscope report ZOO.h5", code=2)
+    if format_ not in ("html", "md"):
+        fail(f"--format {format_!r} is neither html nor md", code=2)
+    target = out if out is not None else zoo.with_name(f"{zoo.stem}_analysis") / "report"
+    check_out_dir(target, given=out is not None)
+    with reporter(quiet):
+        page = build_report(zoo, plugin, run_missing=not no_run)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        if format_ == "html":
+            path = target / "report.html"
+            path.write_text(render_html(page), encoding="utf-8")
+        else:
+            text, figures = render_markdown(page)
+            for name, png in figures.items():
+                (target / name).write_bytes(png)
+            path = target / "report.md"
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write the report to {target} ({exc.strerror or exc})")
+    typer.echo(str(path))
+    if not quiet:
+        for name, why in page.skipped:
+            err_console.print(f"note: {name} not run: {why}", markup=False, highlight=False,
+                              soft_wrap=True)
+        err_console.print(f"{len(page.sections)} analyses on the page; open {path} in a browser",
+                          markup=False, highlight=False, soft_wrap=True)
