@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.errors import ConfigError, DataError
+from zooscope.errors import ConfigError, DataError, ZooFileError
 from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
@@ -311,8 +311,11 @@ class TextClassificationGenerator(Generator):
             if len(splits[split]["ids"]) == 0:
                 raise DataError(f"the {split} split of {source} is empty",
                                 hint="use more data or change [data] split")
-        info = {
-            "source": source, "test_source": test_source, "validation_source": validation_source,
+        info = {  # paths as resolved, so the record means the same from any folder
+            "source": source,
+            "test_source": cfg.resolve(test_source) if test_source else test_source,
+            "validation_source": cfg.resolve(validation_source) if validation_source
+            else validation_source,
             "label_names": names, "sizes": {s: len(splits[s]["ids"]) for s in SPLITS},
             "fingerprints": {s: fingerprint(splits[s]["ids"], _joined(splits[s]),
                                             splits[s]["labels"]) for s in SPLITS},
@@ -324,6 +327,27 @@ class TextClassificationGenerator(Generator):
                         test_labels=test["labels"].astype(np.int32), test_ids=test["ids"],
                         test_texts=list(test["texts"]),
                         test_text_pairs=None if test["pairs"] is None else list(test["pairs"]),
+                        cache={"num_labels": len(names)})
+
+    def stored_task(self, cfg: ZooConfig, header: Any) -> TaskData | None:
+        """The test split from the zoo's stored inputs and labels, checked against the
+        test fingerprint the zoo recorded."""
+        import numpy as np
+
+        texts, labels, ids = header.test_texts, header.test_labels, header.test_ids
+        names = (header.data or {}).get("label_names")
+        if texts is None or labels is None or ids is None or not names:
+            return None
+        test = {"ids": list(ids), "texts": list(texts), "pairs": header.test_text_pairs,
+                "labels": labels.astype(np.int64)}
+        want = (header.data.get("fingerprints") or {}).get("test")
+        if want and fingerprint(test["ids"], _joined(test), test["labels"]) != want:
+            raise ZooFileError("the zoo's stored test inputs do not match its test "
+                               "fingerprint", hint="zooscope zoo validate ZOO")
+        return TaskData(splits={"test": test}, info=dict(header.data),
+                        metric_columns=list(header.metric_columns),
+                        predictions=header.predictions, test_labels=labels, test_ids=test["ids"],
+                        test_texts=test["texts"], test_text_pairs=test["pairs"],
                         cache={"num_labels": len(names)})
 
     # -- models ----------------------------------------------------------------------------

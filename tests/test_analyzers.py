@@ -466,3 +466,31 @@ def test_configurations_give_mean_and_spread_over_seeds(zoo_copy: Path, tmp_path
         assert table["seeds"][i] == 2
         assert table["test_accuracy"][i] == pytest.approx(np.mean(last[lr]))
         assert table["test_accuracy_std"][i] == pytest.approx(np.std(last[lr], ddof=1))
+
+
+def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pruning re-evaluates members from the zoo alone: the data files are never loaded,
+    and the unpruned accuracy is the stored one; tampered inputs are refused."""
+    import h5py
+
+    from zooscope.analysis import zoo_task
+    from zooscope.errors import ZooFileError
+    from zooscope.generators.text_classification import TextClassificationGenerator
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("the data files were loaded")
+
+    monkeypatch.setattr(TextClassificationGenerator, "prepare", no_data)
+    result = analyze(zoo_copy, "sparsify", tmp_path, "sparsities=0", members="seed=1")
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        stored = {c.member: c.metrics["test_accuracy"] for c in zoo.checkpoints(epochs=[2])}
+    curves = result.tables["curves"]
+    assert len(curves["member"]) == 2
+    for member, acc in zip(curves["member"], curves["test_accuracy"], strict=True):
+        assert acc == pytest.approx(stored[member], abs=1e-6)
+    with h5py.File(zoo_copy, "r+") as f:
+        texts = f["data/test_texts"]
+        texts[0] = texts.asstr()[0] + " tampered"
+    with zooscope.open_zoo(zoo_copy) as zoo, pytest.raises(ZooFileError, match="fingerprint"):
+        zoo_task(zoo)

@@ -797,3 +797,39 @@ def test_a_sentence_pair_zoo_stores_both_texts_and_reevaluates_from_the_file(
     assert header.test_text_pairs == [r["passage"] for r in picked]
     recomputed, _ = reevaluate_from_docs(out)
     assert recomputed == stored.tolist()
+
+
+def test_data_paths_are_recorded_resolved(tmp_path: Path) -> None:
+    """A relative test_source is recorded as the absolute path it named, so a zoo's
+    record means the same from any working directory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"{i % 2}\tsentence number {i}\n" for i in range(40))
+    (data / "train.tsv").write_text("label\tsentence\n" + rows)
+    (data / "dev.tsv").write_text("label\tsentence\n" + rows[:200])
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    text = TINY_DATA_CONFIG.replace("SOURCE", "../data/train.tsv").replace("TEST", "../data/dev.tsv")
+    cfg = load_config(write_config(configs, text))
+    info = registry.get_generator("sst2").prepare(cfg).info
+    assert info["source"] == str((data / "train.tsv").resolve())
+    assert info["test_source"] == str((data / "dev.tsv").resolve())
+    assert info["validation_source"] is None
+
+
+TINY_DATA_CONFIG = """\
+[zoo]
+name = "paths"
+generator = "sst2"
+backbone = "scratch"
+seeds = [0]
+epochs = 1
+
+[grid]
+learning_rate = [1e-3]
+
+[data]
+source = "SOURCE"
+test_source = "TEST"
+split = { train = 0.8, validation = 0.2, test = 0.0, seed = 0 }
+"""

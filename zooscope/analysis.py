@@ -478,8 +478,10 @@ def _plain(value: Any) -> Any:
 def zoo_task(zoo: Zoo) -> tuple[Any, Any, Any]:
     """The generator, config and data of a zoo, rebuilt from the file, to re-evaluate models.
 
-    Data sources are taken as the zoo recorded them (resolved paths or hub ids), and the
-    test split must have the fingerprint the zoo stored: the same examples, or an error.
+    The test split comes from the zoo's stored test inputs where the generator can use
+    them (``Generator.stored_task``); otherwise data sources are taken as the zoo
+    recorded them (resolved paths or hub ids), and the test split must have the
+    fingerprint the zoo stored: the same examples, or an error.
     """
     from zooscope import registry
     from zooscope.config import parse_config
@@ -487,6 +489,10 @@ def zoo_task(zoo: Zoo) -> tuple[Any, Any, Any]:
     info = zoo.info
     generator = registry.get_generator(info["generator"])
     cfg = parse_config(zoo.config_text)
+    # The zoo's own test inputs where it stores them: no data file is needed.
+    stored = generator.stored_task(cfg, zoo.header())
+    if stored is not None:
+        return generator, cfg, stored
     for key in ("source", "test_source"):
         if info["data"].get(key):
             cfg.data[key] = info["data"][key]

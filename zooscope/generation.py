@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from zooscope.config import ZooConfig
-    from zooscope.store import Architecture
+    from zooscope.store import Architecture, ZooHeader
     from zooscope.zoo import Member
 
 
@@ -101,3 +101,9 @@ class Generator(ABC):
         Analyzers that change weights (pruning, say) re-evaluate through this.
         """
         raise NotImplementedError(f"generator {self.name!r} cannot evaluate rebuilt models")
+
+    def stored_task(self, cfg: ZooConfig, header: ZooHeader) -> TaskData | None:
+        """The test split rebuilt from what the zoo file stores (its test inputs and
+        labels), so ``evaluate_model`` runs without the data files; None where the zoo
+        does not store enough, and the data is loaded with ``prepare`` instead."""
+        return None
