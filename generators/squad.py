@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.errors import ConfigError, DataError
+from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def load_squad(source: str) -> list[dict[str, Any]]:
             raise DataError(f"{path} is not valid JSON: {exc}") from None
         if isinstance(doc, dict) and "data" in doc:
             return _nested(doc, path)
-    from zooscope.generators.text_classification import load_table
+    from zooscope.data import load_table
 
     ds = load_table(source)
     need = {"id", "context", "question", "answers"}
@@ -160,22 +161,21 @@ class SquadGenerator(Generator):
                               int(cfg.data.get("stride", 128)), token_types)
 
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
-        from zooscope.models import backbone_for, uses_token_types
+        from zooscope.models import uses_token_types
 
-        key = f"backbone:{name}"
-        if key not in task.cache:
-            texts = (t for r in task.splits["train"] for t in (r["question"], r["context"]))
-            model, tok = backbone_for(cfg, name, texts)
+        def encode(model: Any, tok: Any) -> dict[str, Any]:
             if not getattr(tok, "is_fast", False):
                 raise ConfigError(f"backbone {name!r} has no fast tokenizer: SQuAD needs character "
                                   "offsets", hint="use a backbone with a tokenizer.json")
             types = uses_token_types(model)
-            encoded = {s: self._encode(cfg, tok, rows, types) for s, rows in task.splits.items()}
-            task.cache[key] = (model, tok, encoded)
-        return task.cache[key]
+            return {s: self._encode(cfg, tok, rows, types) for s, rows in task.splits.items()}
+
+        return cached_backbone(
+            cfg, task, name,
+            lambda: (t for r in task.splits["train"] for t in (r["question"], r["context"])),
+            encode)
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        from zooscope.generators.text_classification import finetune_setup
         from zooscope.models import QuestionAnswerer
 
         name = str(member.factors["backbone"])
@@ -210,7 +210,6 @@ class SquadGenerator(Generator):
         import numpy as np
         import torch
 
-        from zooscope.generators.text_classification import collate
         from zooscope.qa import squad_scores
 
         was_training = model.training

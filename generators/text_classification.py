@@ -6,14 +6,14 @@ sentiment task; a backbone from a hub id, a local directory or built from [scrat
 
 from __future__ import annotations
 
-import copy
 import hashlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zooscope
+from zooscope.data import is_local, label_ids, load_rows, synthetic_size
 from zooscope.errors import ConfigError, DataError, ZooFileError
+from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
@@ -26,143 +26,7 @@ if TYPE_CHECKING:
 # torch, numpy and transformers are imported inside methods: registering this
 # plugin must stay cheap, since `zooscope plugins` and `--help` load it.
 
-TEXT_COLUMNS = ("sentence", "content", "text", "review")
 SPLITS = ("train", "validation", "test")
-_FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def _is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).suffix in _FORMATS
-
-
-def load_table(source: str) -> Any:
-    """A data source as a ``datasets.Dataset``: a local file or folder, or a hub dataset.
-
-    A hub id may name its split after a colon (``google/boolq:validation``); the
-    default is ``train``. Every failure is a ``DataError`` naming the source.
-    """
-    import datasets
-
-    datasets.disable_progress_bars()
-    path = Path(source).expanduser()
-    try:
-        if path.is_dir():
-            ds = datasets.load_dataset(str(path), split="train")
-        elif _is_local(source):
-            if not path.exists():
-                raise DataError(f"no data file at {path}")
-            if not path.is_file():  # a device or pipe would be read without end
-                raise DataError(f"{path} is not a regular file")
-            fmt = _FORMATS.get(path.suffix)
-            if fmt is None:
-                raise DataError(f"cannot read {path.name}: use .tsv, .csv, .jsonl or .parquet")
-            if fmt in ("csv", "json"):
-                _check_utf8(path)
-            kwargs: dict[str, Any] = {}
-            if path.suffix == ".tsv":
-                kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: GLUE TSVs hold raw quotes
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-        else:
-            name, _, split = source.partition(":")
-            ds = datasets.load_dataset(name, split=split or "train")
-    except DataError:
-        raise
-    except UnicodeDecodeError:
-        raise DataError(f"{source} is not UTF-8 text") from None
-    except FileNotFoundError as exc:
-        raise DataError(f"cannot find the data source {source!r}: {exc}") from None
-    except Exception as exc:  # datasets wraps parser and hub errors in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "corresponds to no data" in first:
-            raise DataError(f"{source} holds no rows") from None
-        raise DataError(f"cannot load the data source {source!r}: {first}") from None
-    if len(ds) == 0:
-        raise DataError(f"{source} holds no rows")
-    return ds
-
-
-def load_rows(source: str, text_column: str | None, label_column: str,
-              pair_column: str | None = None) -> tuple[list[str], list[Any], list[str] | None]:
-    """Texts, labels and (for sentence pairs) second texts of a data source."""
-    if source.startswith("synthetic:"):
-        from zooscope.generators.synthetic import synthetic_sentiment
-
-        rows = synthetic_sentiment(synthetic_size(source))
-        return [t for t, _ in rows], [y for _, y in rows], None
-    ds = load_table(source)
-    columns = list(ds.column_names)
-    if text_column is None:
-        text_column = next((c for c in TEXT_COLUMNS if c in columns), None)
-        if text_column is None:
-            raise DataError(f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}; "
-                            f"it has {', '.join(columns)})", hint="set [data] text_column")
-    for col in (text_column, label_column, pair_column):
-        if col is not None and col not in columns:
-            raise DataError(f"{source} has no column {col!r} (it has {', '.join(columns)})",
-                            hint="set [data] text_column / text_pair_column / label_column")
-    texts = ["" if t is None else str(t) for t in ds[text_column]]
-    pairs = None if pair_column is None else ["" if t is None else str(t) for t in ds[pair_column]]
-    return texts, list(ds[label_column]), pairs
-
-
-#: Most examples ``synthetic:sentiment:N`` may ask for (the demo uses 3000).
-MAX_SYNTHETIC = 1_000_000
-#: Most classes a data set may have: integer labels are class ids 0..max.
-MAX_CLASSES = 100_000
-
-
-def synthetic_size(source: str) -> int:
-    """The number of examples ``synthetic:sentiment[:N]`` asks for; a ``ConfigError`` when
-    the source is not of that form."""
-    kind, _, n = source.partition(":")[2].partition(":")
-    if kind != "sentiment":
-        raise ConfigError(f"unknown synthetic task {kind!r}", hint="use synthetic:sentiment:N")
-    if not n:
-        return 3000
-    if not n.isascii() or not n.isdigit() or not 0 < int(n) <= MAX_SYNTHETIC:
-        raise ConfigError(f"[data] source {source!r}: N must be a whole number from 1 to "
-                          f"{MAX_SYNTHETIC:,}", hint="e.g. synthetic:sentiment:3000")
-    return int(n)
-
-
-def _check_utf8(path: Path) -> None:
-    """Text files must be UTF-8; checked in a streaming pass before any parser sees them."""
-    import codecs
-
-    if not path.is_file():  # a device or pipe would be read without end
-        raise DataError(f"{path} is not a regular file")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as fh:
-        try:
-            while chunk := fh.read(1 << 20):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise DataError(f"{path} is not UTF-8 text",
-                            hint="convert it, e.g. iconv -f latin1 -t utf-8") from None
-
-
-def _label_ids(labels: list[Any], source: str) -> tuple[np.ndarray, list[str]]:
-    import numpy as np
-
-    if any(v is None for v in labels):
-        raise DataError(f"{source} has rows without a label")
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
-        if any(not 0 <= v < MAX_CLASSES for v in labels):
-            bad = next(v for v in labels if not 0 <= v < MAX_CLASSES)
-            if bad < 0:
-                raise DataError(f"{source} has negative labels (unlabelled rows?)")
-            # Integer labels are class ids: one this large would ask for a head that size.
-            raise DataError(f"{source} has the label {bad}; integer labels are class ids "
-                            f"from 0 to {MAX_CLASSES - 1:,}",
-                            hint="use class ids 0..K-1, or text labels")
-        arr = np.asarray(labels, dtype=np.int64)
-        names = [str(i) for i in range(int(arr.max()) + 1)]
-        return arr, names
-    names = sorted({str(v) for v in labels})
-    lookup = {n: i for i, n in enumerate(names)}
-    return np.asarray([lookup[str(v)] for v in labels], dtype=np.int64), names
-
 
 def fingerprint(ids: list[str], texts: list[str], labels: np.ndarray) -> str:
     h = hashlib.sha256()
@@ -198,7 +62,7 @@ class TextClassificationGenerator(Generator):
                 synthetic_size(value)
             elif value:
                 resolved = Path(cfg.resolve(value)).expanduser()
-                if _is_local(value) and not resolved.exists():
+                if is_local(value) and not resolved.exists():
                     raise ConfigError(f"[data] {key}: no data file at {resolved}")
         for backbone in cfg.grid.get("backbone", [cfg.zoo["backbone"]]):
             if backbone == "scratch" or backbone.startswith(("zoo://", "scratch")):
@@ -283,7 +147,7 @@ class TextClassificationGenerator(Generator):
             n_val = int(round(fractions["validation"] * n)) if fractions["test"] else n - n_train
             parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val],
                      "test": order[n_train + n_val :]}
-        labels, names = _label_ids(raw_labels, source)
+        labels, names = label_ids(raw_labels, source)
         splits: dict[str, dict[str, Any]] = {}
         for split, idx in parts.items():
             idx = np.sort(idx) if split != "train" else idx
@@ -299,7 +163,7 @@ class TextClassificationGenerator(Generator):
                 raise ConfigError("[data] validation_source goes with train_examples",
                                   hint="set [data] train_examples, or drop validation_source")
             o_texts, o_raw, o_pairs = load_rows(cfg.resolve(other), text_col, label_col, pair_col)
-            o_labels, o_names = _label_ids(o_raw, other)
+            o_labels, o_names = label_ids(o_raw, other)
             if o_names != names[: len(o_names)]:
                 raise DataError(f"{other} has labels the training data lacks")
             splits[split] = {"ids": [f"{prefix}-{i}" for i in range(len(o_texts))],
@@ -364,17 +228,13 @@ class TextClassificationGenerator(Generator):
         return out
 
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
-        """Load (once per zoo and backbone) the backbone and tokenise every split with it."""
-        from zooscope.models import backbone_for, uses_token_types
+        """The backbone, loaded once per zoo, with every split tokenised by it."""
+        from zooscope.models import uses_token_types
 
-        key = f"backbone:{name}"
-        if key not in task.cache:
-            model, tok = backbone_for(cfg, name, _joined(task.splits["train"]))
-            types = uses_token_types(model)
-            encoded = {split: self._encode(cfg, tok, data, types)
-                       for split, data in task.splits.items()}
-            task.cache[key] = (model, tok, encoded)
-        return task.cache[key]
+        return cached_backbone(
+            cfg, task, name, lambda: _joined(task.splits["train"]),
+            lambda model, tok: {split: self._encode(cfg, tok, data, uses_token_types(model))
+                                for split, data in task.splits.items()})
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
         from zooscope.models import SequenceClassifier
@@ -446,39 +306,6 @@ class TextClassificationGenerator(Generator):
         return metrics, predictions
 
 
-def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Module, tok: Any,
-                   encoded: dict[str, Any], make_model: Callable[..., torch.nn.Module],
-                   targets: Callable[[dict[str, Any], list[int]], dict[str, torch.Tensor]],
-                   ) -> MemberSetup:
-    """A fine-tuning member: a copy of the backbone under a head seeded by the member's
-    seed (backbone frozen where the config says), and shuffled padded batches of the
-    encoded training split with the targets the task takes."""
-    import torch
-
-    backbone = copy.deepcopy(base)
-    torch.manual_seed(int(member.factors["seed"]))  # the head's initialisation
-    model = make_model(backbone, int(cfg.train["head"].get("hidden", 1)),
-                       float(cfg.train["dropout"]))
-    if cfg.train["freeze_backbone"]:
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-    arch = architecture_record(name, model, backbone, tok, int(cfg.train["max_seq_len"]))
-    pad = int(tok.pad_token_id or 0)
-    train = encoded["train"]
-    batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
-    n = len(train["input_ids"])
-
-    def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield collate(train, idx, pad, **targets(train, idx))
-
-    return MemberSetup(model=model, architecture=arch, train_batches=batches,
-                       steps_per_epoch=(n + batch_size - 1) // batch_size,
-                       state={"encoded": encoded, "pad": pad})
-
-
 def _joined(data: dict[str, Any]) -> list[str]:
     """The split's texts, each with its pair text where there is one (for fingerprints
     and for training a scratch tokenizer)."""
@@ -486,46 +313,6 @@ def _joined(data: dict[str, Any]) -> list[str]:
         return data["texts"]
     return [f"{a}\t{b}" for a, b in zip(data["texts"], data["pairs"], strict=True)]
 
-
-def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Module, tok: Any,
-                        max_seq_len: int | None = None) -> Any:
-    """The architecture a member's model has: stored files, tensor shapes, integer dtypes.
-
-    ``max_seq_len`` goes into the head file: inputs are truncated to it, and a reader
-    re-evaluating a member must truncate the same way."""
-    from zooscope.models import architecture_files
-    from zooscope.store import Architecture
-
-    state = model.state_dict()
-    return Architecture(
-        key=name, files=architecture_files(backbone, tok, {
-            **model.head_spec(), **({} if max_seq_len is None else {"max_seq_len": max_seq_len})}),
-        shapes={k: tuple(v.shape) for k, v in state.items()},
-        dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
-                if not v.is_floating_point()},
-    )
-
-
-def collate(encoded: dict[str, Any], idx: list[int], pad: int,
-            **extra: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of an encoded split, padded to the batch's longest (never to max_seq_len)."""
-    import torch
-
-    sequences = [encoded["input_ids"][i] for i in idx]
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    types = torch.zeros((len(sequences), width), dtype=torch.long) \
-        if "token_type_ids" in encoded else None
-    for row, (i, seq) in enumerate(zip(idx, sequences, strict=True)):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-        if types is not None:
-            types[row, : len(seq)] = torch.as_tensor(encoded["token_type_ids"][i], dtype=torch.long)
-    out = {"input_ids": input_ids, "attention_mask": mask}
-    if types is not None:
-        out["token_type_ids"] = types
-    return {**out, **extra}
 
 
 @zooscope.hookimpl

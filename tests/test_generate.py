@@ -68,7 +68,8 @@ def test_tiny_zoo_has_every_member_epoch_and_split(tiny_zoo: Path) -> None:
 
 
 def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: Path) -> None:
-    from zooscope.generators.text_classification import collate, load_rows
+    from zooscope.data import load_rows
+    from zooscope.finetune import collate
     from zooscope.models import rebuild
 
     cfg = load_config(write_config(tiny_zoo.parent))

@@ -20,7 +20,7 @@ import zooscope
 from zooscope import registry
 from zooscope.analysis import run_analysis
 from zooscope.config import load_config
-from zooscope.generators.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
+from zooscope.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
 from zooscope.training import generate, member_list
 
 from .conftest import run_cli, write_config
@@ -114,7 +114,7 @@ def write_corpus(folder: Path) -> Path:
 
 
 def test_mask_tokens_follows_bert_80_10_10() -> None:
-    from zooscope.generators.pretext import mask_tokens
+    from zooscope.generators.mlm import mask_tokens
 
     ids = torch.randint(10, 1000, (400, 128))
     special = torch.zeros_like(ids, dtype=torch.bool)
@@ -137,7 +137,7 @@ def test_mask_tokens_follows_bert_80_10_10() -> None:
 def test_blocks_are_the_concatenated_documents(tmp_path: Path, backbones: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
-    from zooscope.generators.pretext import load_corpus, pack
+    from zooscope.generators.mlm import load_corpus, pack
 
     write_corpus(tmp_path)
     ds = load_corpus(str(tmp_path / "corpus.txt"))

@@ -34,26 +34,98 @@ def test_every_hook_has_a_test_and_a_docstring() -> None:
         assert getattr(hookspecs, name).__doc__
 
 
+class Reviews:
+    """A generator written outside zooscope with nothing but ``zooscope.*``: length of a
+    synthetic review (short or long) as a two-class task, on the shared fine-tuning kit."""
+
+    @staticmethod
+    def make() -> object:
+        import numpy as np
+        import torch
+
+        from zooscope.data import load_rows
+        from zooscope.finetune import cached_backbone, collate, finetune_setup
+        from zooscope.generation import Generator, TaskData
+        from zooscope.models import SequenceClassifier
+
+        class ReviewLength(Generator):
+            name = "review-length"
+            description = "is a synthetic review longer than six words?"
+
+            def prepare(self, cfg):  # type: ignore[no-untyped-def]
+                texts, _, _ = load_rows("synthetic:sentiment:120", None, "label")
+                labels = np.array([int(len(t.split()) > 6) for t in texts])
+                splits = {s: {"texts": texts[a:b], "labels": torch.as_tensor(labels[a:b])}
+                          for s, a, b in (("train", 0, 80), ("validation", 80, 100),
+                                          ("test", 100, 120))}
+                return TaskData(splits=splits, info={"source": "synthetic:sentiment:120"},
+                                metric_columns=["validation_accuracy", "test_accuracy"],
+                                predictions={"kind": "class", "shape": [20]},
+                                test_labels=labels[100:120].astype(np.int32))
+
+            def setup(self, cfg, member, task):  # type: ignore[no-untyped-def]
+                name = str(member.factors["backbone"])
+
+                def encode(model, tok):  # type: ignore[no-untyped-def]
+                    return {s: {"input_ids": tok(d["texts"])["input_ids"], "labels": d["labels"]}
+                            for s, d in task.splits.items()}
+
+                base, tok, encoded = cached_backbone(
+                    cfg, task, name, lambda: task.splits["train"]["texts"], encode)
+                return finetune_setup(
+                    cfg, member, name, base, tok, encoded,
+                    lambda backbone, hidden, dropout: SequenceClassifier(backbone, 2, hidden,
+                                                                         dropout),
+                    lambda train, idx: {"labels": train["labels"][idx]})
+
+            def evaluate(self, cfg, setup, task, device):  # type: ignore[no-untyped-def]
+                metrics, predictions = {}, None
+                setup.model.eval()
+                with torch.no_grad():
+                    for split in ("validation", "test"):
+                        data = setup.state["encoded"][split]
+                        idx = list(range(len(data["input_ids"])))
+                        _, logits = setup.model(**collate(data, idx, setup.state["pad"]))
+                        preds = logits.argmax(-1)
+                        metrics[f"{split}_accuracy"] = float((preds == data["labels"]).float()
+                                                             .mean())
+                        predictions = preds.numpy().astype(np.int32)
+                setup.model.train()
+                return metrics, predictions
+
+        return ReviewLength()
+
+
 def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from zooscope.generators.text_classification import TextClassificationGenerator
+    """A third-party generator built on zooscope's kit only (no built-in plugin
+    imported) trains a zoo end to end."""
+    import ast
+
+    source = inspect.getsource(Reviews)
+    imported = [n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+    assert imported and all(not m.startswith(("zooscope.generators", "zooscope.plugins"))
+                            for m in imported)
 
     class Plugin:
         @zooscope.hookimpl
         def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
-            register(TextClassificationGenerator("reviews", "a custom generator",
-                                                 default_source="synthetic:sentiment:300"))
+            register(Reviews.make())
 
     register_plugin(Plugin(), "reviews-plugin")
-    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "reviews"').replace(
-        'source = "synthetic:sentiment:400"\n', "").replace("seeds = [0, 1]", "seeds = [0]"
-    ).replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]").replace(
+    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "review-length"').replace(
+        "seeds = [0, 1]", "seeds = [0]").replace("learning_rate = [3e-4, 1e-3]",
+                                                 "learning_rate = [1e-3]").replace(
         "epochs = 2", "epochs = 1")
     out = tmp_path / "reviews.h5"
     generate(parse_config(text), out)
     with zooscope.open_zoo(out) as zoo:
-        assert zoo.info["generator"] == "reviews"
-        assert zoo.info["data"]["source"] == "synthetic:sentiment:300"
+        assert zoo.info["generator"] == "review-length"
         assert [c.epoch for c in zoo.checkpoints()] == [0, 1]
+        assert zoo.metric_columns == ["validation_accuracy", "test_accuracy"]
+        assert zoo.predictions().shape == (2, 20)
+        stored = zoo.checkpoints()[-1].metrics["test_accuracy"]
+        labels = zoo.test_labels()
+        assert stored == pytest.approx(float((zoo.predictions()[-1] == labels).mean()))
 
 
 def test_hook_zooscope_register_stores(register_plugin, zoo_copy: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -41,7 +41,7 @@ def test_builtins_are_listed_with_kind_version_and_hooks() -> None:
     assert rows["zooscope.generators.text_classification"]["provides"]["generator"] == [
         "sst2", "text-classification", "boolq"]
     assert rows["zooscope.generators.squad"]["provides"] == {"generator": ["squad"]}
-    assert rows["zooscope.generators.pretext"]["provides"] == {"generator": ["mlm"]}
+    assert rows["zooscope.generators.mlm"]["provides"] == {"generator": ["mlm"]}
     assert rows["zooscope.plugins.agreement"]["hooks"] == ["zooscope_register_analyzers"]
     assert all(r["version"] == zooscope.__version__ for r in rows.values() if r["builtin"])
     # Without --all, built-ins are hidden.

@@ -161,8 +161,8 @@ def reevaluate_from_docs(path: Path, member: int = 0) -> tuple[list[int], np.nda
 
 
 def test_documented_reevaluation_reproduces_stored_predictions(tiny_zoo: Path) -> None:
-    from zooscope.generators.synthetic import synthetic_sentiment
     from zooscope.models import rebuild
+    from zooscope.synthetic import synthetic_sentiment
 
     with zooscope.open_zoo(tiny_zoo) as zoo:
         member = zoo.members()[1]

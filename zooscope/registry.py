@@ -23,7 +23,7 @@ from zooscope.errors import PluginError, PluginWarning
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "zooscope.stores.hdf5",
     "zooscope.generators.text_classification",
-    "zooscope.generators.pretext",
+    "zooscope.generators.mlm",
     "zooscope.generators.squad",
     "zooscope.plugins.agreement",
     "zooscope.plugins.weightstats",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import zooscope
 from zooscope.errors import ConfigError, DataError
+from zooscope.finetune import architecture_record, cached_backbone
 from zooscope.generation import Generator, MemberSetup, TaskData
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def load_corpus(source: str) -> Any:
 
 
 def _check_utf8(path: Path) -> None:
-    from zooscope.generators.text_classification import _check_utf8 as check
+    from zooscope.data import check_utf8 as check
 
     check(path)
 
@@ -165,11 +166,8 @@ class MaskedLMGenerator(Generator):
 
     def _blocks(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
         """The backbone with its MLM head, its tokenizer, and every split packed into blocks."""
-        from zooscope.models import backbone_for
 
-        key = f"backbone:{name}"
-        if key not in task.cache:
-            model, tok = backbone_for(cfg, name, _texts(task.splits["train"]), kind="masked-lm")
+        def packed(model: Any, tok: Any) -> dict[str, Any]:
             blocks = {s: pack(d, tok, int(cfg.train["max_seq_len"]),
                               task.info["fingerprints"][s]) for s, d in task.splits.items()}
             for split, b in blocks.items():
@@ -177,24 +175,18 @@ class MaskedLMGenerator(Generator):
                     raise DataError(f"the {split} split holds fewer than max_seq_len = "
                                     f"{cfg.train['max_seq_len']} tokens",
                                     hint="use more text or a smaller [train] max_seq_len")
-            task.cache[key] = (model, tok, blocks)
-        return task.cache[key]
+            return blocks
+
+        return cached_backbone(cfg, task, name, lambda: _texts(task.splits["train"]), packed,
+                               kind="masked-lm")
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
         import torch
 
-        from zooscope.models import architecture_files
-        from zooscope.store import Architecture
-
         name = str(member.factors["backbone"])
         base, tok, blocks = self._blocks(cfg, name, task)
         model = copy.deepcopy(base)
-        state = model.state_dict()
-        arch = Architecture(
-            key=name, files=architecture_files(model, tok, {"kind": "masked-lm"}),
-            shapes={k: tuple(v.shape) for k, v in state.items()},
-            dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in state.items()
-                    if not v.is_floating_point()})
+        arch = architecture_record(name, model, model, tok, {"kind": "masked-lm"})
         train = blocks["train"]
         batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
         n = len(train)
