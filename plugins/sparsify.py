@@ -251,22 +251,37 @@ def _plot(curves: dict[str, list[Any]], metric: str, members: list[Member], scop
     epochs = sorted(set(curves["epoch"]))
     when = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
     shown = sorted(set(ids), key=lambda i: labels[i])
-    fig, ax = plt.subplots(figsize=(6.5 if len(shown) <= 12 else 5, 3.8), layout="constrained")
+    # Many members: one colour per value of the first factor that varies (not the seed),
+    # with a legend of those values; a colour per member would repeat and mean nothing.
+    by_id = {m.id: m for m in members}
+    varying = [f for f in sorted({f for i in set(ids) for f in by_id[i].factors})
+               if f != "seed" and len({str(by_id[i].factors.get(f)) for i in set(ids)}) > 1]
+    group = varying[0] if len(shown) > 12 and varying else None
+    values = sorted({str(by_id[m].factors.get(group)) for m in shown}) if group else []
+    palette = plt.cm.viridis(np.linspace(0, 0.9, max(len(values), 1)))
+    fig, ax = plt.subplots(figsize=(6.5 if len(shown) <= 12 or group else 5, 3.8),
+                           layout="constrained")
     epoch_of = np.asarray(curves["epoch"])
     styles = ["-", "--", ":", "-."]
+    legend_done: set[str] = set()
     for k, m in enumerate(shown):
+        value = str(by_id[m].factors.get(group)) if group else ""
+        colour = palette[values.index(value)] if group else f"C{k % 10}"
         # One curve per checkpoint: a member pruned at several epochs gets one per epoch.
         for j, e in enumerate(epochs):
             sel = (ids == m) & (epoch_of == e)
             if sel.any():
+                label = (f"{group}={value}" if value not in legend_done else None) if group \
+                    else labels[m] + (f", epoch {e}" if len(epochs) > 1 else "")
+                legend_done.add(value)
                 ax.plot(np.asarray(curves["sparsity"])[sel], np.asarray(curves[metric])[sel],
-                        marker="o", alpha=0.7, color=f"C{k % 10}", linestyle=styles[j % 4],
-                        label=labels[m] + (f", epoch {e}" if len(epochs) > 1 else ""))
+                        marker="o", markersize=3, alpha=0.7, color=colour,
+                        linestyle=styles[j % 4], label=label)
     ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(metric)
     ax.set_title(f"magnitude pruning ({scope}), {when}" + (f"\n{constant}" if constant else ""),
                  fontsize=9)
-    if len(shown) <= 12:  # beside the axes, where it covers no curve
+    if len(shown) <= 12 or group:  # beside the axes, where it covers no curve
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 

@@ -238,3 +238,28 @@ def test_umap_figure(zoo: Path) -> None:
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["0", "1", "2"]
     assert sum("learning_rate=" in t.get_text() for t in fig.axes[0].texts) == 4
     check(out.figures)
+
+
+def test_sparsify_figure_colours_many_members_by_factor() -> None:
+    """Beyond 12 members a colour per member would repeat: one colour per learning rate,
+    one legend entry each, and the seed never."""
+    from zooscope.plugins.sparsify import _plot
+    from zooscope.zoo import Member
+
+    members = [Member(f"m{i}", {"learning_rate": lr, "seed": seed})
+               for i, (lr, seed) in enumerate((lr, s) for lr in (1e-5, 2e-5, 3e-5)
+                                              for s in range(5))]
+    curves: dict[str, list[Any]] = {"member": [], "epoch": [], "sparsity": [], "acc": []}
+    for m in members:
+        for level in (0.0, 0.5):
+            curves["member"].append(m.id)
+            curves["epoch"].append(2)
+            curves["sparsity"].append(level)
+            curves["acc"].append(0.9 - level * m.factors["learning_rate"] * 1e4)
+    fig = _plot(curves, "acc", members, "global")
+    fig.canvas.draw()
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["learning_rate=1e-05", "learning_rate=2e-05", "learning_rate=3e-05"]
+    colours = {tuple(line.get_color()) for line in fig.axes[0].get_lines()}
+    assert len(colours) == 3
+    check({"sparsity_curves": fig})
