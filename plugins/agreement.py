@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, varying_factors
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Member, Zoo
 
@@ -97,8 +97,7 @@ def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member]
     acc: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
     factors: dict[str, dict[str, Any]] = {}
     # A configuration is named by the factors that vary among the members (not the seed).
-    varying = sorted(f for f in {f for m in by_id.values() for f in m.factors} if f != "seed"
-                     and len({str(m.factors.get(f)) for m in by_id.values()}) > 1)
+    varying = varying_factors(by_id.values(), skip=("seed",))
     for k, diff in enumerate(pairs["differ_in"]):
         if diff != "seed":
             continue

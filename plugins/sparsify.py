@@ -18,6 +18,7 @@ from zooscope.analysis import (
     Selection,
     member_labels,
     option_pattern,
+    varying_factors,
     zoo_task,
 )
 from zooscope.errors import ConfigError
@@ -195,8 +196,7 @@ def kept_sparsity(curves: dict[str, list[Any]], metric: str, members: list[Membe
     import numpy as np
 
     by_id = {m.id: m for m in members}
-    varying = sorted(f for f in {f for m in members for f in m.factors} if f != "seed"
-                     and len({str(m.factors.get(f)) for m in members}) > 1)
+    varying = varying_factors(members, skip=("seed",))
     values: dict[tuple[str, int], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[tuple[str, int], set[str]] = defaultdict(set)
     factors: dict[str, dict[str, Any]] = {}
@@ -254,8 +254,7 @@ def _plot(curves: dict[str, list[Any]], metric: str, members: list[Member], scop
     # Many members: one colour per value of the first factor that varies (not the seed),
     # with a legend of those values; a colour per member would repeat and mean nothing.
     by_id = {m.id: m for m in members}
-    varying = [f for f in sorted({f for i in set(ids) for f in by_id[i].factors})
-               if f != "seed" and len({str(by_id[i].factors.get(f)) for i in set(ids)}) > 1]
+    varying = varying_factors([by_id[i] for i in set(ids)], skip=("seed",))
     group = varying[0] if len(shown) > 12 and varying else None
     values = sorted({str(by_id[m].factors.get(group)) for m in shown}) if group else []
     palette = plt.cm.viridis(np.linspace(0, 0.9, max(len(values), 1)))

@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,19 @@ def select_tensors(zoo: Zoo, member: Member | str, name: str, text: str) -> list
     return names
 
 
+def varying_factors(members: Iterable[Member], skip: Sequence[str] = ()) -> list[str]:
+    """The factors whose values differ among ``members``, sorted, less those in ``skip``
+    (``("seed",)`` names a configuration: what is left when seeds are pooled)."""
+    members = list(members)
+    keys = sorted({k for m in members for k in m.factors} - set(skip))
+    return [k for k in keys if len({str(m.factors.get(k)) for m in members}) > 1]
+
+
 def member_labels(members: Sequence[Member]) -> tuple[dict[str, str], str]:
     """Figure labels: each member by the factors that vary among ``members`` (id → label),
     and the factors they share, once, for a title."""
     keys = sorted({k for m in members for k in m.factors})
-    varying = [k for k in keys if len({str(m.factors.get(k)) for m in members}) > 1]
+    varying = varying_factors(members)
     constant = ", ".join(f"{k}={members[0].factors.get(k)}" for k in keys if k not in varying)
     labels = {m.id: ", ".join(f"{k}={m.factors.get(k)}" for k in varying) or m.id
               for m in members}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zooscope.analysis import figure_png, run_analysis
+from zooscope.analysis import figure_png, run_analysis, varying_factors
 from zooscope.errors import ZooscopeError
 from zooscope.progress import task
 from zooscope.zoo import Zoo, open_zoo
@@ -202,8 +202,7 @@ def learning_curves(zoo: Zoo) -> Any:
     checkpoints = zoo.checkpoints()
     if not splits or not metrics or not checkpoints:
         return None
-    varying = [k for k in sorted({k for m in members for k in m.factors})
-               if len({str(m.factors.get(k)) for m in members}) > 1]
+    varying = varying_factors(members)
     colour_by = next((k for k in varying if k != "seed"), varying[0] if varying else None)
     values = sorted({m.factors.get(colour_by) for m in members}, key=_sort_key) \
         if colour_by else [None]
