@@ -46,7 +46,7 @@ WEIGHTSTATS_MEMORY_CHILD = """
 import sys
 from zooscope import registry
 from zooscope.analysis import Selection
-from zooscope.zoo import open_zoo
+from zooscope.access import open_zoo
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -92,10 +92,10 @@ def bench_weightstats() -> None:
     import h5py
 
     from zooscope import registry
+    from zooscope.access import open_zoo
     from zooscope.analysis import Selection
     from zooscope.config import parse_config
-    from zooscope.training import generate
-    from zooscope.zoo import open_zoo
+    from zooscope.engine import build_zoo
 
     config = (Path(__file__).resolve().parents[1] / "zoos" / "demo.toml").read_text()
     for old, new in (("seeds = [0, 1]", "seeds = [0]"), ("hidden_size = 64", "hidden_size = 256"),
@@ -103,7 +103,7 @@ def bench_weightstats() -> None:
         config = config.replace(old, new)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ws.h5"
-        generate(parse_config(config), path)
+        build_zoo(parse_config(config), path)
         with h5py.File(path, "r") as f:
             tensors = f["architectures/a0/tensors"]
             start = time.perf_counter()

@@ -18,9 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
-from zooscope.store import Architecture, ZooHeader
+from zooscope.access import open_zoo
+from zooscope.store import ZooHeader
 from zooscope.stores.hdf5 import HDF5Store
-from zooscope.zoo import Member, open_zoo
+from zooscope.zoo import Architecture, Member
 
 
 def state_dict(config: BertConfig, seed: int) -> dict[str, torch.Tensor]:

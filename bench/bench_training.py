@@ -11,8 +11,9 @@ import torch
 
 from zooscope import registry
 from zooscope.config import parse_config
-from zooscope.stores import h5zoo
-from zooscope.training import epoch_generator, generate, seed_everything
+from zooscope.engine import build_zoo
+from zooscope.engine.loop import epoch_generator, seed_everything
+from zooscope.stores import h5writer
 
 CONFIG = """
 [zoo]
@@ -54,19 +55,19 @@ def main() -> None:
     clock = Clock()
     registry.pm.register(clock, name="bench-clock")
     recording = [0.0]
-    original = h5zoo.HDF5Writer.write_checkpoint
+    original = h5writer.HDF5Writer.write_checkpoint
 
     def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
         original(self, *args, **kwargs)
         recording[0] += time.perf_counter() - start
 
-    h5zoo.HDF5Writer.write_checkpoint = timed  # type: ignore[method-assign]
+    h5writer.HDF5Writer.write_checkpoint = timed  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(cfg, Path(tmp) / "bench.h5")
+            build_zoo(cfg, Path(tmp) / "bench.h5")
     finally:
-        h5zoo.HDF5Writer.write_checkpoint = original  # type: ignore[method-assign]
+        h5writer.HDF5Writer.write_checkpoint = original  # type: ignore[method-assign]
         registry.pm.unregister(name="bench-clock")
     zoo_epoch = min(b - a for a, b in zip(clock.saved, clock.saved[1:], strict=False))
     share = recording[0] / (clock.saved[-1] - clock.saved[0] + recording[0] / len(clock.saved))

@@ -14,12 +14,13 @@ import hashlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zooscope
+from zooscope.config import ConfigKey
 from zooscope.errors import ConfigError, DataError
 from zooscope.finetune import architecture_record, cached_backbone
-from zooscope.generation import Generator, MemberSetup, TaskData
+from zooscope.generator import Generator, MemberSetup, TaskData
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,6 +125,10 @@ class MaskedLMGenerator(Generator):
     default_optimizer = "adam"
     supports_overfit = False
     default_source = "Skylion007/openwebtext"
+    config_keys: ClassVar[dict[str, dict[str, ConfigKey]]] = {"data": {
+        "mlm_probability": ConfigKey((int, float), 0.15, "the fraction of tokens masked "
+                                     "(80 % [MASK], 10 % random, 10 % kept)"),
+    }}
 
     def _source(self, cfg: ZooConfig) -> str:
         return cfg.resolve(cfg.data.get("source", self.default_source))
@@ -133,7 +138,7 @@ class MaskedLMGenerator(Generator):
         resolved = Path(cfg.resolve(source)).expanduser()
         if (source.startswith((".", "/", "~")) or resolved.suffix == ".txt") and not resolved.exists():
             raise ConfigError(f"[data] source: no text corpus at {resolved}")
-        p = float(cfg.data.get("mlm_probability", 0.15))
+        p = float(self.setting(cfg, "data", "mlm_probability"))
         if not 0 < p < 1:
             raise ConfigError(f"[data] mlm_probability must be in (0, 1), got {p!r}")
         if cfg.train["max_seq_len"] < 8:
@@ -160,7 +165,7 @@ class MaskedLMGenerator(Generator):
         info = {"source": source, "documents": {s: len(d) for s, d in splits.items()},
                 "sizes": {s: len(d) for s, d in splits.items()},
                 "fingerprints": {s: _fingerprint(d) for s, d in splits.items()},
-                "mlm_probability": float(cfg.data.get("mlm_probability", 0.15))}
+                "mlm_probability": float(self.setting(cfg, "data", "mlm_probability"))}
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy", "perplexity")]
         return TaskData(splits=splits, info=info, metric_columns=columns)
 
@@ -190,7 +195,7 @@ class MaskedLMGenerator(Generator):
         train = blocks["train"]
         batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
         n = len(train)
-        masking = _Masking(tok, float(cfg.data.get("mlm_probability", 0.15)))
+        masking = _Masking(tok, float(self.setting(cfg, "data", "mlm_probability")))
 
         def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
             order = torch.randperm(n, generator=generator).tolist()
@@ -213,7 +218,7 @@ class MaskedLMGenerator(Generator):
                        ) -> tuple[dict[str, float], np.ndarray | None]:
         blocks = {s: pack(task.splits[s], tokenizer, int(cfg.train["max_seq_len"]),
                           task.info["fingerprints"][s]) for s in splits}
-        masking = _Masking(tokenizer, float(cfg.data.get("mlm_probability", 0.15)))
+        masking = _Masking(tokenizer, float(self.setting(cfg, "data", "mlm_probability")))
         return self._evaluate(cfg, model.to(device), blocks, masking, device, splits), None
 
     def _evaluate(self, cfg: ZooConfig, model: torch.nn.Module, blocks: dict[str, Any],

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zooscope
+from zooscope.config import ConfigKey
 from zooscope.errors import ConfigError, DataError
 from zooscope.finetune import cached_backbone, collate, finetune_setup
-from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
+from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,6 +94,10 @@ class SquadGenerator(Generator):
     version = "1"
     description = "SQuAD v1.1 extractive QA (exact match, F1): a start/end head on every token"
     default_source = "rajpurkar/squad"
+    config_keys: ClassVar[dict[str, dict[str, ConfigKey]]] = {"data": {
+        "stride": ConfigKey((int,), 128, "tokens by which the windows over a long context "
+                            "overlap (less than half of max_seq_len)", minimum=1),
+    }}
 
     def _source(self, cfg: ZooConfig) -> str:
         return cfg.resolve(cfg.data.get("source", self.default_source))
@@ -103,7 +108,7 @@ class SquadGenerator(Generator):
         if source.startswith((".", "/", "~")) or resolved.suffix in (".json", ".jsonl"):
             if not resolved.exists():
                 raise ConfigError(f"[data] source: no SQuAD file at {resolved}")
-        stride = int(cfg.data.get("stride", 128))
+        stride = int(self.setting(cfg, "data", "stride"))
         if not 0 < stride < cfg.train["max_seq_len"] // 2:
             raise ConfigError(f"[data] stride = {stride} must be positive and less than half of "
                               f"[train] max_seq_len = {cfg.train['max_seq_len']}")
@@ -144,7 +149,7 @@ class SquadGenerator(Generator):
         info = {"source": source, "sizes": {s: len(v) for s, v in splits.items()},
                 "paragraphs": {s: len({r["context"] for r in v}) for s, v in splits.items()},
                 "fingerprints": {s: _fingerprint(v) for s, v in splits.items()},
-                "stride": int(cfg.data.get("stride", 128))}
+                "stride": int(self.setting(cfg, "data", "stride"))}
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "exact_match", "f1")]
         test = splits["test"]
         return TaskData(splits=splits, info=info, metric_columns=columns,
@@ -158,7 +163,7 @@ class SquadGenerator(Generator):
     def _encode(self, cfg: ZooConfig, tok: Any, rows: list[dict[str, Any]], token_types: bool
                 ) -> dict[str, Any]:
         return encode_windows(tok, rows, int(cfg.train["max_seq_len"]),
-                              int(cfg.data.get("stride", 128)), token_types)
+                              int(self.setting(cfg, "data", "stride")), token_types)
 
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
         from zooscope.models import uses_token_types

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zooscope
+from zooscope.config import ConfigKey
 from zooscope.data import is_local, label_ids, load_rows, synthetic_size
 from zooscope.errors import ConfigError, DataError, ZooFileError
 from zooscope.finetune import cached_backbone, collate, finetune_setup
-from zooscope.generation import Generator, MemberSetup, TaskData, example_caps
+from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +41,16 @@ class TextClassificationGenerator(Generator):
 
     version = "1"
     default_source: str | None = None
+    config_keys: ClassVar[dict[str, dict[str, ConfigKey]]] = {"data": {
+        "text_column": ConfigKey((str,), help="the column holding the text (default: the "
+                                 "task's own, e.g. SST-2's sentence)"),
+        "label_column": ConfigKey((str,), help="the column holding the class label"),
+        "text_pair_column": ConfigKey((str,), help="the column holding the second text of a "
+                                      "sentence pair (BoolQ's passage)"),
+        "train_examples": ConfigKey((int,), 0, "a fixed training-set size: the first N rows of "
+                                    "the source train, the rest unused; needs validation_source",
+                                    minimum=0),
+    }}
 
     def __init__(self, name: str, description: str, default_source: str | None = None,
                  columns: tuple[str | None, str, str | None] = (None, "label", None)) -> None:
@@ -112,8 +123,9 @@ class TextClassificationGenerator(Generator):
     # -- data ------------------------------------------------------------------------------
     def _columns(self, cfg: ZooConfig) -> tuple[str | None, str, str | None]:
         text, label, pair = self.columns
-        return (cfg.data.get("text_column", text), cfg.data.get("label_column", label),
-                cfg.data.get("text_pair_column", pair))
+        return (self.setting(cfg, "data", "text_column") or text,
+                self.setting(cfg, "data", "label_column") or label,
+                self.setting(cfg, "data", "text_pair_column") or pair)
 
     def prepare(self, cfg: ZooConfig) -> TaskData:
         import numpy as np
@@ -127,7 +139,7 @@ class TextClassificationGenerator(Generator):
         fractions = {k: float(split_cfg.get(k, 0.0)) for k in SPLITS}
         test_source = cfg.data.get("test_source")
         validation_source = cfg.data.get("validation_source")
-        fixed = int(cfg.data.get("train_examples", 0))
+        fixed = int(self.setting(cfg, "data", "train_examples"))
         n = len(texts)
         if fixed:
             # The homework's split: a fixed number of training examples, the rest of the

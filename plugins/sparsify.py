@@ -19,9 +19,9 @@ from zooscope.analysis import (
     member_labels,
     option_pattern,
     varying_factors,
-    zoo_task,
 )
 from zooscope.errors import ConfigError
+from zooscope.evaluation import Evaluator
 from zooscope.progress import track
 from zooscope.zoo import Member, Zoo
 
@@ -101,8 +101,6 @@ class Sparsify(Analyzer):
         import numpy as np
         import torch
 
-        from zooscope.models import rebuild
-
         text = ",".join(options["sparsities"])
         try:
             levels = sorted({float(s) for s in options["sparsities"]})
@@ -115,7 +113,7 @@ class Sparsify(Analyzer):
         if options["metric"] not in zoo.metric_columns:
             raise ConfigError(f"option metric = {options['metric']!r} is not a metric of this zoo",
                               hint=f"its metrics: {', '.join(zoo.metric_columns)}")
-        generator, cfg, task = zoo_task(zoo)
+        evaluator = Evaluator(zoo)
         cps = selection.checkpoints(zoo)
         if selection.epochs is None:  # default: each member's last epoch
             last: dict[str, Any] = {}
@@ -125,9 +123,8 @@ class Sparsify(Analyzer):
             cps = list(last.values())
         curves: dict[str, list[Any]] = defaultdict(list)
         layers: dict[str, list[Any]] = defaultdict(list)
-        device = torch.device("cpu")
         for c in track(cps, "sparsify: pruning checkpoints"):
-            model, tokenizer = rebuild(zoo, c.member, c.epoch)
+            model, tokenizer = evaluator.model(c)
             state = {k: v.clone() for k, v in model.state_dict().items()}
             prunable = {n: v.numpy() for n, v in state.items()
                         if v.is_floating_point() and v.dim() >= 2 and not exclude.search(n)}
@@ -137,7 +134,7 @@ class Sparsify(Analyzer):
                 for n, mask in masks.items():
                     pruned[n] = state[n] * torch.from_numpy(mask)
                 model.load_state_dict(pruned)
-                metrics, _ = generator.evaluate_model(cfg, task, model, tokenizer, device)
+                metrics, _ = evaluator.evaluate(model, tokenizer)
                 kept = sum(int(m.sum()) for m in masks.values())
                 total = sum(m.size for m in masks.values())
                 curves["member"].append(c.member)

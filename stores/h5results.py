@@ -21,9 +21,9 @@ import filelock
 import h5py
 import numpy as np
 
-from zooscope import __version__
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.store import lock_path
+from zooscope.version import __version__
 from zooscope.zoo import canonical_json, check_safe_name
 
 RESULTS_FORMAT = 1

@@ -1,4 +1,7 @@
-"""The built-in HDF5 store plugin: registers the store; the format lives in ``h5zoo``.
+"""The built-in HDF5 store plugin. The format lives beside it, one module per job:
+``h5layout`` (constants, value encoding, the header), ``h5checks`` (hostile and damaged
+files), ``h5lock`` (the writer lock, opening for reading), ``h5writer``, ``h5reader``
+and ``h5results`` (analysis results beside the zoo).
 
 Kept free of h5py imports so that listing plugins stays fast.
 """
@@ -16,7 +19,8 @@ from zooscope.zoo import Member
 if TYPE_CHECKING:
     import numpy as np
 
-    from zooscope.stores.h5zoo import HDF5Writer, HDF5Zoo
+    from zooscope.stores.h5reader import HDF5Zoo
+    from zooscope.stores.h5writer import HDF5Writer
 
 
 class HDF5Store(Store):
@@ -26,17 +30,17 @@ class HDF5Store(Store):
     suffixes = (".h5", ".hdf5")
 
     def create(self, path: Path, header: ZooHeader, members: Sequence[Member]) -> HDF5Writer:
-        from zooscope.stores.h5zoo import create_zoo
+        from zooscope.stores.h5writer import create_zoo
 
         return create_zoo(path, header, members)
 
     def resume(self, path: Path) -> HDF5Writer:
-        from zooscope.stores.h5zoo import resume_zoo
+        from zooscope.stores.h5writer import resume_zoo
 
         return resume_zoo(path)
 
     def open(self, path: Path) -> HDF5Zoo:
-        from zooscope.stores.h5zoo import HDF5Zoo
+        from zooscope.stores.h5reader import HDF5Zoo
 
         return HDF5Zoo(path)
 
@@ -46,7 +50,7 @@ class HDF5Store(Store):
         return results_path(path)
 
     def being_written(self, path: Path) -> bool:
-        from zooscope.stores.h5zoo import being_written
+        from zooscope.stores.h5lock import being_written
 
         return being_written(path)
 
@@ -55,7 +59,7 @@ class HDF5Store(Store):
         tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
         inputs: Sequence[Mapping[str, Any]] = (),
     ) -> list[str]:
-        from zooscope.stores.h5zoo import write_analysis
+        from zooscope.stores.h5reader import write_analysis
 
         return write_analysis(path, name, key, options, summary, tables, figures, inputs)
 

@@ -64,11 +64,11 @@ def tiny_config(tmp_path: Path) -> Path:
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-member, 2-epoch zoo generated once per test session (read-only for tests)."""
     from zooscope.config import load_config
-    from zooscope.training import generate
+    from zooscope.engine import build_zoo
 
     folder = tmp_path_factory.mktemp("tiny_zoo")
     out = folder / "tiny.h5"
-    generate(load_config(write_config(folder)), out)
+    build_zoo(load_config(write_config(folder)), out)
     return out
 
 

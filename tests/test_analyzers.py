@@ -14,7 +14,7 @@ from sklearn.metrics import cohen_kappa_score
 
 import zooscope
 from zooscope import registry
-from zooscope.analysis import run_analysis
+from zooscope.results import run_analysis
 
 from .conftest import run_cli
 
@@ -474,8 +474,8 @@ def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: P
     and the unpruned accuracy is the stored one; tampered inputs are refused."""
     import h5py
 
-    from zooscope.analysis import zoo_task
     from zooscope.errors import ZooFileError
+    from zooscope.evaluation import Evaluator
     from zooscope.generators.text_classification import TextClassificationGenerator
 
     def no_data(*args: object) -> None:
@@ -493,4 +493,4 @@ def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: P
         texts = f["data/test_texts"]
         texts[0] = texts.asstr()[0] + " tampered"
     with zooscope.open_zoo(zoo_copy) as zoo, pytest.raises(ZooFileError, match="fingerprint"):
-        zoo_task(zoo)
+        Evaluator(zoo)

@@ -125,6 +125,17 @@ CASES = [
     Case("toml syntax", generate_with("[zoo\nname = 'x'"), "is not valid TOML"),
     Case("unknown table", generate_with(TINY_CONFIG + "\n[zooo]\n"), "unknown table [zooo]"),
     Case("unknown key", generate_with(config(epochs="epoch")), "unknown key 'epoch' in [zoo]"),
+    Case("unknown data key", generate_with(config(**{'source = "synthetic:sentiment:400"':
+                                                     'source = "synthetic:sentiment:400"\n'
+                                                     'text_colum = "t"'})),
+         "unknown key 'text_colum' in [data] hint: did you mean 'text_column'?"),
+    Case("another generator's key", generate_with(config(**{
+        'source = "synthetic:sentiment:400"': 'source = "synthetic:sentiment:400"\nstride = 64'})),
+         "[data] stride is a setting of the squad generator; sst2 does not use it"),
+    Case("generator key of the wrong type", generate_with(config(**{
+        'source = "synthetic:sentiment:400"': 'source = "synthetic:sentiment:400"\n'
+                                              'train_examples = -1'})),
+         "[data] train_examples must be ≥ 0, got -1"),
     Case("wrong type", generate_with(config(**{"epochs = 2": 'epochs = "2"'})),
          "[zoo] epochs must be an integer, not str"),
     Case("empty grid", generate_with(config(**{"[3e-4, 1e-3]": "[]"})),
@@ -903,8 +914,8 @@ def test_bad_data_never_touches_an_existing_zoo(tmp_path: Path) -> None:
 
 def test_resume_allows_only_run_settings_to_change(tmp_path: Path) -> None:
     from zooscope.config import parse_config
+    from zooscope.engine.resume import check_resumable
     from zooscope.errors import ZooFileError
-    from zooscope.training import check_resumable
 
     zoo = tmp_path / "out.h5"
     stored_config_zoo(TINY_CONFIG)(zoo)

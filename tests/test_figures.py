@@ -14,7 +14,8 @@ import pytest
 
 import zooscope
 from zooscope import registry
-from zooscope.analysis import AnalysisResult, Selection, parse_members, resolve_inputs, run_analysis
+from zooscope.analysis import AnalysisResult, Selection
+from zooscope.results import parse_members, resolve_inputs, run_analysis
 
 matplotlib.use("Agg")
 

@@ -15,7 +15,7 @@ import torch
 
 import zooscope
 from zooscope.config import load_config, parse_config
-from zooscope.training import generate, member_list, shard_members
+from zooscope.engine import build_zoo, member_list, shard_members
 
 from .conftest import TINY_CONFIG, cli_env, run_cli, write_config
 
@@ -87,15 +87,15 @@ def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: 
 
 def test_same_member_spec_gives_identical_weights(tmp_path: Path) -> None:
     cfg = parse_config(ONE_MEMBER.replace("epochs = 3", "epochs = 1"))
-    generate(cfg, tmp_path / "a.h5")
-    generate(cfg, tmp_path / "b.h5")
+    build_zoo(cfg, tmp_path / "a.h5")
+    build_zoo(cfg, tmp_path / "b.h5")
     assert_same_weights(tmp_path / "a.h5", tmp_path / "b.h5")
 
 
 def test_max_eval_examples_cuts_validation_and_test(tmp_path: Path) -> None:
     text = ONE_MEMBER.replace("epochs = 3", "epochs = 1").replace(
         "num_threads = 1", "num_threads = 1\nmax_train_examples = 50\nmax_eval_examples = 7")
-    generate(parse_config(text), tmp_path / "cut.h5")
+    build_zoo(parse_config(text), tmp_path / "cut.h5")
     with zooscope.open_zoo(tmp_path / "cut.h5") as zoo:
         labels = zoo.test_labels()
         assert labels is not None and len(labels) == 7
@@ -155,7 +155,7 @@ def _wait_for_checkpoints(out: Path, n: int, proc: subprocess.Popen[str], timeou
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path) -> None:
     config = write_config(tmp_path, ONE_MEMBER, "one.toml")
-    generate(load_config(config), tmp_path / "straight.h5")
+    build_zoo(load_config(config), tmp_path / "straight.h5")
     out = tmp_path / "killed.h5"
     proc = _start(config, out)
     _wait_for_checkpoints(out, 2, proc)  # epochs 0 and 1 committed
@@ -240,7 +240,7 @@ def test_ddp_strategy_trains_one_member_over_two_processes(tmp_path: Path) -> No
     text = (ONE_MEMBER.replace("epochs = 3", 'epochs = 2\nstrategy = "ddp"')
             .replace("[train]\n", "[train]\ndropout = 0.0\n"))  # dropout masks differ per process
     config = write_config(tmp_path, text, "ddp.toml")
-    generate(load_config(config), tmp_path / "one.h5")
+    build_zoo(load_config(config), tmp_path / "one.h5")
     out = tmp_path / "ddp.h5"
     env = cli_env()
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -18,10 +18,11 @@ import torch
 
 import zooscope
 from zooscope import registry
-from zooscope.analysis import run_analysis
 from zooscope.config import load_config
+from zooscope.engine import build_zoo, member_list
+from zooscope.lineage import expand_parents
+from zooscope.results import run_analysis
 from zooscope.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
-from zooscope.training import generate, member_list
 
 from .conftest import run_cli, write_config
 
@@ -158,13 +159,13 @@ def test_blocks_are_the_concatenated_documents(tmp_path: Path, backbones: dict[s
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
 def test_mlm_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
-    from zooscope.analysis import zoo_task
+    from zooscope.evaluation import Evaluator
     from zooscope.models import rebuild
 
     write_corpus(tmp_path)
     cfg = load_config(write_config(tmp_path, MLM_CONFIG.format(backbone=backbones[kind]), "p.toml"))
     out = tmp_path / "pretext.h5"
-    generate(cfg, out)
+    build_zoo(cfg, out)
     with zooscope.open_zoo(out) as zoo:
         assert zoo.prediction_kind() is None
         cps = zoo.checkpoints()
@@ -181,8 +182,7 @@ def test_mlm_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], ki
         # The model rebuilt from the file alone evaluates to the stored test metrics.
         model, tok = rebuild(zoo, m, 2)
         assert type(model).__name__.endswith("ForMaskedLM")
-        generator, zcfg, task = zoo_task(zoo)
-        metrics, _ = generator.evaluate_model(zcfg, task, model, tok, torch.device("cpu"))
+        metrics, _ = Evaluator(zoo).evaluate(model, tok)
         stored = zoo.checkpoints([m], [2])[0].metrics
         assert metrics["test_loss"] == pytest.approx(stored["test_loss"], rel=1e-5)
         assert metrics["test_accuracy"] == pytest.approx(stored["test_accuracy"], abs=1e-9)
@@ -226,8 +226,8 @@ source = "synthetic:sentiment:200"
 def pretext_zoo(tmp_path_factory: pytest.TempPathFactory, backbones: dict[str, Path]) -> Path:
     folder = tmp_path_factory.mktemp("pretext")
     write_corpus(folder)
-    generate(load_config(write_config(folder, MLM_CONFIG.format(backbone=backbones["bert"]),
-                                      "p.toml")), folder / "pretext.h5")
+    build_zoo(load_config(write_config(folder, MLM_CONFIG.format(backbone=backbones["bert"]),
+                                       "p.toml")), folder / "pretext.h5")
     return folder / "pretext.h5"
 
 
@@ -265,6 +265,8 @@ def test_selectors_expand_and_members_record_their_lineage(pretext_zoo: Path) ->
              f"zoo://pretext.h5#member={ids[0]}&epoch=2": [(ids[0], 2)]}
     for ref, want in cases.items():
         cfg = load_config(write_config(folder, DOWNSTREAM.format(backbone=ref), "d.toml"))
+        assert {m.factors["backbone"] for m in cfg.members()} == {ref}  # nothing read yet
+        expand_parents(cfg)
         members = cfg.members()
         got = [(m.lineage["member"], m.lineage["epoch"]) for m in members]
         assert got == want, ref
@@ -281,7 +283,7 @@ def test_downstream_zoo_starts_from_the_pretext_checkpoints(pretext_zoo: Path, t
     cfg = load_config(write_config(tmp_path, DOWNSTREAM.format(
         backbone="zoo://pretext.h5#epoch=0,2"), "d.toml"))
     out = tmp_path / "down.h5"
-    generate(cfg, out)
+    build_zoo(cfg, out)
     digests = checkpoint_digests(tmp_path / "pretext.h5")
     with zooscope.open_zoo(tmp_path / "pretext.h5") as parent, zooscope.open_zoo(out) as zoo:
         members = zoo.members()
@@ -311,7 +313,7 @@ def test_lineage_survives_changes_elsewhere_in_the_parent_but_not_a_changed_tens
         first = zoo.members()[0].id
     ref = f"zoo://pretext.h5#member={first}&epoch=2"
     config = write_config(tmp_path, DOWNSTREAM.format(backbone=ref), "d.toml")
-    before = load_config(config).members()[0].lineage["checkpoint"]
+    before = expand_parents(load_config(config)).members()[0].lineage["checkpoint"]
     # Analyses and attributes change the parent file, not the checkpoint.
     with h5py.File(parent, "r+") as f:
         f.attrs["note"] = "analysed by someone else"
@@ -498,7 +500,7 @@ stride = 8
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
 def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
-    from zooscope.analysis import zoo_task
+    from zooscope.evaluation import Evaluator
     from zooscope.models import rebuild
     from zooscope.qa import squad_scores
 
@@ -506,7 +508,7 @@ def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], 
     cfg = load_config(write_config(tmp_path, SQUAD_CONFIG.format(
         backbone=backbones[kind], source=nested.name), "s.toml"))
     out = tmp_path / "squad.h5"
-    generate(cfg, out)
+    build_zoo(cfg, out)
     with zooscope.open_zoo(out) as zoo:
         assert zoo.prediction_kind() == "span"
         gold = zoo.test_answers()
@@ -525,8 +527,7 @@ def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], 
         assert min(c.metrics["test_f1"] for c in last) > 0.6  # the toy task is learnt
         m = zoo.members()[0]
         model, tok = rebuild(zoo, m, 2)
-        generator, zcfg, task = zoo_task(zoo)
-        metrics, preds = generator.evaluate_model(zcfg, task, model, tok, torch.device("cpu"))
+        metrics, preds = Evaluator(zoo).evaluate(model, tok)
         np.testing.assert_array_equal(preds, zoo.predictions(zoo.checkpoints([m], [2]))[0])
 
 
@@ -554,7 +555,7 @@ def test_agreement_on_answers_matches_pairwise_scores(tmp_path: Path,
         backbone=backbones["bert"], source=flat.name).replace("epochs = 2", "epochs = 1")
         .replace("learning_rate = [3e-3]", "learning_rate = [1e-3]"), "s.toml"))
     out = tmp_path / "squad.h5"
-    generate(cfg, out)
+    build_zoo(cfg, out)
     result = run_analysis(out, registry.get_analyzer("agreement"), [], None, None,
                           tmp_path / "agreement", force=False)
     pairs = result.tables["pairs"]
@@ -618,7 +619,7 @@ def test_boolq_on_three_architectures_shares_epochs_and_compares_backbones(
     short = [m for m in members if m.factors["epochs"] == 1]
     assert all(m.lineage["checkpoints_from"] for m in short)
     out = tmp_path / "boolq.h5"
-    result = generate(cfg, out)
+    result = build_zoo(cfg, out)
     assert (result.trained, result.shared) == (6, 6)
     with zooscope.open_zoo(out) as zoo:
         by_id = {m.id: m for m in zoo.members()}
@@ -652,8 +653,8 @@ def test_shared_epochs_equal_training_them_again(tmp_path: Path) -> None:
         "intermediate_size = 64\nvocab_size = 200\n")
     shared = tmp_path / "shared.h5"
     alone = tmp_path / "alone.h5"
-    generate(load_config(write_config(tmp_path, text, "a.toml")), shared)
-    generate(load_config(write_config(tmp_path, text.replace(
+    build_zoo(load_config(write_config(tmp_path, text, "a.toml")), shared)
+    build_zoo(load_config(write_config(tmp_path, text.replace(
         "num_threads = 1", "num_threads = 1\nshare_epochs = false"), "b.toml")), alone)
     with zooscope.open_zoo(shared) as a, zooscope.open_zoo(alone) as b:
         assert [m.id for m in a.members()] == [m.id for m in b.members()]
@@ -758,8 +759,8 @@ def test_resume_keeps_stored_ids_and_refuses_another_config(zoo_copy: Path, tmp_
     assert lines[-2] == (f"error: {zoo_copy} was made from another config: [train] max_seq_len "
                          "32 → 24")
     # The same config over other data or another backbone gives other ids: refused too.
+    from zooscope.engine.resume import stored_ids
     from zooscope.errors import ZooFileError
-    from zooscope.training import stored_ids
     from zooscope.zoo import Member
 
     other = [Member(id="m" + "0" * 11, factors=m.factors) for m in member_list(load_config(config))]
@@ -787,7 +788,7 @@ def test_a_sentence_pair_zoo_stores_both_texts_and_reevaluates_from_the_file(
     text += ("\n[scratch]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
              "intermediate_size = 64\nvocab_size = 200\n")
     out = tmp_path / "pairs.h5"
-    generate(load_config(write_config(tmp_path, text, "pairs.toml")), out)
+    build_zoo(load_config(write_config(tmp_path, text, "pairs.toml")), out)
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     with zooscope.open_zoo(out) as zoo:
         header = zoo.header()

@@ -6,13 +6,16 @@ import inspect
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import zooscope
 from zooscope import hookspecs, registry
-from zooscope.analysis import AnalysisResult, Analyzer, run_analysis
+from zooscope.analysis import AnalysisResult, Analyzer
 from zooscope.config import parse_config
-from zooscope.training import generate
+from zooscope.data import load_rows
+from zooscope.engine import build_zoo
+from zooscope.results import run_analysis
 
 from .conftest import ROOT, TINY_CONFIG
 
@@ -36,25 +39,30 @@ def test_every_hook_has_a_test_and_a_docstring() -> None:
 
 class Reviews:
     """A generator written outside zooscope with nothing but ``zooscope.*``: length of a
-    synthetic review (short or long) as a two-class task, on the shared fine-tuning kit."""
+    synthetic review (short or long) as a two-class task, on the shared fine-tuning kit,
+    with a config key of its own (``[data] long_words``: the words that make a review long)."""
 
     @staticmethod
     def make() -> object:
         import numpy as np
         import torch
 
+        from zooscope.config import ConfigKey
         from zooscope.data import load_rows
         from zooscope.finetune import cached_backbone, collate, finetune_setup
-        from zooscope.generation import Generator, TaskData
+        from zooscope.generator import Generator, TaskData
         from zooscope.models import SequenceClassifier
 
         class ReviewLength(Generator):
             name = "review-length"
-            description = "is a synthetic review longer than six words?"
+            description = "is a synthetic review longer than N words?"
+            config_keys = {"data": {"long_words": ConfigKey(
+                (int,), 6, "a review of more words than this is long", minimum=1)}}
 
             def prepare(self, cfg):  # type: ignore[no-untyped-def]
                 texts, _, _ = load_rows("synthetic:sentiment:120", None, "label")
-                labels = np.array([int(len(t.split()) > 6) for t in texts])
+                long_words = self.setting(cfg, "data", "long_words")
+                labels = np.array([int(len(t.split()) > long_words) for t in texts])
                 splits = {s: {"texts": texts[a:b], "labels": torch.as_tensor(labels[a:b])}
                           for s, a, b in (("train", 0, 80), ("validation", 80, 100),
                                           ("test", 100, 120))}
@@ -98,7 +106,8 @@ class Reviews:
 
 def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A third-party generator built on zooscope's kit only (no built-in plugin
-    imported) trains a zoo end to end."""
+    imported) trains a zoo end to end, reading a config key it declares; the core checks
+    that key like its own."""
     import ast
 
     source = inspect.getsource(Reviews)
@@ -116,9 +125,18 @@ def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> N
         "seeds = [0, 1]", "seeds = [0]").replace("learning_rate = [3e-4, 1e-3]",
                                                  "learning_rate = [1e-3]").replace(
         "epochs = 2", "epochs = 1")
+    text = text.replace('source = "synthetic:sentiment:400"',
+                        'source = "synthetic:sentiment:400"\nlong_words = 4')
+    assert "long_words = 4" in text
     out = tmp_path / "reviews.h5"
-    generate(parse_config(text), out)
+    build_zoo(parse_config(text), out)
+    texts, _, _ = load_rows("synthetic:sentiment:120", None, "label")
     with zooscope.open_zoo(out) as zoo:
+        # the labels follow the config's own key (4 words), not its default (6)
+        np.testing.assert_array_equal(zoo.test_labels(),
+                                      [int(len(t.split()) > 4) for t in texts[100:120]])
+        assert not np.array_equal(zoo.test_labels(),
+                                  [int(len(t.split()) > 6) for t in texts[100:120]])
         assert zoo.info["generator"] == "review-length"
         assert [c.epoch for c in zoo.checkpoints()] == [0, 1]
         assert zoo.metric_columns == ["validation_accuracy", "test_accuracy"]
@@ -126,6 +144,32 @@ def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> N
         stored = zoo.checkpoints()[-1].metrics["test_accuracy"]
         labels = zoo.test_labels()
         assert stored == pytest.approx(float((zoo.predictions()[-1] == labels).mean()))
+
+
+@pytest.mark.parametrize(("line", "message", "hint"), [
+    ("long_word = 4", "unknown key 'long_word' in [data]", "did you mean 'long_words'?"),
+    ('long_words = "four"', "[data] long_words must be an integer, not str ('four')", None),
+    ("long_words = 0", "[data] long_words must be ≥ 1, got 0", None),
+    ("stride = 64", "[data] stride is a setting of the squad generator; review-length does "
+                    "not use it", "remove it, or use generator = 'squad'"),
+])
+def test_a_generator_key_is_checked_like_the_core_keys(register_plugin, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                       line: str, message: str,
+                                                       hint: str | None) -> None:
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
+            register(Reviews.make())
+
+    register_plugin(Plugin(), "reviews-plugin")
+    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "review-length"').replace(
+        'source = "synthetic:sentiment:400"', f'source = "synthetic:sentiment:400"\n{line}')
+    cfg = parse_config(text)  # the core alone cannot tell whose key it is
+    out = tmp_path / "reviews.h5"
+    with pytest.raises(zooscope.ConfigError) as caught:
+        build_zoo(cfg, out)
+    assert (caught.value.message, caught.value.hint) == (message, hint)
+    assert not out.exists()
 
 
 def test_hook_zooscope_register_stores(register_plugin, zoo_copy: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -196,7 +240,7 @@ def _one_member_run(register_plugin, tmp_path: Path) -> tuple[Recorder, Path]:  
     text = TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]").replace(
         "learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
     out = tmp_path / "one.h5"
-    generate(parse_config(text), out)
+    build_zoo(parse_config(text), out)
     return recorder, out
 
 
@@ -225,7 +269,7 @@ def test_a_failing_observer_is_named(register_plugin, tmp_path: Path) -> None:  
         "learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
     with pytest.raises(zooscope.PluginError, match="plugin 'broken-observer' failed in "
                        "zooscope_checkpoint_saved: RuntimeError: disk full"):
-        generate(parse_config(text), tmp_path / "b.h5")
+        build_zoo(parse_config(text), tmp_path / "b.h5")
     with zooscope.open_zoo(tmp_path / "b.h5") as zoo:  # the committed checkpoint is intact
         assert [c.epoch for c in zoo.checkpoints()] == [0]
 

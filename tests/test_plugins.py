@@ -129,7 +129,7 @@ def test_allow_list_controls_entry_point_plugins(example_site: Path) -> None:
 
 def test_example_analyzer_runs_on_a_zoo(example_site: Path, zoo_copy: Path,
                                         tmp_path: Path) -> None:
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
 
     out = tmp_path / "final"
     result = run_cli("analyze", str(zoo_copy), "--plugin", "final-metric", "--out", str(out),

@@ -19,7 +19,7 @@ import zooscope
 from zooscope import progress
 from zooscope.cli import app
 from zooscope.config import load_config
-from zooscope.training import Interrupted, generate
+from zooscope.engine import Interrupted, build_zoo
 
 from .conftest import TINY_CONFIG, run_cli, write_config
 
@@ -70,7 +70,7 @@ def test_bars_start_again_for_every_member(tmp_path: Path) -> None:
 
     reporter.member_done = member_done  # type: ignore[method-assign]
     with progress.reporting(reporter):
-        generate(load_config(write_config(tmp_path, ONE_LR)), tmp_path / "z.h5", progress=reporter)
+        build_zoo(load_config(write_config(tmp_path, ONE_LR)), tmp_path / "z.h5", progress=reporter)
     assert len(snapshots) == 2
     for snap in snapshots:
         assert snap["epochs"] == (2, 2)
@@ -100,7 +100,7 @@ def test_ctrl_c_records_the_member_as_interrupted(tmp_path: Path) -> None:
     config = write_config(tmp_path, ONE_LR)
     out = tmp_path / "z.h5"
     with pytest.raises(Interrupted):
-        generate(load_config(config), out, progress=CtrlC())
+        build_zoo(load_config(config), out, progress=CtrlC())
     with zooscope.open_zoo(out) as zoo:
         assert [m.status for m in zoo.members()] == ["interrupted", "pending"]
     result = runner.invoke(app, ["zoo", "validate", str(out)])
@@ -114,7 +114,7 @@ def test_ctrl_c_records_the_member_as_interrupted(tmp_path: Path) -> None:
 def test_a_member_left_running_without_a_writer_reads_as_interrupted(zoo_copy: Path) -> None:
     import h5py
 
-    from zooscope.store import store_for
+    from zooscope.access import store_for
 
     with h5py.File(zoo_copy, "r+") as f:
         f["members/status"][0] = 1  # "running", as a killed writer leaves it
@@ -129,7 +129,7 @@ def test_a_member_left_running_without_a_writer_reads_as_interrupted(zoo_copy: P
 
 def test_a_full_disk_says_so_and_resume_completes(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from zooscope.stores.h5zoo import HDF5Writer
+    from zooscope.stores.h5writer import HDF5Writer
 
     real = HDF5Writer.write_checkpoint
     calls = {"n": 0}

@@ -17,7 +17,7 @@ import pytest
 
 import zooscope
 from zooscope.config import parse_config
-from zooscope.training import generate
+from zooscope.engine import build_zoo
 from zooscope.zoofile import validate_zoo
 
 from .conftest import TINY_CONFIG, cli_env, write_config
@@ -95,7 +95,7 @@ def test_generate_killed_at_random_moments_resumes_to_the_same_zoo(tmp_path: Pat
     config = write_config(tmp_path, KILL_CONFIG, "kill.toml")
     reference = tmp_path / "reference.h5"
     start = time.perf_counter()
-    generate(parse_config(KILL_CONFIG), reference)
+    build_zoo(parse_config(KILL_CONFIG), reference)
     # Kill delays are drawn in units of this machine's time per checkpoint, so that twenty
     # kills land before the zoo completes on a fast machine and a slow one alike.
     per_checkpoint = (time.perf_counter() - start) / TOTAL
@@ -123,7 +123,7 @@ def test_generate_killed_at_random_moments_resumes_to_the_same_zoo(tmp_path: Pat
 def test_two_process_generate_killed_during_training_or_merge(tmp_path: Path) -> None:
     config = write_config(tmp_path, KILL_CONFIG, "kill.toml")
     reference = tmp_path / "reference.h5"
-    generate(parse_config(KILL_CONFIG), reference)
+    build_zoo(parse_config(KILL_CONFIG), reference)
     out = tmp_path / "two.h5"
     part = out.with_name("two.part0of2.h5")
     rng = random.Random(3)
@@ -183,7 +183,7 @@ SAVE = """
 import sys
 from pathlib import Path
 from tests.test_reliability import killtest_result
-from zooscope.store import store_for
+from zooscope.access import store_for
 
 zoo, key = Path(sys.argv[1]), sys.argv[2]
 tables, figures = killtest_result(key)

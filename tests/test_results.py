@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 import zooscope
 from zooscope import registry
-from zooscope.analysis import run_analysis, write_csv
 from zooscope.cli import app
+from zooscope.results import run_analysis, write_csv
 
 from .conftest import cli_env, run_cli
 
@@ -366,37 +366,37 @@ def test_the_writer_lock_says_plainly_where_the_file_system_has_no_locks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fcntl
 
-    from zooscope.stores.h5zoo import _Lock
+    from zooscope.stores.h5lock import WriterLock
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(zooscope.ZooFileError) as err:
-        _Lock(tmp_path / "z.h5")
+        WriterLock(tmp_path / "z.h5")
     assert str(err.value) == (f"the file system holding {tmp_path} does not support file locks "
                               "(No locks available)")
     assert "local disk" in (err.value.hint or "")
 
 
 def test_the_writer_lock_tells_a_live_writer_from_a_dead_one(tmp_path: Path) -> None:
-    from zooscope.stores.h5zoo import _Lock
+    from zooscope.stores.h5lock import WriterLock
 
     zoo = tmp_path / "z.h5"
-    assert not _Lock.held(zoo)
+    assert not WriterLock.held(zoo)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, f"{zoo}.lock", "60"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    assert _Lock.held(zoo)
+    assert WriterLock.held(zoo)
     with pytest.raises(zooscope.ZooFileError, match="being written by another process"):
-        _Lock(zoo)
+        WriterLock(zoo)
     holder.kill()
     holder.wait()
-    assert not _Lock.held(zoo)  # a killed writer's lock is free
-    lock = _Lock(zoo)
-    assert _Lock.held(zoo)
+    assert not WriterLock.held(zoo)  # a killed writer's lock is free
+    lock = WriterLock(zoo)
+    assert WriterLock.held(zoo)
     lock.release()
-    assert not _Lock.held(zoo)
+    assert not WriterLock.held(zoo)
 
 
 def test_force_refuses_while_a_live_writer_holds_the_zoo(zoo_copy: Path, tiny_config: Path) -> None:

@@ -20,9 +20,9 @@ import torch
 
 import zooscope
 from zooscope.errors import ZooFileError
-from zooscope.store import Architecture, ZooHeader
+from zooscope.store import ZooHeader
 from zooscope.stores.hdf5 import HDF5Store
-from zooscope.zoo import COMPLETE, Member
+from zooscope.zoo import COMPLETE, Architecture, Member
 
 from .conftest import ROOT
 from .storedata import KILL_EPOCHS, SHAPES, expected_tensor, make_zoo_header
@@ -240,7 +240,7 @@ def flip_byte_in(path: Path, dataset: str, row: int = 0) -> None:
 
 
 def test_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
     from zooscope.zoofile import ValidationReport
 
     path = tmp_path / "flip.h5"
@@ -261,7 +261,7 @@ KILL_WRITER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from storedata import KILL_EPOCHS, SHAPES, expected_tensor, make_zoo_header
     from zooscope.stores.hdf5 import HDF5Store
-    from zooscope.store import Architecture
+    from zooscope.zoo import Architecture
     from zooscope.zoo import COMPLETE
     path = Path(sys.argv[1])
     header, members = make_zoo_header()

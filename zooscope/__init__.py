@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from zooscope.errors import ConfigError, DataError, PluginError, ZooFileError, ZooscopeError
 from zooscope.hookspecs import hookimpl
-
-__version__ = "0.2.0"
+from zooscope.version import __version__
 
 if TYPE_CHECKING:
     from zooscope.zoo import Zoo
@@ -30,8 +29,8 @@ __all__ = [
 
 
 def open_zoo(path: Any) -> Zoo:
-    """Open a zoo file read-only. See :func:`zooscope.zoo.open_zoo`."""
-    from zooscope.zoo import open_zoo as _open_zoo
+    """Open a zoo file read-only. See :func:`zooscope.access.open_zoo`."""
+    from zooscope.access import open_zoo as _open_zoo
 
     return _open_zoo(path)
 

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from zooscope import __version__
 from zooscope.commands import analyze, generate, plugins, report, zoo
 from zooscope.commands.common import ZooscopeGroup
+from zooscope.version import __version__
 
 app = typer.Typer(
     cls=ZooscopeGroup,

@@ -1,7 +1,10 @@
 """The zoo config: parsing and validating the TOML file, and expanding its grid into members.
 
-Everything is checked here, before anything trains or any file is touched;
-generator-specific checks (data files, columns) are the generator's ``validate``.
+Everything the core knows is checked here, before anything trains or any file is
+touched. Keys a generator declares (``Generator.config_keys``) are checked when the
+config is bound to its generator (``ZooConfig.bind``, through
+``zooscope.registry.generator_for``); checks that need the data (files, columns) are the
+generator's ``validate``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ from zooscope.zoo import SAFE_NAME, Member, canonical_json, member_id
 
 _NUMBER = (int, float)
 
-#: Every key a config may hold, by table, with the type(s) it accepts.
+#: Every key the core knows, by table, with the type(s) it accepts. Generators add keys of
+#: their own to the tables in ``OWNABLE`` (``Generator.config_keys``).
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "zoo": {
         "name": (str,), "generator": (str,), "backbone": (str,), "seeds": (list,),
@@ -36,11 +41,10 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
         "share_epochs": (bool,),
     },
+    # Where data lives and how it is split; a generator declares the other [data] keys
+    # it reads (``Generator.config_keys``).
     "data": {
-        "source": (str,), "split": (dict,), "text_column": (str,), "label_column": (str,),
-        "test_source": (str,), "num_examples": (int,), "seed": (int,),
-        "text_pair_column": (str,), "validation_source": (str,), "train_examples": (int,),
-        "stride": (int,), "mlm_probability": _NUMBER,
+        "source": (str,), "split": (dict,), "test_source": (str,), "validation_source": (str,),
     },
     "scratch": {
         "model_type": (str,), "hidden_size": (int,), "num_hidden_layers": (int,),
@@ -50,6 +54,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "store": {"dtype": (str,), "compression": (str,)},
 }
 REQUIRED = {"zoo": ("name", "generator"), "grid": ()}
+#: Tables a generator may declare keys in.
+OWNABLE = ("data", "train")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "zoo": {"seeds": [0], "epochs": 1, "strategy": "members", "backbone": "bert-base-uncased",
             "max_members": 10_000},
@@ -100,6 +106,34 @@ MAX_THREADS = 1024
 MAX_CONFIG_BYTES = 2**20
 
 
+@dataclass(frozen=True)
+class ConfigKey:
+    """A config key a generator owns: the types it accepts, its default, what it means,
+    and the values it allows (``choices``, or a ``minimum`` and ``maximum``, inclusive)."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, where: str, value: Any) -> None:
+        check_type(where, value, self.types)
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{where} = {value!r} is not one of "
+                              f"{', '.join(str(c) for c in self.choices)}")
+        if isinstance(value, _NUMBER) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} must be finite, got {value!r}")
+            if self.minimum is not None and value < self.minimum:
+                raise ConfigError(f"{where} must be ≥ {self.minimum:g}, got {value!r}")
+            if self.maximum is not None and value > self.maximum:
+                raise ConfigError(f"{where} must be ≤ {self.maximum:g}, got {value!r}")
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"{where} holds a NUL character")
+
+
 @dataclass
 class ZooConfig:
     """A validated zoo config: the tables with defaults filled in, and the text it came from."""
@@ -113,7 +147,12 @@ class ZooConfig:
     scratch: dict[str, Any]
     store: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict)
-    _expanded: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Keys of the ``OWNABLE`` tables the core does not know, left for the generator's
+    #: ``config_keys`` (``bind``); a config that reaches the engine has none left.
+    unowned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``zoo://`` selectors, each with the exact checkpoints (backbone and lineage) it
+    #: stands for; filled by ``zooscope.lineage.expand_parents``, which reads the parents.
+    parents: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -163,12 +202,12 @@ class ZooConfig:
             "train": train,
         }
 
-    def members(self, expand: bool = True, recipe: dict[str, Any] | None = None
-                ) -> list[Member]:
+    def members(self, recipe: dict[str, Any] | None = None) -> list[Member]:
         """The product of the grid and the seeds, in a fixed order.
 
         ``zoo://`` selectors expand into one backbone per selected parent checkpoint
-        (which reads the parent zoo); ``expand=False`` leaves them as written. Ids cover
+        where ``zooscope.lineage.expand_parents`` has read the parents (``parents``), and
+        stay as written otherwise. Ids cover
         ``recipe`` (``ZooConfig.recipe``), each member's epochs, its backbone (a
         ``zoo://`` one by the parent checkpoint's digest, not its path; ``scratch`` with
         the [scratch] table) and its factors; without a recipe, the factors alone.
@@ -178,7 +217,7 @@ class ZooConfig:
         lineage: dict[str, dict[str, Any]] = {}
         grid["backbone"] = []
         for name in backbones:
-            for concrete, parent in (self.expand_backbone(name) if expand else [(name, None)]):
+            for concrete, parent in self.parents.get(name, [(name, None)]):
                 grid["backbone"].append(concrete)
                 if parent is not None:
                     lineage[concrete] = parent
@@ -212,25 +251,34 @@ class ZooConfig:
         own = {**recipe, "epochs": self.epochs_of(Member(id="", factors=factors))}
         return {**factors, "backbone": backbone}, own
 
-    def expand_backbone(self, name: Any) -> list[tuple[Any, dict[str, Any] | None]]:
-        """A backbone value, or the exact ``zoo://`` checkpoints a selector stands for."""
-        from zooscope import lineage
-
-        if not lineage.is_zoo_ref(name):
-            return [(name, None)]
-        if name not in self._expanded:
-            base = self.path.parent if self.path is not None else None
-            self._expanded[name] = lineage.expand(name, base)
-        return list(self._expanded[name])
-
     def lineage_of(self, backbone: str) -> dict[str, Any]:
         """The lineage of an exact ``zoo://`` backbone this config's members use, or ``{}``
         where it was not expanded here."""
-        for expanded in self._expanded.values():
+        for expanded in self.parents.values():
             for concrete, parent in expanded:
                 if concrete == backbone and parent is not None:
                     return dict(parent)
         return {}
+
+    def bind(self, keys: Mapping[str, Mapping[str, ConfigKey]], owner: str,
+             elsewhere: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None:
+        """Check the keys the core left (``unowned``) against the generator's declared
+        ``keys``: each must be declared, of its type and in its range. ``elsewhere`` names
+        the generators that own a key this one does not, for the error."""
+        for table, given in self.unowned.items():
+            owned = keys.get(table, {})
+            for key, value in given.items():
+                if key in owned:
+                    owned[key].check(f"[{table}] {key}", value)
+                    continue
+                others = list((elsewhere or {}).get((table, key), ()))
+                if others:
+                    raise ConfigError(f"[{table}] {key} is a setting of the {', '.join(others)} "
+                                      f"generator; {owner} does not use it",
+                                      hint=f"remove it, or use generator = {others[0]!r}")
+                raise ConfigError(f"unknown key {key!r} in [{table}]",
+                                  hint=closest(key, [*SCHEMA[table], *owned]))
+        self.unowned = {}
 
     def epochs_of(self, member: Member) -> int:
         return int(member.factors.get("epochs", self.zoo["epochs"]))
@@ -259,7 +307,7 @@ def _share_epochs(members: list[Member]) -> list[Member]:
     return out
 
 
-def _closest(key: str, valid: list[str]) -> str:
+def closest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
 
@@ -272,7 +320,7 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
-def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
+def check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         raise ConfigError(f"{where} must be {_type_name(types)}, not {type(value).__name__} "
@@ -288,7 +336,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
         raise ConfigError(f"the config{where} is not valid TOML: {exc}") from None
     for table in raw:
         if table not in SCHEMA:
-            raise ConfigError(f"unknown table [{table}]{where}", hint=_closest(table, list(SCHEMA)))
+            raise ConfigError(f"unknown table [{table}]{where}", hint=closest(table, list(SCHEMA)))
         if not isinstance(raw[table], dict):
             raise ConfigError(f"{table} must be a table ([{table}])")
     for table, keys in REQUIRED.items():
@@ -298,14 +346,18 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
             if key not in raw[table]:
                 raise ConfigError(f"[{table}] needs a {key!r} key")
     tables: dict[str, dict[str, Any]] = {}
+    unowned: dict[str, dict[str, Any]] = {}
     for table, schema in SCHEMA.items():
         given = raw.get(table, {})
         if table != "grid":
             for key, value in given.items():
-                if key not in schema:
+                if key in schema:
+                    check_type(f"[{table}] {key}", value, schema[key])
+                elif table in OWNABLE:
+                    unowned.setdefault(table, {})[key] = value  # the generator's to check
+                else:
                     raise ConfigError(f"unknown key {key!r} in [{table}]",
-                                      hint=_closest(key, list(schema)))
-                _check_type(f"[{table}] {key}", value, schema[key])
+                                      hint=closest(key, list(schema)))
         merged = {**DEFAULTS.get(table, {}), **given}
         tables[table] = merged
     for (table, key), choices in CHOICES.items():
@@ -326,7 +378,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     if not seeds:
         raise ConfigError("[zoo] seeds is empty", hint="give at least one seed, e.g. seeds = [0]")
     for s in seeds:
-        _check_type("each of [zoo] seeds", s, (int,))
+        check_type("each of [zoo] seeds", s, (int,))
         _check_seed("[zoo] seeds", s)
     if len(set(seeds)) != len(seeds):
         raise ConfigError("[zoo] seeds repeats a seed")
@@ -343,11 +395,11 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
             _check_factor_value(key, v)
         if key in POSITIVE_FACTORS:
             for v in values:
-                _check_type(f"each of [grid] {key}", v, (int,) if key != "learning_rate" else _NUMBER)
+                check_type(f"each of [grid] {key}", v, (int,) if key != "learning_rate" else _NUMBER)
                 _check_positive(f"[grid] {key}", v)
         if key == "weight_decay":
             for v in values:
-                _check_type("each of [grid] weight_decay", v, _NUMBER)
+                check_type("each of [grid] weight_decay", v, _NUMBER)
                 if v < 0 or not math.isfinite(v):
                     raise ConfigError(f"[grid] weight_decay must be ≥ 0, got {v!r}")
         if key == "seed":
@@ -356,7 +408,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
         raise ConfigError("[grid] needs a learning_rate list",
                           hint="e.g. learning_rate = [2e-5, 3e-5, 5e-5]")
     for value in grid.get("backbone", []):
-        _check_type("each of [grid] backbone", value, (str,))
+        check_type("each of [grid] backbone", value, (str,))
     # Counted before any member is built: expanding an absurd grid alone exhausts memory.
     count = math.prod(len(v) for v in grid.values()) * len(seeds)
     if count > zoo["max_members"]:
@@ -381,17 +433,17 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     for key in head:
         if key not in ("hidden", "activation"):
             raise ConfigError(f"unknown key {key!r} in [train] head",
-                              hint=_closest(key, ["hidden", "activation"]))
+                              hint=closest(key, ["hidden", "activation"]))
     if head.get("hidden", 1) not in (0, 1) or head.get("activation", "relu") != "relu":
         raise ConfigError("[train] head supports hidden = 0 or 1 and activation = \"relu\"")
     split = tables["data"]["split"]
     for key in split:
         if key not in ("train", "validation", "test", "seed"):
             raise ConfigError(f"unknown key {key!r} in [data] split",
-                              hint=_closest(key, ["train", "validation", "test", "seed"]))
+                              hint=closest(key, ["train", "validation", "test", "seed"]))
     fractions = [split.get(k, 0.0) for k in ("train", "validation", "test")]
     for k, v in zip(("train", "validation", "test"), fractions, strict=True):
-        _check_type(f"[data] split {k}", v, _NUMBER)
+        check_type(f"[data] split {k}", v, _NUMBER)
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"[data] split {k} must be ≥ 0 and finite, got {v!r}")
     if split.get("train", 0) <= 0:
@@ -399,16 +451,10 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"[data] split fractions add up to {sum(fractions):g}, not 1")
     if "seed" in split:
-        _check_type("[data] split seed", split["seed"], (int,))
+        check_type("[data] split seed", split["seed"], (int,))
         _check_seed("[data] split seed", split["seed"])
     data = tables["data"]
-    if "seed" in data:
-        _check_seed("[data] seed", data["seed"])
-    for key in ("num_examples", "train_examples"):
-        if data.get(key, 0) < 0:
-            raise ConfigError(f"[data] {key} must be ≥ 0, got {data[key]!r}")
-    for key in ("source", "test_source", "validation_source", "text_column", "label_column",
-                "text_pair_column"):
+    for key in ("source", "test_source", "validation_source"):
         if "\0" in data.get(key, ""):
             raise ConfigError(f"[data] {key} holds a NUL character")
     if "\0" in zoo["backbone"] or "\0" in zoo["generator"]:
@@ -419,8 +465,8 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
             _check_positive(f"[scratch] {key}", value)
     _check_seed("[scratch] seed", scratch["seed"])
     cfg = ZooConfig(text=text, path=path, zoo=zoo, grid=grid, train=train, data=tables["data"],
-                    scratch=scratch, store=tables["store"], raw=raw)
-    cfg.members(expand=False)  # refuses repeated members early, without reading parent zoos
+                    scratch=scratch, store=tables["store"], raw=raw, unowned=unowned)
+    cfg.members()  # refuses repeated members early, without reading parent zoos
     if "scratch" in grid.get("backbone", [zoo["backbone"]]):
         _check_scratch(scratch, train["max_seq_len"])
     return cfg
@@ -461,7 +507,7 @@ def _check_scratch(scratch: dict[str, Any], max_seq_len: int) -> None:
         first = first.split(". ")[0].rstrip(".")
         raise ConfigError(f"[scratch] does not describe a model transformers can build: {first}",
                           hint="check model_type, hidden_size (a multiple of "
-                               "num_attention_heads) and the other sizes") from None
+                          "num_attention_heads) and the other sizes") from None
     # Training holds weights, gradients and two Adam moments: 16 bytes a parameter.
     needed = 16 * parameters
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -11,14 +11,14 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from zooscope.generation import MemberSetup, TaskData
+from zooscope.generator import MemberSetup, TaskData
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from zooscope.config import ZooConfig
-    from zooscope.store import Architecture
-    from zooscope.zoo import Member
+    from zooscope.zoo import Architecture, Member
 
 
 def cached_backbone(cfg: ZooConfig, task: TaskData, name: str,
@@ -29,13 +29,30 @@ def cached_backbone(cfg: ZooConfig, task: TaskData, name: str,
 
     ``texts()`` gives the training texts, read only where a tokenizer is trained
     ([scratch] backbones); ``kind`` is ``"base"`` or ``"masked-lm"``."""
-    from zooscope.models import backbone_for
-
     key = f"backbone:{name}"
     if key not in task.cache:
         model, tok = backbone_for(cfg, name, texts(), kind=kind)
         task.cache[key] = (model, tok, prepare(model, tok))
     return task.cache[key]
+
+
+def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "base"
+                 ) -> tuple[nn.Module, Any]:
+    """A member's starting model and tokenizer: built from [scratch], a zoo checkpoint
+    (``zoo://``), a local directory or a hub id. ``kind`` is ``"base"`` (the encoder)
+    or ``"masked-lm"`` (with its pre-training head)."""
+    from zooscope.lineage import is_zoo_ref, load_from_zoo
+    from zooscope.models import load_backbone, scratch_backbone
+
+    dropout = float(cfg.train["dropout"])
+    max_len = int(cfg.train["max_seq_len"])
+    if name == "scratch":
+        return scratch_backbone(cfg.scratch, texts, dropout, max_len, kind)
+    if is_zoo_ref(name):
+        base = cfg.path.parent if cfg.path is not None else None
+        return load_from_zoo(name, base, dropout, kind,
+                             expected=cfg.lineage_of(name).get("checkpoint"))
+    return load_backbone(cfg.resolve(name), dropout, kind)
 
 
 def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Module, tok: Any,
@@ -80,7 +97,7 @@ def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Mo
     shape, and ``max_seq_len`` where inputs are truncated, since a reader
     re-evaluating a member must truncate the same way."""
     from zooscope.models import architecture_files
-    from zooscope.store import Architecture
+    from zooscope.zoo import Architecture
 
     state = model.state_dict()
     return Architecture(

@@ -12,7 +12,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from zooscope.analysis import Analyzer
-    from zooscope.generation import Generator
+    from zooscope.generator import Generator
     from zooscope.store import Store
     from zooscope.zoo import Member
 
@@ -28,7 +28,7 @@ def zooscope_register_generators(register: Callable[[Generator], None]) -> None:
     generator's ``name`` is what a zoo config's ``[zoo] generator`` key names; two
     plugins registering the same name is an error that names both plugins.
 
-    :param register: the callback that records one :class:`zooscope.generation.Generator`.
+    :param register: the callback that records one :class:`zooscope.generator.Generator`.
     """
 
 

@@ -30,11 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from zooscope.access import open_stored, open_zoo
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
+from zooscope.zoo import canonical_json, same_value
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from zooscope.config import ZooConfig
+    from zooscope.store import StoredZoo
     from zooscope.zoo import Checkpoint, Member, Zoo
 
 SCHEME = "zoo://"
@@ -97,8 +101,6 @@ def format_ref(path: str, member: str, epoch: int) -> str:
 def checkpoint_digest(member: Member, epoch: int, tensor_digests: dict[str, str]) -> str:
     """The parent checkpoint's identity: SHA-256 over the canonical JSON of its member's
     id and factors, the epoch and each tensor's stored digest."""
-    from zooscope.zoo import canonical_json
-
     record = {"member": member.id, "factors": member.factors, "epoch": int(epoch),
               "tensors": tensor_digests}
     return hashlib.sha256(canonical_json(record).encode()).hexdigest()
@@ -119,8 +121,6 @@ def _resolve(ref: ZooRef, base: Path | None) -> Path:
 
 def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
     """The exact references a (selector) reference stands for, with each one's lineage."""
-    from zooscope.zoo import _same, open_zoo
-
     ref = parse_ref(uri)
     path = _resolve(ref, base)
     if not path.exists():
@@ -138,7 +138,7 @@ def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
             for m in members:
                 if ref.member is not None and m.id not in ref.member:
                     continue
-                if any(k not in m.factors or not _same(m.factors[k], _number(v))
+                if any(k not in m.factors or not same_value(m.factors[k], _number(v))
                        for k, v in ref.factors):
                     continue
                 cps = {c.epoch: c for c in zoo.checkpoints(m)}
@@ -171,6 +171,17 @@ def expand(uri: str, base: Path | None) -> list[tuple[str, dict[str, Any]]]:
             for mid, e, digest in chosen]
 
 
+def expand_parents(cfg: ZooConfig) -> ZooConfig:
+    """Read the parent zoo of every ``zoo://`` backbone the config names and record, once,
+    the exact checkpoints each selector stands for in ``cfg.parents`` (which
+    ``ZooConfig.members`` then expands). Returns the config."""
+    base = cfg.path.parent if cfg.path is not None else None
+    for name in cfg.grid.get("backbone", [cfg.zoo["backbone"]]):
+        if is_zoo_ref(name) and name not in cfg.parents:
+            cfg.parents[name] = expand(name, base)
+    return cfg
+
+
 def _number(value: str) -> Any:
     try:
         return int(value)
@@ -181,7 +192,7 @@ def _number(value: str) -> Any:
             return value
 
 
-def verify(zoo: Zoo, uri: str, member: Member, epoch: int, expected: str | None) -> None:
+def verify(zoo: StoredZoo, uri: str, member: Member, epoch: int, expected: str | None) -> None:
     """Check a parent checkpoint by content: every tensor against its stored digest, and
     the checkpoint digest against the one the lineage recorded (where it recorded one)."""
     checkpoint = next((c for c in zoo.checkpoints(member) if c.epoch == epoch), None)
@@ -202,7 +213,6 @@ def verify(zoo: Zoo, uri: str, member: Member, epoch: int, expected: str | None)
 def verify_parents(members: list[Member], base: Path | None) -> None:
     """Verify by content every parent checkpoint the members start from, once each, so a
     damaged parent stops ``generate`` before it creates or extends any file."""
-    from zooscope.zoo import open_zoo
 
     seen: set[tuple[str, str, int]] = set()
     for m in members:
@@ -214,7 +224,7 @@ def verify_parents(members: list[Member], base: Path | None) -> None:
         if key in seen:
             continue
         seen.add(key)
-        with open_zoo(_resolve(parse_ref(uri), base)) as zoo:
+        with open_stored(_resolve(parse_ref(uri), base)) as zoo:
             verify(zoo, uri, zoo.member(lin["member"]), int(lin["epoch"]), lin["checkpoint"])
 
 
@@ -234,13 +244,12 @@ def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     from zooscope.models import HEAD_FILE, load_tokenizer, rebuild, set_dropout
-    from zooscope.zoo import open_zoo
 
     ref = parse_ref(uri)
     if not ref.exact:
         raise ConfigError(f"backbone {uri!r} is a selector, not one checkpoint")
     path = _resolve(ref, base)
-    with open_zoo(path) as zoo:
+    with open_stored(path) as zoo:
         member = zoo.member(ref.member[0])  # type: ignore[index]
         verify(zoo, uri, member, ref.epoch[0], expected)  # type: ignore[index]
         files = zoo.model_files(member)

@@ -56,8 +56,8 @@ def load_model(source: str | Path, member: str | None = None,
         return _from_export(path)
     if not path.exists():
         raise ZooFileError(f"no zoo file or exported model at {path}")
+    from zooscope.access import open_zoo
     from zooscope.models import rebuild
-    from zooscope.zoo import open_zoo
 
     with open_zoo(path) as zoo:
         if member is None:

@@ -19,7 +19,6 @@ from torch import nn
 from zooscope.errors import ConfigError, ZooFileError
 
 if TYPE_CHECKING:
-    from zooscope.config import ZooConfig
     from zooscope.zoo import Member, Zoo
 
 HEAD_FILE = "zooscope_head.json"
@@ -108,24 +107,6 @@ def set_dropout(config: Any, dropout: float) -> None:
     for key in _DROPOUT_KEYS:
         if hasattr(config, key):
             setattr(config, key, dropout)
-
-
-def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "base"
-                 ) -> tuple[nn.Module, Any]:
-    """A member's starting model and tokenizer: built from [scratch], a zoo checkpoint
-    (``zoo://``), a local directory or a hub id. ``kind`` is ``"base"`` (the encoder)
-    or ``"masked-lm"`` (with its pre-training head)."""
-    from zooscope import lineage
-
-    dropout = float(cfg.train["dropout"])
-    max_len = int(cfg.train["max_seq_len"])
-    if name == "scratch":
-        return scratch_backbone(cfg.scratch, texts, dropout, max_len, kind)
-    if lineage.is_zoo_ref(name):
-        base = cfg.path.parent if cfg.path is not None else None
-        return lineage.load_from_zoo(name, base, dropout, kind,
-                                     expected=cfg.lineage_of(name).get("checkpoint"))
-    return load_backbone(cfg.resolve(name), dropout, kind)
 
 
 def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tuple[nn.Module, Any]:

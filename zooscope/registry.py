@@ -1,7 +1,7 @@
 """The plugin manager: built-in plugins, entry-point plugins and the registries they fill.
 
 What a plugin provides is defined in ``hookspecs``; what a generator, store or
-analyzer is lives in ``generation``, ``store`` and ``analysis``.
+analyzer is lives in ``generator``, ``store`` and ``analysis``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from zooscope import hookspecs
+from zooscope.analysis import Analyzer
 from zooscope.errors import PluginError, PluginWarning
+from zooscope.generator import Generator
+from zooscope.store import Store
+
+if TYPE_CHECKING:
+    from zooscope.config import ZooConfig
 
 #: Built-in plugins, registered by dotted name exactly like third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -39,6 +45,10 @@ KINDS: dict[str, str] = {
     "zooscope_register_stores": "store",
     "zooscope_register_analyzers": "analyzer",
 }
+
+#: The class every registered object of a kind must be an instance of: the whole
+#: contract, with its defaults, lives there (docs/plugins.md).
+BASES: dict[str, type] = {"generator": Generator, "store": Store, "analyzer": Analyzer}
 
 pm = pluggy.PluginManager("zooscope")
 pm.add_hookspecs(hookspecs)
@@ -98,6 +108,12 @@ def _collect(hook_name: str) -> dict[str, Any]:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {_plugin!r} registered a {kind} without a name")
+            base = BASES[kind]
+            if not isinstance(obj, base):
+                raise PluginError(
+                    f"plugin {_plugin!r} registered the {kind} {name!r}, which is not a "
+                    f"{base.__module__}.{base.__name__}",
+                    hint=f"subclass {base.__name__} (docs/plugins.md)")
             if name in found:
                 raise PluginError(
                     f"two plugins register the {kind} {name!r}: {owner[name]!r} and {_plugin!r}",
@@ -153,6 +169,19 @@ def get_generator(name: str) -> Any:
     return _lookup("generator", name, generators)
 
 
+def generator_for(cfg: ZooConfig) -> Any:
+    """The config's generator, with the config's own keys checked against the ones the
+    generator declares (``ZooConfig.bind``). Every run of a config starts here."""
+    generator = get_generator(cfg.generator)
+    elsewhere: dict[tuple[str, str], list[str]] = {}
+    for name, other in generators().items():
+        for table, keys in getattr(other, "config_keys", {}).items():
+            for key in keys:
+                elsewhere.setdefault((table, key), []).append(name)
+    cfg.bind(getattr(generator, "config_keys", {}), generator.name, elsewhere)
+    return generator
+
+
 def get_analyzer(name: str) -> Any:
     return _lookup("analyzer", name, analyzers)
 
@@ -164,7 +193,7 @@ def get_store(name: str) -> Any:
 def plugin_table(include_builtins: bool = False) -> list[dict[str, Any]]:
     """One row per plugin: name, kind, version, hooks and the names it registers."""
     load_plugins()
-    from zooscope import __version__
+    from zooscope.version import __version__
 
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     rows = []

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zooscope.analysis import figure_png, run_analysis, varying_factors
+from zooscope.access import open_zoo
+from zooscope.analysis import figure_png, varying_factors
 from zooscope.errors import ZooscopeError
 from zooscope.progress import task
-from zooscope.zoo import Zoo, open_zoo
+from zooscope.results import run_analysis
+from zooscope.zoo import Zoo
 
 #: The analyzers a report runs where their result is missing, in this order (predict
 #: reads weightstats). ``sparsify`` re-evaluates every model at ten sparsities, so a

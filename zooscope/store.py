@@ -1,6 +1,8 @@
-"""What a store is: the interface generation writes through and the header it records.
+"""What a store is: the interface the engine writes through, the header it records, and
+the upkeep (integrity checks, merging) a store offers beyond the reader interface.
 
 The built-in implementation is ``zooscope.stores.hdf5``; this module holds no I/O.
+``Architecture`` is part of the reader interface (``zooscope.zoo``) and re-exported here.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zooscope.errors import ZooFileError
-from zooscope.zoo import Member, Zoo
+from zooscope.zoo import Architecture, Checkpoint, Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,15 +45,27 @@ class ZooHeader:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Architecture:
-    """A model architecture: its config, tokenizer files and tensor layout."""
+class StoredZoo(Zoo):
+    """A zoo as its store opened it: the reader interface plus what upkeep needs
+    (merging shards, ``zoo validate``). Readers use ``Zoo``; ``Store.open`` returns this."""
 
-    key: str
-    files: dict[str, bytes]
-    shapes: dict[str, tuple[int, ...]]
-    #: Tensors that are not floating point keep their dtype (``{"name": "int64"}``).
-    dtypes: dict[str, str] = field(default_factory=dict)
+    @abstractmethod
+    def header(self) -> ZooHeader:
+        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
+
+    @abstractmethod
+    def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
+        """Problems of one stored tensor (checksum, NaN/Inf); empty when it is sound."""
+
+    def check_structure(self) -> list[str]:
+        """Problems of the file's structure beyond what opening checks (every tensor's
+        dataset, stored analyses); empty when sound. Stores that check everything on
+        opening keep this default."""
+        return []
+
+    @abstractmethod
+    def uncommitted_rows(self) -> int:
+        """Rows a writer appended after its last commit (a killed or running writer)."""
 
 
 class ZooWriter(ABC):
@@ -121,7 +134,7 @@ class Store(ABC):
         """Reopen a zoo for writing, discarding any half-written checkpoint."""
 
     @abstractmethod
-    def open(self, path: Path) -> Zoo:
+    def open(self, path: Path) -> StoredZoo:
         """Open a zoo read-only."""
 
     @abstractmethod
@@ -162,14 +175,3 @@ def lock_path(path: Path) -> Path:
     ``NAME.h5.lock``, documented in docs/format.md."""
     return path.with_name(path.name + ".lock")
 
-
-def store_for(path: Path) -> Store:
-    from zooscope.registry import stores
-
-    for store in stores().values():
-        if path.suffix in store.suffixes:
-            return store
-    known = sorted({s for st in stores().values() for s in st.suffixes})
-    raise ZooFileError(
-        f"no store reads {path.name!r}", hint=f"zoo files end in {', '.join(known)}"
-    )

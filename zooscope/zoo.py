@@ -19,8 +19,6 @@ from zooscope.errors import ZooFileError
 if TYPE_CHECKING:
     import numpy as np
 
-    from zooscope.store import Architecture, ZooHeader
-
 #: Member status codes as stored in the zoo file.
 PENDING, RUNNING, COMPLETE, FAILED, INTERRUPTED = 0, 1, 2, 3, 4
 STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed",
@@ -75,12 +73,12 @@ class Member:
         for key, value in wanted.items():
             have = self.id if key == "id" else self.factors.get(key)
             options = value if isinstance(value, (list, tuple, set)) else [value]
-            if not any(_same(have, v) for v in options):
+            if not any(same_value(have, v) for v in options):
                 return False
         return True
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         import numpy as np
 
@@ -97,6 +95,17 @@ class Checkpoint:
     step: int
     wall_time: float
     metrics: dict[str, float] = field(hash=False, compare=False)
+
+
+@dataclass
+class Architecture:
+    """A model architecture: its config, tokenizer files and tensor layout."""
+
+    key: str
+    files: dict[str, bytes]
+    shapes: dict[str, tuple[int, ...]]
+    #: Tensors that are not floating point keep their dtype (``{"name": "int64"}``).
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 class Zoo(ABC):
@@ -160,11 +169,11 @@ class Zoo(ABC):
 
     def test_contexts(self) -> list[str] | None:
         """Extractive QA: each test question's context, where the zoo stores spans."""
-        return self.header().test_contexts
+        return None
 
     def test_answers(self) -> list[list[str]] | None:
         """Extractive QA: each test question's gold answers."""
-        return self.header().test_answers
+        return None
 
     def predicted_answers(self, checkpoints: Sequence[Checkpoint] | None = None) -> list[list[str]]:
         """Extractive QA: the answer text each checkpoint predicted for each test question.
@@ -203,28 +212,10 @@ class Zoo(ABC):
     def architecture(self, member: Member | str) -> Architecture:
         """The member's architecture: model files and tensor shapes."""
 
-    @abstractmethod
-    def header(self) -> ZooHeader:
-        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
-
-    @abstractmethod
-    def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
-        """Problems of one stored tensor (checksum, NaN/Inf); empty when it is sound."""
-
     def checkpoint_digests(self, checkpoint: Checkpoint) -> dict[str, str]:
         """Each tensor's stored content digest (hex text) in one checkpoint, read from the
         file without reading the tensors."""
         raise ZooFileError(f"{self.path} records no tensor digests")
-
-    def check_structure(self) -> list[str]:
-        """Problems of the file's structure beyond what opening checks (every tensor's
-        dataset, stored analyses); empty when sound. Stores that check everything on
-        opening keep this default."""
-        return []
-
-    @abstractmethod
-    def uncommitted_rows(self) -> int:
-        """Rows a writer appended after its last commit (a killed or running writer)."""
 
     @abstractmethod
     def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
@@ -255,14 +246,3 @@ class Zoo(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def open_zoo(path: str | Path) -> Zoo:
-    """Open a zoo read-only with the store that claims its file name."""
-    from zooscope.store import store_for
-
-    path = Path(path)
-    if not path.exists():
-        raise ZooFileError(f"no zoo file at {path}")
-    if path.is_dir():
-        raise ZooFileError(f"{path} is a directory, not a zoo file")
-    return store_for(path).open(path)

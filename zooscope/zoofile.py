@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zooscope.access import open_stored, open_zoo, store_for
 from zooscope.errors import ZooFileError
 from zooscope.models import HEAD_FILE
-from zooscope.store import Architecture, ZooHeader, lock_path, memory_budget, store_for
-from zooscope.zoo import (
-    COMPLETE,
-    RUNNING,
-    STATUS_LABELS,
-    Member,
-    check_safe_name,
-    open_zoo,
-)
+from zooscope.store import ZooHeader, lock_path, memory_budget
+from zooscope.zoo import COMPLETE, RUNNING, STATUS_LABELS, Architecture, Member, check_safe_name
 
 _STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
 
@@ -78,7 +72,7 @@ class ValidationReport:
 def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -> ValidationReport:
     """Check format, layout, shapes against the model config, checksums, NaN/Inf, completeness."""
     report = ValidationReport(path=path)
-    with open_zoo(path) as zoo:  # format version, safety and declared shapes are checked here
+    with open_stored(path) as zoo:  # format version, safety and declared shapes are checked here
         checkpoints = zoo.checkpoints()
         report.checkpoints = len(checkpoints)
         writing = store_for(Path(path)).being_written(Path(path))
@@ -154,7 +148,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
     if not parts:
         raise ZooFileError("nothing to merge: give at least one shard")
     check_output_path(out)
-    zoos = [open_zoo(p) for p in parts]
+    zoos = [open_stored(p) for p in parts]
     try:
         first = zoos[0]
         for p, z in zip(parts[1:], zoos[1:], strict=True):

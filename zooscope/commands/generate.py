@@ -69,13 +69,12 @@ def generate(
     if overfit:
         _overfit(cfg, json_, quiet)
         return
-    from zooscope.training import DiskFull, Interrupted
-    from zooscope.training import generate as run_generate
+    from zooscope.engine import DiskFull, Interrupted, build_zoo
 
     try:
         with reporter(quiet) as bars:
-            result = run_generate(cfg, target, resume=resume, force=force, shard=shard_t,
-                                  progress=bars, log=lambda s: None)
+            result = build_zoo(cfg, target, resume=resume, force=force, shard=shard_t,
+                               progress=bars, log=lambda s: None)
     except Interrupted as exc:
         exc.hint = f"continue with: zooscope generate {config} --out {target} --resume"
         raise
@@ -89,10 +88,11 @@ def generate(
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     from zooscope import registry
+    from zooscope.engine import member_list, shard_members
     from zooscope.errors import DataError
-    from zooscope.training import member_list, shard_members
+    from zooscope.lineage import expand_parents
 
-    generator = registry.get_generator(cfg.generator)
+    generator = registry.generator_for(cfg)
     generator.validate(cfg)
     hub = sorted({str(f["backbone"]) for f in (m.factors for m in cfg.members())
                   if _is_hub_id(cfg, str(f.get("backbone", "scratch")))})
@@ -112,12 +112,12 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
             raise
         err_console.print(f"note: the data cannot be loaded offline ({exc}); member ids, "
                           "which cover its fingerprint, are left out", soft_wrap=True)
+        expand_parents(cfg)
         members, with_ids = cfg.members(), False
     if shard is not None:
         members = shard_members(members, *shard)
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
-    estimate = getattr(generator, "estimate_bytes", None)
-    size = estimate(cfg, members) if estimate else None
+    size = generator.estimate_bytes(cfg, members)
     ids = {m.id for m in members}
     order = list(cfg.grid)
     rows = []
@@ -194,11 +194,10 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
     import tempfile
 
     from zooscope import registry
+    from zooscope.engine import build_zoo, final_metrics
     from zooscope.errors import ConfigError, ZooscopeError
-    from zooscope.training import final_metrics
-    from zooscope.training import generate as run_generate
 
-    generator = registry.get_generator(cfg.generator)
+    generator = registry.generator_for(cfg)
     if not generator.supports_overfit:
         raise ConfigError(f"--overfit is for fine-tuning generators; {cfg.generator!r} is not one")
     examples, epochs = OVERFIT_EXAMPLES, OVERFIT_EPOCHS
@@ -213,7 +212,7 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
                      share_epochs=False, batch_size=1, dropout=0.0)
     with tempfile.TemporaryDirectory() as tmp, reporter(quiet) as bars:
         path = Path(tmp) / "overfit.h5"
-        run_generate(cfg, path, progress=bars)
+        build_zoo(cfg, path, progress=bars)
         rows = final_metrics(path)
     column = next((c for c in ("train_accuracy", "train_exact_match") if c in rows[0]), None)
     if column is None:
@@ -237,7 +236,7 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
 
 
 def _summary(result, target: Path, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
 
     # Every complete member, not only those this run trained: a resumed zoo's mean
     # covers the whole zoo.

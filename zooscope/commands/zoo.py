@@ -46,7 +46,7 @@ def info(zoo: ZooPath, json_: JsonOption = False) -> None:
 
     Example: zooscope zoo info demo.h5
     """
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
 
     with open_zoo(zoo) as z:
         data = z.info
@@ -92,7 +92,7 @@ def ls(zoo: ZooPath, json_: JsonOption = False) -> None:
 
     Example: zooscope zoo ls demo.h5 --json
     """
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
 
     with open_zoo(zoo) as z:
         rows = member_rows(z)
@@ -117,7 +117,7 @@ def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
 
     Exit code 1 names each bad tensor. Example: zooscope zoo validate demo.h5
     """
-    from zooscope.zoo import open_zoo
+    from zooscope.access import open_zoo
     from zooscope.zoofile import validate_zoo
 
     with open_zoo(zoo) as z:

@@ -1,23 +1,25 @@
 """What a generator is: the contract between the training engine and a task.
 
-The engine (``zooscope.training``) owns seeding, the optimizer, the epoch loop,
-recording and resuming; a generator owns data, model construction and evaluation.
+The engine (``zooscope.engine``) owns seeding, the optimizer, the epoch loop,
+recording and resuming; a generator owns data, model construction and evaluation,
+and the config keys of its own (``config_keys``). docs/plugins.md describes the whole
+contract.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from zooscope.config import ZooConfig
-    from zooscope.store import Architecture, ZooHeader
-    from zooscope.zoo import Member
+    from zooscope.config import ConfigKey, ZooConfig
+    from zooscope.store import ZooHeader
+    from zooscope.zoo import Architecture, Member
 
 
 def example_caps(cfg: ZooConfig) -> dict[str, int]:
@@ -70,6 +72,16 @@ class Generator(ABC):
     default_optimizer: str = "adamw"
     #: Whether ``zooscope generate --overfit`` applies (fine-tuning on labelled examples).
     supports_overfit: bool = True
+    #: The config keys this generator reads beyond the core's, by table (``"data"`` or
+    #: ``"train"``): ``{"data": {"stride": ConfigKey((int,), 128, "...", minimum=1)}}``.
+    #: The core checks them with the same errors as its own keys; a key no generator
+    #: declares is refused.
+    config_keys: ClassVar[Mapping[str, Mapping[str, ConfigKey]]] = {}
+
+    def setting(self, cfg: ZooConfig, table: str, key: str) -> Any:
+        """A key this generator declares: the config's value, or the declared default."""
+        declared = self.config_keys[table][key]
+        return getattr(cfg, table).get(key, declared.default)
 
     def validate(self, cfg: ZooConfig) -> None:  # noqa: B027 - optional hook
         """Check generator-specific config (data files, columns) before anything runs."""
@@ -98,9 +110,15 @@ class Generator(ABC):
     ) -> tuple[dict[str, float], np.ndarray | None]:
         """Evaluate a model rebuilt from a zoo (its stored tokenizer) on the given splits.
 
-        Analyzers that change weights (pruning, say) re-evaluate through this.
+        Analyzers that change weights (pruning, say) re-evaluate through
+        ``zooscope.evaluation``, which calls this.
         """
         raise NotImplementedError(f"generator {self.name!r} cannot evaluate rebuilt models")
+
+    def estimate_bytes(self, cfg: ZooConfig, members: list[Member]) -> int | None:
+        """The zoo's size on disk, for ``generate --dry-run``; None where it is unknown
+        without building the models."""
+        return None
 
     def stored_task(self, cfg: ZooConfig, header: ZooHeader) -> TaskData | None:
         """The test split rebuilt from what the zoo file stores (its test inputs and

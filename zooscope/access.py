@@ -1,0 +1,45 @@
+"""Opening zoo files: the store that reads a path, and ``open_zoo``.
+
+Stores are plugins, so this sits above the plugin manager; the interfaces it
+returns (``zooscope.zoo.Zoo``, ``zooscope.store.Store``) sit below it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zooscope.errors import ZooFileError
+from zooscope.registry import stores
+from zooscope.store import Store, StoredZoo
+from zooscope.zoo import Zoo
+
+
+def store_for(path: Path) -> Store:
+    """The store whose suffixes claim the file name."""
+    for store in stores().values():
+        if path.suffix in store.suffixes:
+            return store
+    known = sorted({s for st in stores().values() for s in st.suffixes})
+    raise ZooFileError(
+        f"no store reads {path.name!r}", hint=f"zoo files end in {', '.join(known)}"
+    )
+
+
+def open_zoo(path: str | Path) -> Zoo:
+    """Open a zoo read-only with the store that claims its file name."""
+    path = Path(path)
+    if not path.exists():
+        raise ZooFileError(f"no zoo file at {path}")
+    if path.is_dir():
+        raise ZooFileError(f"{path} is a directory, not a zoo file")
+    return store_for(path).open(path)
+
+
+def open_stored(path: str | Path) -> StoredZoo:
+    """``open_zoo`` for upkeep (merging, validating, checking a parent checkpoint): the
+    zoo with the store-side methods (``header``, ``check_tensor``) beyond the reader's."""
+    zoo = open_zoo(path)
+    if not isinstance(zoo, StoredZoo):
+        zoo.close()
+        raise ZooFileError(f"the store for {Path(path).name!r} offers no upkeep of its zoos")
+    return zoo

@@ -1,0 +1,303 @@
+"""Building a zoo: the members of a config, one process or several (a shard each, or
+all of them data-parallel), merged into one file at the end."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zooscope import registry
+from zooscope.access import store_for
+from zooscope.config import ZooConfig
+from zooscope.engine.checks import check_device, check_output
+from zooscope.engine.loop import MemberRun, share_epochs, train_member, training_device, training_order
+from zooscope.engine.resume import ResumeState, check_resumable, stored_ids
+from zooscope.engine.stops import (
+    DiscardIfNothingCommitted,
+    DiskFull,
+    Interrupted,
+    StopFlag,
+    disk_full,
+    set_status_quietly,
+)
+from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
+from zooscope.generator import Generator, TaskData
+from zooscope.lineage import expand_parents, verify_parents
+from zooscope.progress import Reporter
+from zooscope.progress import current as current_reporter
+from zooscope.store import Store, ZooHeader, ZooWriter, lock_path
+from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, Member
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    members: list[dict[str, Any]] = field(default_factory=list)
+    trained: int = 0
+    skipped: int = 0
+    #: Members whose checkpoints are a longer member's first epochs, committed without training.
+    shared: int = 0
+    #: False on the other processes of a multi-process run; only the main one reports.
+    main: bool = True
+
+
+def shard_members(members: Sequence[Member], index: int, count: int) -> list[Member]:
+    """The contiguous block of members shard ``index`` of ``count`` trains.
+
+    The same arithmetic as Accelerate's ``split_between_processes``, so a SLURM
+    array of ``--shard i/n`` and an ``accelerate launch`` run split alike.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {index}/{count} is not a valid shard",
+                          hint="use I/N with 0 ≤ I < N, e.g. --shard 0/4")
+    base, extra = divmod(len(members), count)
+    start = index * base + min(index, extra)
+    return list(members[start : start + base + (1 if index < extra else 0)])
+
+
+def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
+    return ZooHeader(
+        name=cfg.name, config_text=cfg.text, generator=generator.name,
+        generator_version=generator.version, metric_columns=task.metric_columns,
+        data=task.info, predictions=task.predictions, test_labels=task.test_labels,
+        test_ids=task.test_ids, test_texts=task.test_texts,
+        test_text_pairs=task.test_text_pairs, test_contexts=task.test_contexts,
+        test_answers=task.test_answers, storage_dtype=cfg.store["dtype"],
+        compression=cfg.store["compression"],
+    )
+
+
+def _distributed_state() -> Any:
+    """Accelerate's process state where a launcher started several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def final_metrics(path: Path) -> list[dict[str, Any]]:
+    """Each member's factors and last-epoch metrics, read back from the zoo."""
+    from zooscope.access import open_zoo
+
+    with open_zoo(path) as zoo:
+        rows = []
+        for m in zoo.members():
+            cps = zoo.checkpoints(m)
+            rows.append({"id": m.id, **m.factors, **(cps[-1].metrics if cps else {})})
+        return rows
+
+
+def part_path(out: Path, index: int, count: int) -> Path:
+    return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
+
+
+def build_zoo(
+    cfg: ZooConfig, out: Path, *, resume: bool = False, force: bool = False,
+    shard: tuple[int, int] | None = None, progress: Reporter | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> BuildResult:
+    """Train every member of the config (or of one shard) into the zoo at ``out``.
+
+    ``progress`` receives each member, epoch and step (default: the current reporter
+    of ``zooscope.progress``, silent outside the CLI).
+    """
+    generator = registry.generator_for(cfg)
+    generator.validate(cfg)
+    store: Store = store_for(out)
+    check_device(cfg)
+    state = _distributed_state()
+    if state is None or state.is_main_process or cfg.zoo["strategy"] == "members":
+        # Under ddp the main process creates the zoo: a slower rank must not find it
+        # there and stop with "already exists" while the others wait for it.
+        check_output(out, resume, force)
+        if force and store.being_written(out):
+            # Before anything is replaced: the live writer's zoo and resume state stay.
+            raise ZooFileError(f"{out} is being written by another process",
+                               hint="wait for it to finish, or stop it first, then --force")
+        if resume and out.is_file():
+            check_resumable(cfg, out)
+    task = generator.prepare(cfg)  # bad data fails here, before any file is touched
+    members = member_list(cfg, generator, task)
+    if shard is not None:
+        members = shard_members(members, *shard)
+    verify_parents(members, cfg.path.parent if cfg.path is not None else None)
+    if state is not None and cfg.zoo["strategy"] == "members":
+        if cfg.train["num_threads"] == 0 and state.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
+        path = part_path(out, state.process_index, state.num_processes)
+        with state.split_between_processes(members) as mine:
+            result = _build_into(cfg, generator, task, store, path, list(mine), resume,
+                                 force, progress if state.is_main_process else Reporter(), log,
+                                 state)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            from zooscope.zoofile import merge_zoos
+
+            parts = [part_path(out, i, state.num_processes) for i in range(state.num_processes)]
+            if out.exists() and force:
+                out.unlink()
+            merge_zoos(parts, out, all_members=members)
+            for p in parts:
+                p.unlink()
+                # The part's writer lock outlives its writer by design; the part is gone.
+                lock_path(p).unlink(missing_ok=True)
+            result.path = out
+            result.members = final_metrics(out)
+            result.trained = len(result.members) - result.skipped - result.shared
+        result.main = state.is_main_process
+        state.wait_for_everyone()
+        return result
+    if cfg.train["num_threads"]:
+        torch.set_num_threads(int(cfg.train["num_threads"]))
+    elif state is not None and state.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
+    if state is not None:  # strategy "ddp": every process trains every member together
+        result = _build_into(cfg, generator, task, store, out, members, resume, force,
+                             progress if state.is_main_process else Reporter(), log, state,
+                             dist=state)
+        result.main = state.is_main_process
+        return result
+    return _build_into(cfg, generator, task, store, out, members, resume, force, progress,
+                       log, state)
+
+
+def member_list(cfg: ZooConfig, generator: Generator | None = None,
+                task: TaskData | None = None) -> list[Member]:
+    """The config's members with ids over everything that decides their weights: the
+    generator, its data as prepared (loaded here when ``task`` is not given), the
+    training settings and the factors."""
+    generator = generator or registry.generator_for(cfg)
+    task = task or generator.prepare(cfg)
+    expand_parents(cfg)
+    return cfg.members(recipe=cfg.recipe(generator.version, task.info,
+                                         generator.default_optimizer))
+
+
+def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Store,
+                path: Path, members: list[Member], resume: bool, force: bool, progress: Any,
+                log: Callable[[str], None], state: Any, dist: Any = None) -> BuildResult:
+    if resume and path.exists():
+        members = stored_ids(path, members)
+    resume_state = ResumeState(path)
+    writer: ZooWriter
+    discard = DiscardIfNothingCommitted(path, resume_state.dir)
+    if dist is not None and not dist.is_main_process:
+        dist.wait_for_everyone()  # the main process has created or reopened the zoo
+        writer = _Follower(path)
+    else:
+        if resume and path.exists():
+            writer = store.resume(path)
+        else:
+            discard.state_existed = resume_state.dir.exists()
+            discard.lock_existed = discard.lock.exists()
+            writer = store.create(path, _header(cfg, generator, task), members)
+            discard.created = True
+            # Only now, holding the zoo's lock: a live writer's resume state is never touched.
+            if force and resume_state.dir.exists():
+                for p in resume_state.dir.iterdir():
+                    p.unlink()
+        if dist is not None:
+            dist.wait_for_everyone()
+    result = BuildResult(path=path)
+    device = training_device(cfg, state)
+    reporter = progress if progress is not None else current_reporter()
+    with discard, writer, StopFlag() as stop:
+        ids = {m.id: m for m in members}
+        order = training_order(members)
+        done_epochs = {m.id: writer.completed_epochs(m) for m in order}
+
+        def shares(m: Member) -> bool:
+            return dist is None and (m.lineage or {}).get("checkpoints_from", "") in ids
+
+        reporter.zoo_start(sum(max(0, cfg.epochs_of(m) - max(done_epochs[m.id], default=0))
+                               for m in order if not shares(m)))
+        run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
+                        resume_state=resume_state, device=device, stop=stop,
+                        on_step=reporter.step, on_setup=reporter.steps_total, dist=dist)
+        for index, member in enumerate(order, 1):
+            epochs = cfg.epochs_of(member)
+            done = done_epochs[member.id]
+            reporter.member_start(member, index, len(order), epochs, max(done, default=0))
+            if done == list(range(epochs + 1)):
+                writer.set_status(member, COMPLETE)
+                result.skipped += 1
+                reporter.member_done(member, skipped=True)
+                continue
+            source = ids.get((member.lineage or {}).get("checkpoints_from", ""))
+            try:
+                shared = None
+                if source is not None and dist is None:
+                    run.on_epoch = functools.partial(reporter.epoch, member, trained=False)
+                    shared = share_epochs(run, source, member)
+                if shared is not None:
+                    metrics = shared
+                    result.shared += 1
+                else:
+                    run.on_epoch = functools.partial(reporter.epoch, member)
+                    metrics = train_member(run, member)
+                    result.trained += 1
+            except (Interrupted, KeyboardInterrupt):
+                set_status_quietly(writer, member, INTERRUPTED)
+                raise
+            except ZooscopeError:
+                writer.set_status(member, FAILED)
+                raise
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                set_status_quietly(writer, member, INTERRUPTED)
+                raise DiskFull(
+                    f"the disk holding {path} is full (no space left on device) while writing "
+                    f"member {member.id}; every checkpoint committed before it is intact"
+                ) from None
+            result.members.append({"id": member.id, **member.factors, **metrics})
+            reporter.member_done(member)
+    log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
+        f"{result.skipped} already complete")
+    return result
+
+
+class _Follower(ZooWriter):
+    """The zoo as a non-main process of a data-parallel run sees it: read-only.
+
+    The main process writes every checkpoint; the others only need what is
+    committed, to skip finished members and to resume from the same state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _zoo(self) -> Any:
+        from zooscope.access import open_zoo
+
+        return open_zoo(self.path)
+
+    def ensure_architecture(self, arch: Any) -> None:
+        pass
+
+    def start_member(self, member: Member, arch_key: Any) -> None:
+        pass
+
+    def set_status(self, member: Member, status: int) -> None:
+        pass
+
+    def completed_epochs(self, member: Member) -> list[int]:
+        with self._zoo() as zoo:
+            return [c.epoch for c in zoo.checkpoints(member)]
+
+    def read_state_dict(self, member: Member, epoch: int) -> dict[str, Any]:
+        with self._zoo() as zoo:
+            return zoo.state_dict(member, epoch)
+
+    def write_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
