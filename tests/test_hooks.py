@@ -104,6 +104,17 @@ class Reviews:
         return ReviewLength()
 
 
+def reviews_config(register_plugin) -> str:  # type: ignore[no-untyped-def]
+    """Register the out-of-tree generator; the tiny config, pointed at it."""
+    class Plugin:
+        @zooscope.hookimpl
+        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
+            register(Reviews.make())
+
+    register_plugin(Plugin(), "reviews-plugin")
+    return TINY_CONFIG.replace('generator = "sst2"', 'generator = "review-length"')
+
+
 def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A third-party generator built on zooscope's kit only (no built-in plugin
     imported) trains a zoo end to end, reading a config key it declares; the core checks
@@ -115,13 +126,7 @@ def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> N
     assert imported and all(not m.startswith(("zooscope.generators", "zooscope.plugins"))
                             for m in imported)
 
-    class Plugin:
-        @zooscope.hookimpl
-        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
-            register(Reviews.make())
-
-    register_plugin(Plugin(), "reviews-plugin")
-    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "review-length"').replace(
+    text = reviews_config(register_plugin).replace(
         "seeds = [0, 1]", "seeds = [0]").replace("learning_rate = [3e-4, 1e-3]",
                                                  "learning_rate = [1e-3]").replace(
         "epochs = 2", "epochs = 1")
@@ -156,13 +161,7 @@ def test_hook_zooscope_register_generators(register_plugin, tmp_path: Path) -> N
 def test_a_generator_key_is_checked_like_the_core_keys(register_plugin, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                        line: str, message: str,
                                                        hint: str | None) -> None:
-    class Plugin:
-        @zooscope.hookimpl
-        def zooscope_register_generators(self, register):  # type: ignore[no-untyped-def]
-            register(Reviews.make())
-
-    register_plugin(Plugin(), "reviews-plugin")
-    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "review-length"').replace(
+    text = reviews_config(register_plugin).replace(
         'source = "synthetic:sentiment:400"', f'source = "synthetic:sentiment:400"\n{line}')
     cfg = parse_config(text)  # the core alone cannot tell whose key it is
     out = tmp_path / "reviews.h5"

@@ -81,6 +81,21 @@ def test_unknown_plugin_suggests_the_closest() -> None:
     assert info.value.hint == "did you mean 'agreement'?"
 
 
+def test_plugins_lists_the_keys_a_generator_declares() -> None:
+    run = run_cli("plugins", "--keys", "squad", "--json")
+    assert run.returncode == 0, run.stderr
+    declared = registry.get_generator("squad").config_keys["data"]["stride"]
+    assert json.loads(run.stdout) == [{"key": "[data] stride", "type": "an integer",
+                                       "default": 128, "help": declared.help}]
+    keys = json.loads(run_cli("plugins", "--keys", "sst2", "--json").stdout)
+    assert [k["key"] for k in keys] == ["[data] text_column", "[data] label_column",
+                                        "[data] text_pair_column", "[data] train_examples"]
+    wrong = run_cli("plugins", "--keys", "sqaud")
+    assert wrong.returncode == 1
+    assert wrong.stderr.splitlines() == ["error: unknown generator 'sqaud'",
+                                         "hint: did you mean 'squad'?"]
+
+
 @pytest.fixture(scope="module")
 def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin package, pip-installed into its own target folder."""

@@ -312,7 +312,7 @@ def closest(key: str, valid: list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
 
 
-def _type_name(types: tuple[type, ...]) -> str:
+def type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", list: "a list",
              dict: "a table", bool: "true or false"}
     if types == _NUMBER:
@@ -323,7 +323,7 @@ def _type_name(types: tuple[type, ...]) -> str:
 def check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        raise ConfigError(f"{where} must be {_type_name(types)}, not {type(value).__name__} "
+        raise ConfigError(f"{where} must be {type_name(types)}, not {type(value).__name__} "
                           f"({value!r})")
 
 
