@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from zooscope.version import __version__
+
 from .conftest import ROOT
 
 
@@ -16,6 +18,7 @@ def test_wheel_maps_the_top_level_folders_into_zooscope(tmp_path: Path) -> None:
                     "--no-build-isolation", "-w", str(wheels), str(ROOT)],
                    check=True, capture_output=True)
     wheel = next(wheels.glob("zooscope-*.whl"))
+    assert wheel.name.startswith(f"zooscope-{__version__}-")  # one version, in zooscope.version
     names = zipfile.ZipFile(wheel).namelist()
     assert "zooscope/py.typed" in names
     assert not [n for n in names if n.split("/")[0] in ("generators", "stores", "plugins")]
@@ -23,8 +26,8 @@ def test_wheel_maps_the_top_level_folders_into_zooscope(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, capture_output=True)
     code = ("import zooscope, zooscope.generators.text_classification, zooscope.stores.hdf5, "
-            "zooscope.plugins.agreement; print(zooscope.__file__); "
-            "print(zooscope.plugins.agreement.__file__)")
+            "zooscope.plugins.agreement, zooscope.engine; print(zooscope.__file__); "
+            "print(zooscope.plugins.agreement.__file__); print(zooscope.engine.__file__)")
     # Run from an empty folder with only the target on the path: the repository's
     # own folders must not be what gets imported.
     result = subprocess.run([sys.executable, "-S", "-c",
