@@ -19,7 +19,9 @@ def plugins(
 ) -> None:
     """List installed plugins: name, kind, version, hooks.
 
-    Examples: zooscope plugins --all --json; zooscope plugins --keys squad
+    Example: zooscope plugins --all --json
+
+    Example: zooscope plugins --keys squad
     """
     if keys is not None:
         _keys(keys, json_)
