@@ -494,3 +494,60 @@ def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: P
         texts[0] = texts.asstr()[0] + " tampered"
     with zooscope.open_zoo(zoo_copy) as zoo, pytest.raises(ZooFileError, match="fingerprint"):
         Evaluator(zoo)
+
+
+@pytest.mark.parametrize("metric", ["", "loss"])
+def test_curves_pick_the_epoch_validation_picks(zoo_copy: Path, tmp_path: Path,
+                                                metric: str) -> None:
+    """Early stopping, the test score there and at the end, and the overfitting onset,
+    against numpy over the stored metrics."""
+    import numpy as np
+
+    sets = [f"metric={metric}"] if metric else []
+    result = analyze(zoo_copy, "curves", tmp_path, *sets)
+    name = metric or "accuracy"  # the tiny zoo's default: accuracy, the first preferred
+    table = result.tables["members"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        assert list(table["member"]) == [m.id for m in zoo.members()]
+        for i, m in enumerate(zoo.members()):
+            cps = zoo.checkpoints([m])
+            epochs = np.array([c.epoch for c in cps])
+            val = np.array([c.metrics[f"validation_{name}"] for c in cps])
+            test = np.array([c.metrics[f"test_{name}"] for c in cps])
+            pick = int(np.argmin(val) if name == "loss" else np.argmax(val))  # first on a tie
+            assert table["best_epoch"][i] == epochs[pick]
+            assert table[f"test_{name}_best"][i] == pytest.approx(test[pick])
+            assert table[f"test_{name}_last"][i] == pytest.approx(test[-1])
+            assert table["gain"][i] == pytest.approx(test[pick] - test[-1])
+            vl = np.array([c.metrics["validation_loss"] for c in cps])
+            tl = np.array([c.metrics["train_loss"] for c in cps])
+            onset = np.flatnonzero((np.diff(vl) > 0) & (np.diff(tl) < 0))
+            assert table["overfit_epoch"][i] == (epochs[onset[0] + 1] if len(onset) else -1)
+    assert (tmp_path / "curves" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"validation {name}" in result.summary
+
+
+def test_curves_with_the_last_epoch_worst_on_dev_pick_an_earlier_one(zoo_copy: Path,
+                                                                      tmp_path: Path) -> None:
+    """A member whose validation score fell at the end: early stopping goes back, and
+    the training loss falling while validation loss rose is named as overfitting."""
+    from zooscope.plugins.curves import best_epoch, overfit_onset
+    from zooscope.zoo import Checkpoint
+
+    def cp(epoch: int, val_acc: float, val_loss: float, train_loss: float) -> Checkpoint:
+        return Checkpoint("m", epoch, epoch, 0.0, {"validation_accuracy": val_acc,
+                                                   "validation_loss": val_loss,
+                                                   "train_loss": train_loss})
+
+    cps = [cp(0, 0.5, 0.7, 0.7), cp(1, 0.8, 0.4, 0.4), cp(2, 0.8, 0.45, 0.3),
+           cp(3, 0.7, 0.6, 0.2)]
+    assert best_epoch(cps, "validation_accuracy", lower_is_better=False) == 1  # tie: earliest
+    assert best_epoch(cps, "validation_loss", lower_is_better=True) == 1
+    assert overfit_onset(cps) == 2
+    assert overfit_onset(cps[:2]) is None
+    assert best_epoch(cps, "test_accuracy", lower_is_better=False) is None
+
+
+def test_curves_refuse_a_metric_the_zoo_lacks(zoo_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(zooscope.ZooFileError, match="this zoo records no 'validation_f1'"):
+        analyze(zoo_copy, "curves", tmp_path, "metric=f1")

@@ -167,5 +167,5 @@ def test_the_default_analyses_are_run(zoo_copy: Path) -> None:
     assert result.returncode == 0, result.stderr
     with zooscope.open_zoo(zoo_copy) as zoo:
         names = {a["name"] for a in zoo.analyses()}
-    assert names == {"agreement", "backbones", "weightstats", "predict", "umap"}
+    assert names == {"curves", "agreement", "backbones", "weightstats", "predict", "umap"}
     assert "report: analyses" in result.stderr

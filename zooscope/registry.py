@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "zooscope.plugins.sparsify",
     "zooscope.plugins.umap",
     "zooscope.plugins.backbones",
+    "zooscope.plugins.curves",
 )
 
 #: The kind each registration hook fills.

@@ -27,7 +27,7 @@ from zooscope.zoo import Zoo
 #: The analyzers a report runs where their result is missing, in this order (predict
 #: reads weightstats). ``sparsify`` re-evaluates every model at ten sparsities, so a
 #: report runs it only when asked (``--plugin sparsify``).
-DEFAULT_ANALYZERS = ("agreement", "backbones", "weightstats", "predict", "umap")
+DEFAULT_ANALYZERS = ("curves", "agreement", "backbones", "weightstats", "predict", "umap")
 
 #: Rows of a table shown on the page; the whole table is in the analysis's CSV.
 MAX_ROWS = 30
