@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, require_metrics
 from zooscope.errors import ZooFileError
 from zooscope.zoo import Zoo, canonical_json
 
@@ -39,11 +39,7 @@ class Backbones(Analyzer):
 
         metric = options["metric"]
         select, report = f"{options['select_on']}_{metric}", f"test_{metric}"
-        for column in (select, report):
-            if column not in zoo.metric_columns:
-                raise ZooFileError(f"this zoo records no {column!r} (it has "
-                                   f"{', '.join(zoo.metric_columns)})",
-                                   hint="choose another metric with --set metric=NAME")
+        require_metrics(zoo, select, report)
         lower_is_better = metric == "loss"
         configs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for m in selection.members:

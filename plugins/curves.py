@@ -24,6 +24,7 @@ from zooscope.analysis import (
     Option,
     Selection,
     member_labels,
+    require_metrics,
     varying_factors,
 )
 from zooscope.errors import ZooFileError
@@ -75,11 +76,7 @@ class Curves(Analyzer):
 
         metric = options["metric"] or default_metric(zoo.metric_columns)
         watch, report = f"validation_{metric}", f"test_{metric}"
-        for column in (watch, report):
-            if column not in zoo.metric_columns:
-                raise ZooFileError(f"this zoo records no {column!r} (it has "
-                                   f"{', '.join(zoo.metric_columns)})",
-                                   hint="choose another metric with --set metric=NAME")
+        require_metrics(zoo, watch, report)
         lower = metric == "loss"
         by_member: dict[str, list[Checkpoint]] = defaultdict(list)
         for c in selection.checkpoints(zoo):

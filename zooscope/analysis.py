@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zooscope.errors import ConfigError
+from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Checkpoint, Member, Zoo
 
 
@@ -66,6 +66,15 @@ def select_tensors(zoo: Zoo, member: Member | str, name: str, text: str) -> list
                           hint=f"its {len(every)} tensors are named like "
                           f"{', '.join(every[:3])}" if every else "this zoo stores no tensors")
     return names
+
+
+def require_metrics(zoo: Zoo, *columns: str) -> None:
+    """Refuse, naming what the zoo has, a metric column (``validation_accuracy``) it lacks."""
+    for column in columns:
+        if column not in zoo.metric_columns:
+            raise ZooFileError(f"this zoo records no {column!r} (it has "
+                               f"{', '.join(zoo.metric_columns)})",
+                               hint="choose another metric with --set metric=NAME")
 
 
 def varying_factors(members: Iterable[Member], skip: Sequence[str] = ()) -> list[str]:
