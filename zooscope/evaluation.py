@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from zooscope.config import ZooConfig
     from zooscope.generator import Generator, TaskData
-    from zooscope.zoo import Checkpoint, Member, Zoo
+    from zooscope.zoo import Checkpoint, Zoo
 
 
 class Evaluator:
@@ -60,13 +60,11 @@ class Evaluator:
                                hint=f"restore {info['data'].get('source')} as it was")
         return task
 
-    def model(self, checkpoint: Checkpoint | tuple[Member | str, int]) -> tuple[Any, Any]:
+    def model(self, checkpoint: Checkpoint) -> tuple[Any, Any]:
         """The checkpoint's model (in eval mode) and tokenizer, rebuilt from the zoo alone."""
         from zooscope.models import rebuild
 
-        member, epoch = (checkpoint.member, checkpoint.epoch) if hasattr(checkpoint, "member") \
-            else checkpoint
-        return rebuild(self.zoo, member, epoch)
+        return rebuild(self.zoo, checkpoint.member, checkpoint.epoch)
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, splits: tuple[str, ...] = ("test",)
                  ) -> tuple[dict[str, float], np.ndarray | None]:

@@ -176,10 +176,10 @@ def generator_for(cfg: ZooConfig) -> Any:
     generator = get_generator(cfg.generator)
     elsewhere: dict[tuple[str, str], list[str]] = {}
     for name, other in generators().items():
-        for table, keys in getattr(other, "config_keys", {}).items():
+        for table, keys in other.config_keys.items():
             for key in keys:
                 elsewhere.setdefault((table, key), []).append(name)
-    cfg.bind(getattr(generator, "config_keys", {}), generator.name, elsewhere)
+    cfg.bind(generator.config_keys, generator.name, elsewhere)
     return generator
 
 
