@@ -2,11 +2,16 @@
 
 Pairwise agreement and Cohen's kappa from the stored test predictions (no model
 is run), disagreement next to test error (Jiang et al. 2022), by factor group.
+
+Group means come with 95 % intervals from a multi-bootstrap (``zooscope.bootstrap``):
+each replicate resamples the test examples and the seeds, and a pair of members counts
+as often as both its members' seeds were drawn (the product of their draw counts).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import zooscope
@@ -87,11 +92,18 @@ def differing_factors(a: Member, b: Member) -> str:
     return "+".join(diff) if diff else "none"
 
 
-def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member]
+def configuration_label(member: Member, varying: Sequence[str]) -> str:
+    """A configuration's name: the factors that vary among the members, but the seed."""
+    return ", ".join(f"{f}={member.factors.get(f)}" for f in varying) or "all"
+
+
+def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member],
+                    spans: dict[tuple[int, str], tuple[float, ...]] | None = None
                     ) -> dict[str, list[Any]]:
     """Per epoch and configuration (every factor but the seed), the pairs of members
     that differ only in seed: their mean disagreement next to their mean test error,
-    the two sides of Jiang et al.'s (2022) generalisation disagreement equality."""
+    the two sides of Jiang et al.'s (2022) generalisation disagreement equality.
+    ``spans``, by (epoch, ``seed:`` + configuration), gives their bootstrap intervals."""
     import numpy as np
 
     acc: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
@@ -102,7 +114,7 @@ def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member]
         if diff != "seed":
             continue
         rest = {f: by_id[pairs["member_a"][k]].factors.get(f) for f in varying}
-        label = ", ".join(f"{f}={v}" for f, v in rest.items()) or "all"
+        label = configuration_label(by_id[pairs["member_a"][k]], varying)
         factors[label] = rest
         acc[(pairs["epoch"][k], label)].append(
             (pairs["disagreement"][k], (pairs["error_a"][k] + pairs["error_b"][k]) / 2))
@@ -121,7 +133,61 @@ def seed_pair_table(pairs: dict[str, list[Any]], by_id: dict[str, Member]
         table["mean_disagreement"].append(float(arr[:, 0].mean()))
         table["mean_test_error"].append(float(arr[:, 1].mean()))
         table["disagreement_minus_error"].append(float(arr[:, 0].mean() - arr[:, 1].mean()))
+        if spans is not None:
+            # Disagreement is 1 - agreement: its interval is the agreement's, mirrored.
+            low, high, err_low, err_high = spans.get((epoch, f"seed:{label}"), (np.nan,) * 4)
+            for column, value in (("disagreement_low", 1 - high), ("disagreement_high", 1 - low),
+                                  ("error_low", err_low), ("error_high", err_high)):
+                table.setdefault(column, []).append(value)
     return table
+
+
+def pair_intervals(codes: np.ndarray, wrong: np.ndarray, seed_of: np.ndarray,
+                   groups: dict[Any, list[tuple[int, int]]], draws: Any
+                   ) -> dict[Any, tuple[float, float, float, float]]:
+    """Multi-bootstrap intervals of a group's mean agreement and mean test error.
+
+    ``codes`` (members, examples): what each member answers, equal codes meaning the same
+    answer; ``wrong`` (members, examples): 1 where the member is wrong; ``seed_of``: each
+    member's index among the drawn seeds; ``groups``: pairs of member indices by group;
+    ``draws``: a ``zooscope.bootstrap.Draws`` with one seed system. A replicate weighs
+    pair (i, j) by the draw counts of their seeds multiplied, examples by theirs.
+    Returns (agreement low, high, error low, high) per group.
+    """
+    import numpy as np
+
+    from zooscope.bootstrap import interval
+
+    examples = draws.examples.T.astype(np.float64)  # (n_examples, replicates)
+    seeds = draws.seeds[0].astype(np.float64)  # (replicates, n_seeds)
+    n = codes.shape[1]
+    member_error = wrong.astype(np.float64) @ examples / n  # (members, replicates)
+    out = {}
+    for key, pairs in groups.items():
+        i, j = np.array(pairs).T
+        agree = (codes[i] == codes[j]).astype(np.float64) @ examples / n  # (pairs, replicates)
+        error = (member_error[i] + member_error[j]) / 2
+        weight = seeds[:, seed_of[i]] * seeds[:, seed_of[j]]  # (replicates, pairs)
+        total = weight.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_agree = (weight * agree.T).sum(axis=1) / total
+            mean_error = (weight * error.T).sum(axis=1) / total
+        out[key] = (*interval(mean_agree), *interval(mean_error))
+    return out
+
+
+def answer_codes(answers: list[list[str]]) -> np.ndarray:
+    """Members' answers as integer codes per question: equal after SQuAD's normalisation
+    ⇔ equal code (what exact match between two members compares)."""
+    import numpy as np
+
+    from zooscope.qa import normalize_answer
+
+    codes = np.zeros((len(answers), len(answers[0]) if answers else 0), dtype=np.int64)
+    for q in range(codes.shape[1]):
+        norm = np.asarray([normalize_answer(a[q]) for a in answers], dtype=object).astype(str)
+        codes[:, q] = np.unique(norm, return_inverse=True)[1]
+    return codes
 
 
 class Agreement(Analyzer):
@@ -131,11 +197,20 @@ class Agreement(Analyzer):
     options = (
         Option("order", str, "", "factors to order the heatmap by, comma-separated "
                "(default: all factors)"),
+        Option("bootstrap", int, 1000, "replicates of the multi-bootstrap over seeds and test "
+               "examples for the groups' intervals (0: no intervals)"),
+        Option("bootstrap_seed", int, 0, "the seed of the bootstrap's draws"),
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
 
+        from zooscope.bootstrap import draw
+
+        replicates = options["bootstrap"]
+        if replicates < 0:
+            raise ConfigError(f"option bootstrap = {replicates} must be ≥ 0",
+                              hint="the number of replicates, e.g. 1000; 0 for none")
         kind = zoo.prediction_kind()
         if kind not in ("class", "span"):
             raise ZooFileError("agreement needs stored test predictions (class ids or answer "
@@ -170,28 +245,43 @@ class Agreement(Analyzer):
             from zooscope.qa import best_over_truths
 
             gold = zoo.test_answers() or []
+        n_examples = len(labels) if kind == "class" and labels is not None else \
+            len(gold) if kind == "span" else 0
+        # One set of draws for every epoch; seeds by value, so a seed's members come together.
+        seed_values = sorted({str(m.factors.get("seed")) for m in members})
+        draws = draw(n_examples, [len(seed_values)], replicates, options["bootstrap_seed"]) \
+            if replicates and n_examples else None
+        varying = varying_factors(members, skip=("seed",))
+        spans: dict[tuple[int, str], tuple[float, float, float, float]] = {}
         for epoch in sorted(by_epoch):
             cps = by_epoch[epoch]
             if kind == "class":
                 preds = zoo.predictions(cps)
                 agree, kappa = agreement_matrix(preds, num_classes)
-                errors = (preds != labels[None, :]).mean(axis=1) if labels is not None else \
-                    np.full(len(cps), np.nan)
+                codes = preds
+                wrong = preds != labels[None, :] if labels is not None else None
+                errors = wrong.mean(axis=1) if wrong is not None else np.full(len(cps), np.nan)
             else:
                 answers = zoo.predicted_answers(cps)
                 agree, kappa = span_agreement(answers)
-                errors = np.array([1 - np.mean([best_over_truths(a, g)[0]
-                                                for a, g in zip(row, gold, strict=True)])
-                                   for row in answers])
+                codes = answer_codes(answers)
+                wrong = np.array([[1 - best_over_truths(a, g)[0] for a, g in zip(row, gold,
+                                                                                 strict=True)]
+                                  for row in answers])
+                errors = wrong.mean(axis=1)
             for i, c in enumerate(cps):
                 per_member["epoch"].append(epoch)
                 per_member["member"].append(c.member)
                 per_member["test_error"].append(float(errors[i]))
             iu, ju = np.triu_indices(len(cps), k=1)
             group_acc: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+            group_pairs: dict[Any, list[tuple[int, int]]] = defaultdict(list)
             for i, j in zip(iu, ju, strict=True):
                 a, b = by_id[cps[i].member], by_id[cps[j].member]
                 diff = differing_factors(a, b)
+                group_pairs[diff].append((i, j))
+                if diff == "seed":
+                    group_pairs[("seed", configuration_label(a, varying))].append((i, j))
                 pairs["epoch"].append(epoch)
                 pairs["member_a"].append(a.id)
                 pairs["member_b"].append(b.id)
@@ -202,6 +292,12 @@ class Agreement(Analyzer):
                 pairs["error_a"].append(float(errors[i]))
                 pairs["error_b"].append(float(errors[j]))
                 group_acc[diff].append((agree[i, j], kappa[i, j], (errors[i] + errors[j]) / 2))
+            if draws is not None and wrong is not None and group_pairs:
+                seed_of = np.array([seed_values.index(str(by_id[c.member].factors.get("seed")))
+                                    for c in cps])
+                for key, span in pair_intervals(codes, wrong, seed_of, group_pairs,
+                                                draws).items():
+                    spans[(epoch, key if isinstance(key, str) else f"seed:{key[1]}")] = span
             for diff, values in sorted(group_acc.items()):
                 arr = np.asarray(values)
                 groups["epoch"].append(epoch)
@@ -217,13 +313,22 @@ class Agreement(Analyzer):
                     groups["kappa_undefined"].append(undefined)
                 groups["mean_disagreement"].append(float(1 - arr[:, 0].mean()))
                 groups["mean_test_error"].append(float(arr[:, 2].mean()))
+                if draws is not None:
+                    low, high, err_low, err_high = spans.get((epoch, diff), (np.nan,) * 4)
+                    groups["agreement_low"].append(low)
+                    groups["agreement_high"].append(high)
+                    groups["error_low"].append(err_low)
+                    groups["error_high"].append(err_high)
             ids = [c.member for c in cps]
             heats.append((epoch, agree, ids))
             if epoch == last:
                 matrix_table = {"member": ids, **{mid: agree[:, k].tolist()
                                                   for k, mid in enumerate(ids)}}
         summary = self._summary(pairs, per_member, last, len(by_epoch[last]), second)
-        seed_pairs = seed_pair_table(pairs, by_id)
+        if draws is not None:
+            summary += (f" Intervals (groups.csv, seed_pairs.csv): 95%, multi-bootstrap over "
+                        f"seeds and test examples ({replicates} replicates).")
+        seed_pairs = seed_pair_table(pairs, by_id, spans if draws is not None else None)
         figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats else {}
         if seed_pairs["epoch"]:
             figures["disagreement_vs_error"] = _gde_figure(seed_pairs)
@@ -244,9 +349,17 @@ class Agreement(Analyzer):
         heads = {"differ_in": "pairs differ in", "pairs": "pairs", "mean_agreement": "agree",
                  f"mean_{second}": second, "kappa_undefined": "0/0",
                  "mean_test_error": "error"}
-        return (f"means over pairs at epoch {last} (every epoch in groups.csv; 0/0: pairs "
-                "without a kappa)",
-                {head: [groups[c][i] for i in keep] for c, head in heads.items() if c in groups})
+        cols = {head: [groups[c][i] for i in keep] for c, head in heads.items() if c in groups}
+        title = (f"means over pairs at epoch {last} (every epoch in groups.csv; 0/0: pairs "
+                 "without a kappa")
+        if "agreement_low" in groups:
+            cols["agree 95%"] = [f"{groups['agreement_low'][i]:.3f}–"
+                                 f"{groups['agreement_high'][i]:.3f}" for i in keep]
+            # the interval next to the value it bounds
+            order = ["pairs differ in", "pairs", "agree", "agree 95%"]
+            cols = {k: cols[k] for k in order + [k for k in cols if k not in order] if k in cols}
+            title += "; 95%: multi-bootstrap over seeds and test examples"
+        return title + ")", cols
 
     @staticmethod
     def _summary(pairs: dict[str, list[Any]], per_member: dict[str, list[Any]], epoch: int,

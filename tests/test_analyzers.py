@@ -60,6 +60,65 @@ def test_agreement_and_kappa_match_sklearn(zoo_copy: Path, tmp_path: Path) -> No
     assert analyze(zoo_copy, "agreement", tmp_path, force=True).reused is False
 
 
+def test_agreement_intervals_resample_seeds_and_examples(zoo_copy: Path, tmp_path: Path) -> None:
+    """Each group's interval of mean agreement and test error, and the seed-only pairs'
+    disagreement interval, against a replicate-by-replicate resampling in plain numpy:
+    a pair counts as often as both its seeds are drawn, examples as often as drawn."""
+    result = analyze(zoo_copy, "agreement", tmp_path, "bootstrap=300", "bootstrap_seed=4",
+                     epochs="2")
+    groups, pairs, seed_pairs = (result.tables[k] for k in ("groups", "pairs", "seed_pairs"))
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        seed = {m.id: str(m.factors["seed"]) for m in zoo.members()}
+        cps = zoo.checkpoints(epochs=[2])
+        preds = dict(zip([c.member for c in cps], zoo.predictions(cps), strict=True))
+        labels = zoo.test_labels()
+    seeds = sorted(set(seed.values()))
+    rng = np.random.default_rng(4)
+    examples = rng.integers(0, len(labels), size=(300, len(labels)))
+    drawn = rng.integers(0, len(seeds), size=(300, len(seeds)))
+
+    def spans(chosen: list[int]) -> tuple[float, ...]:
+        agree, error = [], []
+        for b in range(300):
+            count = np.bincount(drawn[b], minlength=len(seeds))
+            x = examples[b]
+            w = [count[seeds.index(seed[pairs["member_a"][k]])]
+                 * count[seeds.index(seed[pairs["member_b"][k]])] for k in chosen]
+            if sum(w) == 0:
+                continue
+            a = [np.mean(preds[pairs["member_a"][k]][x] == preds[pairs["member_b"][k]][x])
+                 for k in chosen]
+            e = [(np.mean(preds[pairs["member_a"][k]][x] != labels[x])
+                  + np.mean(preds[pairs["member_b"][k]][x] != labels[x])) / 2 for k in chosen]
+            agree.append(np.average(a, weights=w))
+            error.append(np.average(e, weights=w))
+        return (*np.percentile(agree, [2.5, 97.5]), *np.percentile(error, [2.5, 97.5]))
+
+    assert set(groups["epoch"]) == {2}
+    for g, diff in enumerate(groups["differ_in"]):
+        expected = spans([k for k, d in enumerate(pairs["differ_in"]) if d == diff])
+        got = tuple(groups[c][g] for c in ("agreement_low", "agreement_high", "error_low",
+                                           "error_high"))
+        assert got == pytest.approx(expected), diff
+    for r, lr in enumerate(seed_pairs["learning_rate"]):
+        chosen = [k for k, d in enumerate(pairs["differ_in"]) if d == "seed"
+                  and zoo_lr(zoo_copy, pairs["member_a"][k]) == lr]
+        low, high, err_low, err_high = spans(chosen)
+        assert (seed_pairs["disagreement_low"][r], seed_pairs["disagreement_high"][r],
+                seed_pairs["error_low"][r], seed_pairs["error_high"][r]) == \
+            pytest.approx((1 - high, 1 - low, err_low, err_high))
+    assert "multi-bootstrap over seeds and test examples (300 replicates)" in result.summary
+    (tmp_path / "none").mkdir()
+    none = analyze(zoo_copy, "agreement", tmp_path / "none", "bootstrap=0", epochs="2")
+    assert "agreement_low" not in none.tables["groups"]
+    assert "disagreement_low" not in none.tables["seed_pairs"]
+
+
+def zoo_lr(path: Path, member: str) -> float:
+    with zooscope.open_zoo(path) as zoo:
+        return zoo.member(member).factors["learning_rate"]
+
+
 def test_seed_only_pairs_per_configuration(zoo_copy: Path, tmp_path: Path) -> None:
     """The generalisation-disagreement table: for each learning rate and epoch, the two
     seeds' disagreement and their mean test error, recomputed from the predictions."""
@@ -466,6 +525,68 @@ def test_configurations_give_mean_and_spread_over_seeds(zoo_copy: Path, tmp_path
         assert table["seeds"][i] == 2
         assert table["test_accuracy"][i] == pytest.approx(np.mean(last[lr]))
         assert table["test_accuracy_std"][i] == pytest.approx(np.std(last[lr], ddof=1))
+
+
+def plain_multi_bootstrap(scores: list[np.ndarray], replicates: int, seed: int
+                          ) -> list[np.ndarray]:
+    """Each system's replicate scores, by indexing the draws one replicate at a time (the
+    documented draw order: every replicate's examples, then each system's seeds)."""
+    rng = np.random.default_rng(seed)
+    n = scores[0].shape[1]
+    examples = rng.integers(0, n, size=(replicates, n))
+    seeds = [rng.integers(0, s.shape[0], size=(replicates, s.shape[0])) for s in scores]
+    return [np.array([np.mean([s[k][examples[b]].mean() for k in draws[b]])
+                      for b in range(replicates)]) for s, draws in zip(scores, seeds, strict=True)]
+
+
+def test_multi_bootstrap_matches_plain_resampling() -> None:
+    """Intervals, differences and P(better) against a replicate-by-replicate resampling
+    with the same seed, for systems with different numbers of seeds."""
+    from zooscope.bootstrap import multi_bootstrap
+
+    rng = np.random.default_rng(3)
+    scores = [(rng.random((k, 150)) < p).astype(float) for k, p in ((3, 0.8), (5, 0.75), (1, 0.6))]
+    scores[2][0, :10] = 0.5  # a per-example score that is not 0/1 (a token F1)
+    intervals, comparisons = multi_bootstrap(scores, replicates=300, seed=11)
+    plain = plain_multi_bootstrap(scores, 300, 11)
+    for (low, high), reps in zip(intervals, plain, strict=True):
+        assert (low, high) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
+        assert low < high
+    assert [(c.a, c.b) for c in comparisons] == [(0, 1), (0, 2), (1, 2)]
+    for c in comparisons:
+        delta = plain[c.a] - plain[c.b]
+        assert c.difference == pytest.approx(scores[c.a].mean() - scores[c.b].mean())
+        assert (c.low, c.high) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
+        assert c.p_a_better == pytest.approx(np.mean(delta > 0))
+    assert comparisons[1].p_a_better > 0.9  # 0.8 against 0.6 on 150 examples
+    # Another seed draws other replicates; the same seed the same ones.
+    assert multi_bootstrap(scores, 300, 12)[0] != intervals
+    assert multi_bootstrap(scores, 300, 11)[0] == intervals
+
+
+def test_backbone_intervals_resample_seeds_and_examples(zoo_copy: Path, tmp_path: Path) -> None:
+    """The chosen configuration's test interval, from its seeds' stored predictions
+    resampled by plain numpy with the same seed; no interval with bootstrap=0."""
+    result = analyze(zoo_copy, "backbones", tmp_path, "bootstrap=400", "bootstrap_seed=5")
+    best = result.tables["best"]
+    with zooscope.open_zoo(zoo_copy) as zoo:
+        members = zoo.members(learning_rate=best["learning_rate"][0])
+        cps = [zoo.checkpoints([m])[-1] for m in members]
+        correct = (zoo.predictions(cps) == zoo.test_labels()[None, :]).astype(float)
+        assert correct.mean() == pytest.approx(best["test_accuracy"][0])
+    (reps,) = plain_multi_bootstrap([correct], 400, 5)
+    expected = np.percentile(reps, [2.5, 97.5])
+    assert (best["test_accuracy_low"][0], best["test_accuracy_high"][0]) == \
+        pytest.approx(tuple(expected))
+    assert f"[{expected[0]:.3f}, {expected[1]:.3f}]" in result.summary
+    assert "comparisons" not in result.tables  # one backbone: nothing to compare
+    for sub in ("bare", "loss"):
+        (tmp_path / sub).mkdir()
+    bare = analyze(zoo_copy, "backbones", tmp_path / "bare", "bootstrap=0")
+    assert "test_accuracy_low" not in bare.tables["best"] and "Intervals" not in bare.summary
+    loss = analyze(zoo_copy, "backbones", tmp_path / "loss", "metric=loss")
+    assert "test_loss_low" not in loss.tables["best"]
+    assert "No intervals: loss is not scored per test example" in loss.summary
 
 
 def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: Path,

@@ -243,6 +243,9 @@ CASES = [
           ("umap", "color_by=colour", "option color_by = 'colour' is neither 'epoch'", good_zoo),
           ("backbones", "metric=nope", "this zoo records no 'validation_nope'", good_zoo),
           ("backbones", "select_on=test", "option select_on = 'test' is not one of", good_zoo),
+          ("backbones", "bootstrap=-5", "option bootstrap = -5 must be ≥ 0", good_zoo),
+          ("agreement", "bootstrap=-1", "option bootstrap = -1 must be ≥ 0", good_zoo),
+          ("backbones", "bootstrap=many", "option bootstrap takes int, not 'many'", good_zoo),
       ]],
 ]
 

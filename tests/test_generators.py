@@ -643,6 +643,28 @@ def test_boolq_on_three_architectures_shares_epochs_and_compares_backbones(
         assert best["dev_accuracy"][i] == pytest.approx(chosen["validation_accuracy"])
         assert best["test_accuracy"][i] == pytest.approx(chosen["test_accuracy"])
     assert (tmp_path / "backbones" / "backbones.png").stat().st_size > 1000
+    # Every two backbones compared, higher-ranked first; with one seed the bootstrap
+    # resamples test examples only: the paired difference, recomputed with numpy.
+    comparisons = analysis.tables["comparisons"]
+    rank = list(best["backbone"])
+    assert [(rank.index(a), rank.index(b)) for a, b in zip(
+        comparisons["backbone"], comparisons["versus"], strict=True)] == [(0, 1), (0, 2), (1, 2)]
+    with zooscope.open_zoo(out) as zoo:
+        labels = zoo.test_labels()
+        correct = {}
+        for i, backbone in enumerate(best["backbone"]):
+            m = zoo.members(backbone=backbone, learning_rate=best["learning_rate"][i],
+                            epochs=best["epochs"][i])
+            correct[backbone] = zoo.predictions(zoo.checkpoints(m)[-1:])[0] == labels
+    rng = np.random.default_rng(0)  # the default bootstrap_seed, 1000 replicates
+    draws = rng.integers(0, len(labels), size=(1000, len(labels)))
+    for k, (a, b) in enumerate(zip(comparisons["backbone"], comparisons["versus"], strict=True)):
+        delta = correct[a][draws].mean(axis=1) - correct[b][draws].mean(axis=1)
+        assert comparisons["difference_accuracy"][k] == pytest.approx(
+            correct[a].mean() - correct[b].mean())
+        assert comparisons["p_better"][k] == pytest.approx(np.mean(delta > 0))
+        assert (comparisons["difference_low"][k], comparisons["difference_high"][k]) == \
+            pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
 
 
 def test_shared_epochs_equal_training_them_again(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ PLUGIN_PACKAGES = ("zooscope.generators", "zooscope.plugins")
 #: order or function body.
 LAYERS: list[tuple[str, ...]] = [
     # foundations: no zooscope imports
-    ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic"),
+    ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic",
+     "zooscope.bootstrap"),
     # the reader interface
     ("zooscope.zoo",),
     # the store interface, progress, models, data loading

@@ -65,7 +65,7 @@ def test_analyze_leaves_a_read_only_zoo_byte_for_byte_unchanged(zoo_copy: Path) 
         assert sorted(f["analyses"]) == ["agreement", "weightstats"]
         (key,) = f["analyses/agreement"]
         g = f[f"analyses/agreement/{key}"]
-        assert json.loads(g.attrs["options"]) == {"order": ""}
+        assert json.loads(g.attrs["options"]) == {"order": "", "bootstrap": 1000, "bootstrap_seed": 0}
         tables = zoo.analysis_tables("agreement", key)
         for table, columns in tables.items():
             assert json.loads(g[f"tables/{table}"].attrs["columns"]) == list(columns)
@@ -249,7 +249,7 @@ def test_each_selection_gets_its_own_folder_with_a_record(zoo_copy: Path) -> Non
         assert some["members"] == sorted(m.id for m in zoo.members(seed=0))
     assert whole["epochs"] == "all" and some["epochs"] == [1]
     assert folders[1] == f"agreement-{some['key'][:8]}" and whole["key"] != some["key"]
-    assert some["analyzer"] == "agreement" and some["options"] == {"order": ""}
+    assert some["analyzer"] == "agreement" and some["options"] == {"order": "", "bootstrap": 1000, "bootstrap_seed": 0}
     assert some["inputs"] == [] and some["created"] and sorted(some["files"]) == sorted(
         p.name for p in (base / folders[1]).iterdir() if p.name != "result.json")
     # The full-zoo files were not overwritten by the selection's.

@@ -77,6 +77,33 @@ def require_metrics(zoo: Zoo, *columns: str) -> None:
                                hint="choose another metric with --set metric=NAME")
 
 
+def example_scores(zoo: Zoo, checkpoints: Sequence[Checkpoint], metric: str) -> Any:
+    """Each checkpoint's score on each test example, (checkpoints, examples), whose mean
+    is the stored ``test_{metric}``; None where the zoo cannot score ``metric`` example by
+    example. Class predictions give ``accuracy`` (1 where the label is right), answer
+    spans ``exact_match`` and ``f1`` (the best over the gold answers, as SQuAD scores)."""
+    import numpy as np
+
+    kind = zoo.prediction_kind()
+    if not checkpoints:
+        return None
+    if kind == "class" and metric == "accuracy":
+        labels = zoo.test_labels()
+        if labels is None:
+            return None
+        return (zoo.predictions(checkpoints) == labels[None, :]).astype(np.float64)
+    if kind == "span" and metric in ("exact_match", "f1"):
+        from zooscope.qa import best_over_truths
+
+        gold = zoo.test_answers()
+        if gold is None:
+            return None
+        column = 0 if metric == "exact_match" else 1
+        return np.array([[best_over_truths(a, g)[column] for a, g in zip(row, gold, strict=True)]
+                         for row in zoo.predicted_answers(checkpoints)], dtype=np.float64)
+    return None
+
+
 def varying_factors(members: Iterable[Member], skip: Sequence[str] = ()) -> list[str]:
     """The factors whose values differ among ``members``, sorted, less those in ``skip``
     (``("seed",)`` names a configuration: what is left when seeds are pooled)."""
