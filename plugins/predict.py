@@ -3,6 +3,8 @@
 As Unterthiner et al. (2020) and Schürholt et al. (2022) do: features from the
 weightstats result stored in the zoo (plugins talk only through the zoo),
 cross-validated with groups = members, so no member's epochs sit on both sides.
+Numeric factors are regressed (R², Kendall τ); every factor but those a random search
+drew from a continuous range is also classified.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection
+from zooscope.analysis import (
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    continuous_factors,
+)
 from zooscope.errors import ConfigError, ZooscopeError
 from zooscope.progress import track
 from zooscope.zoo import Zoo
@@ -144,7 +152,10 @@ class Predict(Analyzer):
                     results["model"].append(model)
                     results["metric"].append(metric)
                     results["value"].append(float(value))
-        for factor in track(sorted({f for m in selection.members for f in m.factors}),
+        # Factors a random search drew from a continuous range are only regressed: each
+        # point has a value of its own, so a held-out member's is never a class seen.
+        drawn = continuous_factors(zoo)
+        for factor in track(sorted({f for m in selection.members for f in m.factors} - drawn),
                             "predict: factors"):
             labels = np.array([str(members[k[0]].factors.get(factor)) for k in keys])
             if len(set(labels)) < 2:

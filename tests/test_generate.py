@@ -251,3 +251,73 @@ def test_ddp_strategy_trains_one_member_over_two_processes(tmp_path: Path) -> No
     # up to the order of floating-point sums.
     assert_same_weights(tmp_path / "one.h5", out, exact=False, atol=1e-5)
     assert not list(tmp_path.glob("ddp.part*"))
+
+
+# -- random search -----------------------------------------------------------------------------
+SEARCH_CONFIG = TINY_CONFIG.replace(
+    "[grid]\nlearning_rate = [3e-4, 1e-3]\n",
+    '[search]\nsamples = 3\nseed = 2\nlearning_rate = "log_uniform(1e-4, 3e-3)"\n'
+    'batch_size = "choice([16, 32])"\n')
+
+
+def plain_draws(samples: int, seed: int) -> list[dict[str, object]]:
+    """The documented draws, by hand: factors alphabetically, reals to 4 digits."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for _ in range(samples):
+        batch = [16, 32][rng.integers(2)]
+        lr = np.exp(np.log(1e-4) + (np.log(3e-3) - np.log(1e-4)) * rng.random())
+        points.append({"batch_size": batch, "learning_rate": float(f"{lr:.4g}")})
+    return points
+
+
+def test_search_draws_are_reproducible_within_range_and_in_every_grid_cell() -> None:
+    cfg = parse_config(SEARCH_CONFIG)
+    points = plain_draws(3, 2)
+    assert [{k: m.factors[k] for k in ("batch_size", "learning_rate")}
+            for m in cfg.members()] == [p for p in points for _ in (0, 1)]
+    assert [m.factors["seed"] for m in cfg.members()] == [0, 1] * 3
+    assert all(1e-4 <= p["learning_rate"] <= 3e-3 for p in points)
+    assert len({p["learning_rate"] for p in points}) == 3
+    # The same config draws the same members; another seed other points.
+    assert [m.id for m in parse_config(SEARCH_CONFIG).members()] == \
+        [m.id for m in cfg.members()]
+    other = parse_config(SEARCH_CONFIG.replace("seed = 2", "seed = 3")).members()
+    assert {m.factors["learning_rate"] for m in other}.isdisjoint(
+        {p["learning_rate"] for p in points})
+    # With a grid, every cell gets the same points.
+    both = parse_config(SEARCH_CONFIG.replace("[search]", "[grid]\nweight_decay = [0.0, 0.01]\n\n"
+                                              "[search]")).members()
+    assert len(both) == 12
+    for wd in (0.0, 0.01):
+        cell = [m for m in both if m.factors["weight_decay"] == wd]
+        assert [m.factors["learning_rate"] for m in cell] == \
+            [p["learning_rate"] for p in points for _ in (0, 1)]
+
+
+def test_search_zoo_stores_drawn_factors_and_predict_regresses_them(tmp_path: Path) -> None:
+    """Built, the zoo holds the drawn values as factors; the dry run lists them; predict
+    regresses the continuous learning rate and classifies only the choice."""
+    from zooscope import registry
+    from zooscope.results import run_analysis
+
+    config = write_config(tmp_path, SEARCH_CONFIG, "search.toml")
+    dry = run_cli("generate", str(config), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    listed = json.loads(dry.stdout)["members"]
+    points = plain_draws(3, 2)
+    assert [{k: r[k] for k in ("batch_size", "learning_rate")} for r in listed] == \
+        [p for p in points for _ in (0, 1)]
+    out = tmp_path / "search.h5"
+    build_zoo(load_config(config), out)
+    with zooscope.open_zoo(out) as zoo:
+        assert [(m.id, m.factors) for m in zoo.members()] == \
+            [(r["id"], {k: r[k] for k in ("backbone", "batch_size", "learning_rate", "seed")})
+             for r in listed]
+    for name in ("weightstats", "predict"):
+        result = run_analysis(out, registry.get_analyzer(name), [], None, None, tmp_path / name,
+                              force=False)
+    scores = result.tables["scores"]
+    rows = set(zip(scores["target"], scores["metric"], strict=True))
+    assert ("learning_rate", "r2") in rows and ("batch_size", "accuracy") in rows
+    assert ("learning_rate", "accuracy") not in rows

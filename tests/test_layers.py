@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the reader interface
     ("zooscope.zoo",),
     # the store interface, progress, models, data loading
-    ("zooscope.store", "zooscope.progress", "zooscope.models", "zooscope.data"),
+    ("zooscope.store", "zooscope.progress", "zooscope.models", "zooscope.data",
+     "zooscope.search"),
     # the config
     ("zooscope.config",),
     # the plugin contracts

@@ -104,6 +104,30 @@ def example_scores(zoo: Zoo, checkpoints: Sequence[Checkpoint], metric: str) -> 
     return None
 
 
+def continuous_factors(zoo: Zoo) -> set[str]:
+    """The factors the zoo's ``[search]`` draws from a continuous distribution (uniform,
+    log_uniform): every point has its own value, so they are quantities to regress, not
+    classes."""
+    import tomllib
+
+    from zooscope.search import parse_distribution
+
+    try:
+        table = tomllib.loads(zoo.config_text).get("search", {})
+    except (tomllib.TOMLDecodeError, ValueError):
+        return set()
+    out = set()
+    for name, text in table.items():
+        if name in ("samples", "seed"):
+            continue
+        try:
+            if parse_distribution(name, text).kind in ("uniform", "log_uniform"):
+                out.add(name)
+        except ConfigError:
+            continue
+    return out
+
+
 def varying_factors(members: Iterable[Member], skip: Sequence[str] = ()) -> list[str]:
     """The factors whose values differ among ``members``, sorted, less those in ``skip``
     (``("seed",)`` names a configuration: what is left when seeds are pooled)."""

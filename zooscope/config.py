@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscope.errors import ConfigError
+from zooscope.search import Search, parse_search
 from zooscope.zoo import SAFE_NAME, Member, canonical_json, member_id
 
 _NUMBER = (int, float)
@@ -33,6 +34,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "epochs": (int,), "strategy": (str,), "description": (str,), "max_members": (int,),
     },
     "grid": {},  # any factor name; values are non-empty lists
+    "search": {},  # samples, seed, and any factor name with a distribution (zooscope.search)
     "train": {
         "batch_size": (int,), "eval_batch_size": (int,), "optimizer": (str,),
         "dropout": _NUMBER, "lr_schedule": (str,), "max_seq_len": (int,), "head": (dict,),
@@ -147,6 +149,8 @@ class ZooConfig:
     scratch: dict[str, Any]
     store: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict)
+    #: Random search inside each grid cell (``[search]``), or None.
+    search: Search | None = None
     #: Keys of the ``OWNABLE`` tables the core does not know, left for the generator's
     #: ``config_keys`` (``bind``); a config that reaches the engine has none left.
     unowned: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -202,8 +206,13 @@ class ZooConfig:
             "train": train,
         }
 
+    @property
+    def factor_names(self) -> list[str]:
+        """The factors the config varies, [grid] then [search], in the order written."""
+        return [*self.grid, *(self.search.factors if self.search else ())]
+
     def members(self, recipe: dict[str, Any] | None = None) -> list[Member]:
-        """The product of the grid and the seeds, in a fixed order.
+        """The product of the grid, the [search] points and the seeds, in a fixed order.
 
         ``zoo://`` selectors expand into one backbone per selected parent checkpoint
         where ``zooscope.lineage.expand_parents`` has read the parents (``parents``), and
@@ -222,15 +231,20 @@ class ZooConfig:
                 if parent is not None:
                     lineage[concrete] = parent
         keys = sorted(grid)
+        points = self.search.points() if self.search else [{}]
         members = []
         for values in itertools.product(*(grid[k] for k in keys)):
-            for seed in self.zoo["seeds"]:
-                factors = dict(zip(keys, values, strict=True))
-                factors["seed"] = seed
-                parent = lineage.get(factors["backbone"])
-                mid = member_id(*self._identity(factors, parent, recipe))
-                members.append(Member(id=mid, factors=factors, lineage=parent))
-        if self.train["share_epochs"] and len(self.grid.get("epochs", [])) > 1:
+            for point in points:
+                for seed in self.zoo["seeds"]:
+                    factors = dict(sorted({**dict(zip(keys, values, strict=True)),
+                                           **point}.items()))
+                    factors["seed"] = seed
+                    parent = lineage.get(factors["backbone"])
+                    mid = member_id(*self._identity(factors, parent, recipe))
+                    members.append(Member(id=mid, factors=factors, lineage=parent))
+        varied_epochs = len(self.grid.get("epochs", [])) > 1 or (
+            self.search is not None and "epochs" in self.search.factors)
+        if self.train["share_epochs"] and varied_epochs:
             members = _share_epochs(members)
         ids = [m.id for m in members]
         if len(set(ids)) != len(ids):
@@ -340,8 +354,10 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
         if not isinstance(raw[table], dict):
             raise ConfigError(f"{table} must be a table ([{table}])")
     for table, keys in REQUIRED.items():
-        if table not in raw:
-            raise ConfigError(f"the config{where} has no [{table}] table")
+        if table not in raw and not (table == "grid" and "search" in raw):
+            raise ConfigError(f"the config{where} has no [{table}] table",
+                              hint="[grid] or [search] lists the factors members differ in"
+                              if table == "grid" else None)
         for key in keys:
             if key not in raw[table]:
                 raise ConfigError(f"[{table}] needs a {key!r} key")
@@ -349,7 +365,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
     unowned: dict[str, dict[str, Any]] = {}
     for table, schema in SCHEMA.items():
         given = raw.get(table, {})
-        if table != "grid":
+        if table not in ("grid", "search"):
             for key, value in given.items():
                 if key in schema:
                     check_type(f"[{table}] {key}", value, schema[key])
@@ -404,17 +420,22 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                     raise ConfigError(f"[grid] weight_decay must be ≥ 0, got {v!r}")
         if key == "seed":
             raise ConfigError("seeds go in [zoo] seeds, not in [grid]")
-    if "learning_rate" not in grid:
+    search = _check_search(raw["search"], grid) if "search" in raw else None
+    if "learning_rate" not in grid and "learning_rate" not in (search.factors if search else {}):
         raise ConfigError("[grid] needs a learning_rate list",
-                          hint="e.g. learning_rate = [2e-5, 3e-5, 5e-5]")
+                          hint="e.g. learning_rate = [2e-5, 3e-5, 5e-5], or "
+                          "learning_rate = \"log_uniform(1e-5, 1e-4)\" in [search]")
     for value in grid.get("backbone", []):
         check_type("each of [grid] backbone", value, (str,))
     # Counted before any member is built: expanding an absurd grid alone exhausts memory.
-    count = math.prod(len(v) for v in grid.values()) * len(seeds)
+    count = math.prod(len(v) for v in grid.values()) * len(seeds) * (
+        search.samples if search else 1)
     if count > zoo["max_members"]:
-        raise ConfigError(f"the grid has {count:,} members, more than [zoo] max_members = "
+        what = "grid and search have" if search else "grid has"
+        raise ConfigError(f"the {what} {count:,} members, more than [zoo] max_members = "
                           f"{zoo['max_members']:,}",
-                          hint="shrink [grid], or raise [zoo] max_members if you mean it")
+                          hint=f"shrink [grid]{' or [search] samples' if search else ''}, or "
+                          "raise [zoo] max_members if you mean it")
     train = tables["train"]
     for key in ("batch_size", "eval_batch_size", "max_seq_len"):
         _check_positive(f"[train] {key}", train[key])
@@ -465,11 +486,45 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
             _check_positive(f"[scratch] {key}", value)
     _check_seed("[scratch] seed", scratch["seed"])
     cfg = ZooConfig(text=text, path=path, zoo=zoo, grid=grid, train=train, data=tables["data"],
-                    scratch=scratch, store=tables["store"], raw=raw, unowned=unowned)
+                    scratch=scratch, store=tables["store"], raw=raw, unowned=unowned,
+                    search=search)
     cfg.members()  # refuses repeated members early, without reading parent zoos
     if "scratch" in grid.get("backbone", [zoo["backbone"]]):
         _check_scratch(scratch, train["max_seq_len"])
     return cfg
+
+
+def _check_search(table: dict[str, Any], grid: dict[str, list[Any]]) -> Search:
+    """Parse [search] and hold its factors to the rules [grid]'s values follow."""
+    search = parse_search(table)
+    for key, dist in search.factors.items():
+        if not _FACTOR_NAME.match(key):
+            raise ConfigError(f"[search] factor name {key!r} must be a word of letters, digits "
+                              "and '_' (it names a column of the zoo file)")
+        if key in grid:
+            raise ConfigError(f"[search] {key} is also in [grid]",
+                              hint="vary a factor in one of the two")
+        if key == "backbone":
+            raise ConfigError("[search] cannot draw the backbone",
+                              hint="list backbones in [grid]: the search runs in each")
+        for v in dist.values:
+            _check_factor_value(key, v)
+        where = f"[search] {key} = {str(dist)!r}"
+        if key in POSITIVE_FACTORS:
+            integer = key != "learning_rate"
+            if integer and dist.kind in ("uniform", "log_uniform"):
+                raise ConfigError(f"{where}: {key} takes whole numbers",
+                                  hint=f"use int_uniform or choice for {key}")
+            for v in dist.values:
+                check_type(f"each value of {where}", v, (int,) if integer else _NUMBER)
+                if v <= 0:
+                    raise ConfigError(f"{where}: {key} must be > 0")
+        if key == "weight_decay":
+            for v in dist.values:
+                check_type(f"each value of {where}", v, _NUMBER)
+                if v < 0:
+                    raise ConfigError(f"{where}: weight_decay must be ≥ 0")
+    return search
 
 
 def _check_seed(where: str, value: int) -> None:

@@ -119,7 +119,7 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     size = generator.estimate_bytes(cfg, members)
     ids = {m.id for m in members}
-    order = list(cfg.grid)
+    order = cfg.factor_names
     rows = []
     trained_epochs = 0
     for m in members:
@@ -143,6 +143,11 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                              "members"))
     if len(rows) > DRY_RUN_ROWS:
         console.print(f"... and {len(rows) - DRY_RUN_ROWS:,} more members (--json lists all)")
+    if cfg.search is not None:
+        drawn = ", ".join(f"{k} ~ {d}" for k, d in cfg.search.factors.items())
+        cells = " in each grid cell" if cfg.grid else ""
+        console.print(f"random search: {cfg.search.samples} points (seed {cfg.search.seed})"
+                      f"{cells}, each trained with every seed; {drawn}")
     console.print(f"{checkpoints} checkpoints (epoch 0 included)")
     if trained_epochs < all_epochs:
         console.print(f"{trained_epochs} of {all_epochs} member-epochs are trained; the rest are "
@@ -201,8 +206,10 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
     if not generator.supports_overfit:
         raise ConfigError(f"--overfit is for fine-tuning generators; {cfg.generator!r} is not one")
     examples, epochs = OVERFIT_EXAMPLES, OVERFIT_EPOCHS
-    cfg.grid = {"learning_rate": [min(cfg.grid["learning_rate"])],
+    rates = cfg.grid.get("learning_rate") or [m.factors["learning_rate"] for m in cfg.members()]
+    cfg.grid = {"learning_rate": [min(rates)],
                 "backbone": cfg.grid.get("backbone", [cfg.zoo["backbone"]])}
+    cfg.search = None
     cfg.zoo.update(epochs=epochs, seeds=cfg.zoo["seeds"][:1], name=f"{cfg.name}-overfit")
     # One example per step gives 200 optimizer steps (the config's batch size of 32 would
     # give 20, too few for the demo's learning rate); without dropout the training
