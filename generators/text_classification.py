@@ -50,6 +50,11 @@ class TextClassificationGenerator(Generator):
         "train_examples": ConfigKey((int,), 0, "a fixed training-set size: the first N rows of "
                                     "the source train, the rest unused; needs validation_source",
                                     minimum=0),
+    }, "train": {
+        "t5": ConfigKey((str,), "encoder", "how a T5 backbone classifies: encoder (its encoder, "
+                        "mean-pooled, under the MLP head) or text-to-text (the whole model writes "
+                        "the label's word: yes/no for true/false labels)",
+                        choices=("encoder", "text-to-text")),
     }}
 
     def __init__(self, name: str, description: str, default_source: str | None = None,
@@ -85,7 +90,9 @@ class TextClassificationGenerator(Generator):
     def estimate_bytes(self, cfg: ZooConfig, members: list[Member]) -> int | None:
         """Size of the zoo's tensors on disk, counting shared tensors once; None if unknown."""
         import torch
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+        from zooscope.models import base_model, is_t5
 
         width = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.store["dtype"]]
         sizes: dict[str, tuple[int, int]] = {}
@@ -106,11 +113,14 @@ class TextClassificationGenerator(Generator):
                         config = AutoConfig.from_pretrained(cfg.resolve(name))
                 except (OSError, ValueError):
                     return None
+                whole = is_t5(config) and self._text_to_text(cfg)
                 with torch.device("meta"):
-                    backbone = AutoModel.from_config(config)
-                h = config.hidden_size
-                n = sum(p.numel() for p in backbone.parameters())
-                sizes[name] = (n, h * h + h + 2 * h + 2)
+                    backbone = AutoModelForSeq2SeqLM.from_config(config) if whole \
+                        else base_model(config)
+                h = getattr(config, "hidden_size", None) or config.d_model
+                # T5 ties its embeddings and output layer: a tensor counted once.
+                n = sum(p.numel() for p in {id(p): p for p in backbone.parameters()}.values())
+                sizes[name] = (n, 0 if whole else h * h + h + 2 * h + 2)
                 total += n  # epoch 0's backbone: the same for every member
             backbone_n, head_n = sizes[name]
             if (m.lineage or {}).get("checkpoints_from") in ids:
@@ -239,25 +249,43 @@ class TextClassificationGenerator(Generator):
             out["token_type_ids"] = enc["token_type_ids"]
         return out
 
+    def _text_to_text(self, cfg: ZooConfig) -> bool:
+        return self.setting(cfg, "train", "t5") == "text-to-text"
+
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
-        """The backbone, loaded once per zoo, with every split tokenised by it."""
+        """The backbone, loaded once per zoo, with every split tokenised by it: a T5 whole
+        (encoder and decoder) for text-to-text, else the encoder."""
         from zooscope.models import uses_token_types
 
         return cached_backbone(
             cfg, task, name, lambda: _joined(task.splits["train"]),
             lambda model, tok: {split: self._encode(cfg, tok, data, uses_token_types(model))
-                                for split, data in task.splits.items()})
+                                for split, data in task.splits.items()},
+            kind="text-to-text" if self._text_to_text(cfg) else "base")
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        from zooscope.models import SequenceClassifier
+        from zooscope.models import SequenceClassifier, TextToText, is_t5
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
-        return finetune_setup(
-            cfg, member, name, base, tok, encoded,
-            lambda backbone, hidden, dropout: SequenceClassifier(
-                backbone, task.cache["num_labels"], hidden=hidden, dropout=dropout),
-            lambda train, idx: {"labels": train["labels"][idx]})
+        if is_t5(base.config) and hasattr(base, "lm_head"):
+            if cfg.train["freeze_backbone"]:
+                raise ConfigError("[train] freeze_backbone leaves a text-to-text T5 nothing to "
+                                  "train", hint='use t5 = "encoder" to train a head on it')
+            words = label_words(task.info["label_names"])
+            targets = [tok(w)["input_ids"] for w in words]
+            if len({tuple(t) for t in targets}) < len(targets):
+                raise DataError(f"the label words {words} are the same tokens to {name!r}'s "
+                                "tokenizer")
+
+            def make(backbone: Any, hidden: int, dropout: float) -> torch.nn.Module:
+                return TextToText(backbone, words, targets)
+        else:
+            def make(backbone: Any, hidden: int, dropout: float) -> torch.nn.Module:
+                return SequenceClassifier(backbone, task.cache["num_labels"], hidden=hidden,
+                                          dropout=dropout)
+        return finetune_setup(cfg, member, name, base, tok, encoded, make,
+                              lambda train, idx: {"labels": train["labels"][idx]})
 
     def evaluate_model(self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module,
                        tokenizer: Any, device: torch.device, splits: tuple[str, ...] = ("test",),
@@ -271,7 +299,8 @@ class TextClassificationGenerator(Generator):
                    for split in splits}
         setup = MemberSetup(model=model.to(device), architecture=None,  # type: ignore[arg-type]
                             train_batches=lambda g: iter(()), steps_per_epoch=0,
-                            state={"encoded": encoded, "pad": int(tokenizer.pad_token_id or 0)})
+                            state={"encoded": encoded, "pad": int(tokenizer.pad_token_id or 0),
+                                   "tokenizer": tokenizer})
         with torch.no_grad():
             return self._evaluate(cfg, setup, device, splits)
 
@@ -288,7 +317,10 @@ class TextClassificationGenerator(Generator):
         import numpy as np
         import torch
 
+        from zooscope.models import TextToText
+
         model = setup.model
+        writes = isinstance(model, TextToText)
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
@@ -305,6 +337,12 @@ class TextClassificationGenerator(Generator):
                 idx = order[start : start + batch_size]
                 batch = collate(data, idx, setup.state["pad"], labels=data["labels"][idx])
                 batch = {k: v.to(device) for k, v in batch.items()}
+                if writes:  # the generated word is the answer; the loss is the gold word's
+                    _, per_example = model(**batch)
+                    loss_sum += per_example.sum()
+                    preds[idx] = model.generate_labels(batch["input_ids"], batch["attention_mask"],
+                                                       setup.state["tokenizer"])[0]
+                    continue
                 _, logits = model(**batch)
                 loss_sum += torch.nn.functional.cross_entropy(
                     logits.float(), batch["labels"], reduction="sum")
@@ -316,6 +354,15 @@ class TextClassificationGenerator(Generator):
                 predictions = preds.numpy().astype(np.int32)
         model.train(was_training)
         return metrics, predictions
+
+
+def label_words(names: list[str]) -> list[str]:
+    """The word a text-to-text model writes for each label: yes/no for true/false labels
+    (BoolQ), else the label's own name, lower-cased."""
+    lowered = [str(n).lower() for n in names]
+    if lowered == ["false", "true"]:
+        return ["no", "yes"]
+    return lowered
 
 
 def _joined(data: dict[str, Any]) -> list[str]:

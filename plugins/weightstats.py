@@ -30,18 +30,22 @@ _BLOCK = re.compile(r"(?:layer|layers|block|h)\.(\d+)\.")
 def tensor_kind(name: str) -> str:
     """The kind of a state-dict tensor: attention q/k/v/output, FFN, LayerNorm, embeddings, head."""
     n = name.lower()
-    if n.startswith("head.") or "classifier" in n or n.startswith("cls."):
+    if n.startswith("head.") or "classifier" in n or n.startswith("cls.") or "lm_head" in n:
         return "head"
-    if "embeddings" in n:
+    # T5: the shared token embedding and the relative position biases
+    if "embeddings" in n or "shared." in n or "embed_tokens" in n or "relative_attention_bias" in n:
         return "embeddings"
     if "layernorm" in n or "layer_norm" in n or ".ln" in n:
         return "layernorm"
     for key, kind in (("query", "attention.q"), ("q_lin", "attention.q"), ("key", "attention.k"),
                       ("k_lin", "attention.k"), ("value", "attention.v"), ("v_lin", "attention.v"),
-                      ("attention.output", "attention.output"), ("out_lin", "attention.output")):
+                      ("attention.output", "attention.output"), ("out_lin", "attention.output"),
+                      # T5: SelfAttention.q / EncDecAttention.q ... .o
+                      ("attention.q.", "attention.q"), ("attention.k.", "attention.k"),
+                      ("attention.v.", "attention.v"), ("attention.o.", "attention.output")):
         if key in n:
             return kind
-    if "intermediate" in n or "ffn" in n or "output.dense" in n:
+    if "intermediate" in n or "ffn" in n or "output.dense" in n or "densereludense" in n:
         return "ffn"
     return "other"
 

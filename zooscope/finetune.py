@@ -28,7 +28,8 @@ def cached_backbone(cfg: ZooConfig, task: TaskData, name: str,
     makes of the data (the encoded splits), loaded once per zoo and kept in ``task.cache``.
 
     ``texts()`` gives the training texts, read only where a tokenizer is trained
-    ([scratch] backbones); ``kind`` is ``"base"`` or ``"masked-lm"``."""
+    ([scratch] backbones); ``kind`` is ``"base"``, ``"masked-lm"`` or ``"text-to-text"``
+    (``zooscope.models.load_backbone``)."""
     key = f"backbone:{name}"
     if key not in task.cache:
         model, tok = backbone_for(cfg, name, texts(), kind=kind)
@@ -86,7 +87,7 @@ def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Mod
 
     return MemberSetup(model=model, architecture=arch, train_batches=batches,
                        steps_per_epoch=(n + batch_size - 1) // batch_size,
-                       state={"encoded": encoded, "pad": pad})
+                       state={"encoded": encoded, "pad": pad, "tokenizer": tok})
 
 
 def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Module, tok: Any,

@@ -98,6 +98,9 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
         state.update({backbone_prefix + k: v
                       for k, v in load_file(directory / "model.safetensors").items()})
         state.update({head_prefix + k: v for k, v in load_file(directory / HEAD_WEIGHTS).items()})
+    elif head["kind"] == "text-to-text":
+        prefix = head.get("backbone_prefix", "backbone.")
+        state.update({prefix + k: v for k, v in load_file(directory / "model.safetensors").items()})
     else:
         state.update(load_file(directory / "model.safetensors"))
     model = skeleton(files)

@@ -23,9 +23,29 @@ if TYPE_CHECKING:
 
 HEAD_FILE = "zooscope_head.json"
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                 "attention_dropout")
+                 "attention_dropout", "dropout_rate")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.txt", "vocab.json", "merges.txt")
+                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model")
+
+
+#: Encoder-decoder model types whose encoder alone serves as a backbone under a head.
+T5_TYPES = ("t5",)
+
+
+def is_t5(config: Any) -> bool:
+    return getattr(config, "model_type", None) in T5_TYPES
+
+
+def base_model(config: Any) -> nn.Module:
+    """The backbone a config describes, untrained: BERT and RoBERTa without their pooler
+    (heads read the hidden states), T5 as its encoder alone."""
+    from transformers import AutoModel, T5EncoderModel
+
+    if is_t5(config):
+        return T5EncoderModel(config)
+    if config.model_type in ("bert", "roberta"):
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    return AutoModel.from_config(config)
 
 
 def mlp_head(width: int, outputs: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -38,14 +58,19 @@ def mlp_head(width: int, outputs: int, hidden: int, dropout: float) -> nn.Sequen
 
 
 class SequenceClassifier(nn.Module):
-    """[CLS] → Linear(h, h) → ReLU → dropout → Linear(h, labels) on a transformer backbone."""
+    """[CLS] → Linear(h, h) → ReLU → dropout → Linear(h, labels) on a transformer backbone.
+
+    Encoders without a [CLS] token (T5's) are read by the mean of the hidden states over
+    the non-padding tokens instead."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, hidden: int = 1,
                  dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = mlp_head(backbone.config.hidden_size, num_labels, hidden, dropout)
+        width = getattr(backbone.config, "hidden_size", None) or backbone.config.d_model
+        self.head = mlp_head(width, num_labels, hidden, dropout)
         self.num_labels = num_labels
+        self.pooling = "mean" if is_t5(backbone.config) else "first"
         self._takes_token_types = uses_token_types(backbone)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -54,7 +79,12 @@ class SequenceClassifier(nn.Module):
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**kwargs).last_hidden_state[:, 0]
+        states = self.backbone(**kwargs).last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            hidden = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            hidden = states[:, 0]
         logits = self.head(hidden)
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return loss, logits
@@ -62,8 +92,65 @@ class SequenceClassifier(nn.Module):
     def head_spec(self) -> dict[str, Any]:
         return {"kind": "sequence-classification", "num_labels": self.num_labels,
                 "hidden": int(len(self.head) > 1), "activation": "relu",
-                "backbone_prefix": "backbone.", "head_prefix": "head.",
-                "input": "first token ([CLS]) of last_hidden_state"}
+                "backbone_prefix": "backbone.", "head_prefix": "head.", "pooling": self.pooling,
+                "input": "first token ([CLS]) of last_hidden_state" if self.pooling == "first"
+                else "mean of last_hidden_state over the attention mask"}
+
+
+class TextToText(nn.Module):
+    """A whole encoder-decoder (T5) that answers by writing its label's word.
+
+    Trained on the word's tokens (teacher forcing, the seq2seq loss); evaluated by
+    greedy generation, the generated text compared with each label's word. ``targets``
+    are each label's token ids (the word and the end token)."""
+
+    def __init__(self, backbone: nn.Module, words: list[str], targets: list[list[int]],
+                 max_new_tokens: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.words = list(words)
+        self.targets = [list(t) for t in targets]
+        self.num_labels = len(words)
+        self.max_new_tokens = max_new_tokens or max(len(t) for t in targets) + 2
+        width = max(len(t) for t in targets)
+        padded = torch.full((len(targets), width), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            padded[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+        # Not a weight: left out of the state dict, rebuilt from the head file.
+        self.register_buffer("target_ids", padded, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mean token loss of the batch, per-example loss) for class ids ``labels``."""
+        if labels is None:
+            return None, None
+        target = self.target_ids[labels]
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=target)
+        per_token = nn.functional.cross_entropy(out.logits.float().transpose(1, 2), target,
+                                                ignore_index=-100, reduction="none")
+        counted = (target != -100).sum(1).clamp(min=1)
+        return out.loss, per_token.sum(1) / counted
+
+    def generate_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        tokenizer: Any) -> tuple[torch.Tensor, list[str]]:
+        """Each input's generated text and its class: the label whose word it is, or
+        ``num_labels`` (none of them) for any other text."""
+        out = self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                     max_new_tokens=self.max_new_tokens, do_sample=False,
+                                     num_beams=1)
+        texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        lookup = {w.lower(): i for i, w in enumerate(self.words)}
+        classes = torch.as_tensor([lookup.get(t.lower(), self.num_labels) for t in texts],
+                                  dtype=torch.long)
+        return classes, texts
+
+    def head_spec(self) -> dict[str, Any]:
+        return {"kind": "text-to-text", "num_labels": self.num_labels, "words": self.words,
+                "targets": self.targets, "max_new_tokens": self.max_new_tokens,
+                "backbone_prefix": "backbone.",
+                "input": "the text (and its pair) as the tokenizer joins them; the label is "
+                "the word greedy generation writes; any other text is class num_labels"}
 
 
 class QuestionAnswerer(nn.Module):
@@ -110,7 +197,10 @@ def set_dropout(config: Any, dropout: float) -> None:
 
 
 def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tuple[nn.Module, Any]:
-    """A pre-trained backbone and its tokenizer, from a hub id or a local directory."""
+    """A pre-trained backbone and its tokenizer, from a hub id or a local directory.
+
+    ``kind``: ``"base"`` (the encoder; T5's encoder alone), ``"masked-lm"`` (with its
+    pre-training head) or ``"text-to-text"`` (a T5 whole; any other model as ``"base"``)."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -122,6 +212,14 @@ def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tupl
         set_dropout(config, dropout)
         if kind == "masked-lm":
             model = AutoModelForMaskedLM.from_pretrained(name_or_path, config=config)
+        elif kind == "text-to-text" and is_t5(config):
+            from transformers import AutoModelForSeq2SeqLM
+
+            model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=config)
+        elif is_t5(config):
+            from transformers import T5EncoderModel
+
+            model = T5EncoderModel.from_pretrained(name_or_path, config=config)
         elif config.model_type in ("bert", "roberta"):
             model = AutoModel.from_pretrained(name_or_path, config=config, add_pooling_layer=False)
         else:
@@ -231,12 +329,15 @@ def skeleton(files: dict[str, bytes]) -> nn.Module:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.json").write_bytes(files["config.json"])
         config = AutoConfig.from_pretrained(tmp)
-    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
     if head["kind"] == "sequence-classification":
-        backbone = AutoModel.from_config(config, **kwargs)
-        return SequenceClassifier(backbone, head["num_labels"], head["hidden"])
+        return SequenceClassifier(base_model(config), head["num_labels"], head["hidden"])
     if head["kind"] == "question-answering":
-        return QuestionAnswerer(AutoModel.from_config(config, **kwargs), head["hidden"])
+        return QuestionAnswerer(base_model(config), head["hidden"])
+    if head["kind"] == "text-to-text":
+        from transformers import AutoModelForSeq2SeqLM
+
+        return TextToText(AutoModelForSeq2SeqLM.from_config(config), head["words"],
+                          head["targets"], head.get("max_new_tokens"))
     if head["kind"] == "masked-lm":
         from transformers import AutoModelForMaskedLM
 

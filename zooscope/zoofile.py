@@ -264,6 +264,8 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
         backbone = tensors(head.get("backbone_prefix", "backbone."))
         save_file(tensors(head.get("head_prefix", "head.")), str(target(HEAD_WEIGHTS)))
         written.append(target(HEAD_WEIGHTS))
+    elif head["kind"] == "text-to-text":  # a whole seq2seq model: transformers loads it as is
+        backbone = tensors(head.get("backbone_prefix", "backbone."))
     else:
         backbone = tensors("")
     save_file(backbone, str(target("model.safetensors")), metadata={"format": "pt"})
@@ -307,6 +309,25 @@ with torch.no_grad():
 `AutoModel.from_pretrained` on this directory loads the backbone alone (the head is
 not part of any transformers class here). `AutoModelForSequenceClassification` would
 load it too, but with a new, untrained classifier: its predictions are not this model's.
+"""
+    elif head["kind"] == "text-to-text":
+        words = " or ".join(f'"{w}"' for w in head.get("words", []))
+        use = f"""\
+A T5 that answers by writing the label's word ({words}; any other text is none of the
+labels). `AutoModelForSeq2SeqLM.from_pretrained("path/to/this/directory")` loads it, and
+greedy generation gives the answers stored in the zoo:
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+model = AutoModelForSeq2SeqLM.from_pretrained("path/to/this/directory").eval()
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
+batch = tokenizer(["a question"], ["its passage"], return_tensors="pt")
+out = model.generate(**batch, max_new_tokens={head.get("max_new_tokens", 4)}, do_sample=False, num_beams=1)
+print(tokenizer.batch_decode(out, skip_special_tokens=True))
+```
+
+`zooscope.load_model("path/to/this/directory")` loads it too.
 """
     else:
         use = """\
