@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, varying_factors
+from zooscope.analysis import (
+    BOOTSTRAP_OPTIONS,
+    AnalysisResult,
+    Analyzer,
+    Option,
+    Selection,
+    varying_factors,
+)
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Member, Zoo
 
@@ -197,9 +204,7 @@ class Agreement(Analyzer):
     options = (
         Option("order", str, "", "factors to order the heatmap by, comma-separated "
                "(default: all factors)"),
-        Option("bootstrap", int, 1000, "replicates of the multi-bootstrap over seeds and test "
-               "examples for the groups' intervals (0: no intervals)"),
-        Option("bootstrap_seed", int, 0, "the seed of the bootstrap's draws"),
+        *BOOTSTRAP_OPTIONS,
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
@@ -208,9 +213,6 @@ class Agreement(Analyzer):
         from zooscope.bootstrap import draw
 
         replicates = options["bootstrap"]
-        if replicates < 0:
-            raise ConfigError(f"option bootstrap = {replicates} must be ≥ 0",
-                              hint="the number of replicates, e.g. 1000; 0 for none")
         kind = zoo.prediction_kind()
         if kind not in ("class", "span"):
             raise ZooFileError("agreement needs stored test predictions (class ids or answer "

@@ -19,6 +19,7 @@ from typing import Any
 
 import zooscope
 from zooscope.analysis import (
+    BOOTSTRAP_OPTIONS,
     AnalysisResult,
     Analyzer,
     Option,
@@ -26,7 +27,7 @@ from zooscope.analysis import (
     example_scores,
     require_metrics,
 )
-from zooscope.errors import ConfigError, ZooFileError
+from zooscope.errors import ZooFileError
 from zooscope.zoo import Zoo, canonical_json
 
 
@@ -45,17 +46,12 @@ class Backbones(Analyzer):
                "prefix: accuracy, f1, exact_match, loss)"),
         Option("select_on", str, "validation", "the split that chooses the configuration",
                choices=("validation", "train")),
-        Option("bootstrap", int, 1000, "replicates of the multi-bootstrap over seeds and test "
-               "examples for the intervals (0: no intervals)"),
-        Option("bootstrap_seed", int, 0, "the seed of the bootstrap's draws"),
+        *BOOTSTRAP_OPTIONS,
     )
 
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
 
-        if options["bootstrap"] < 0:
-            raise ConfigError(f"option bootstrap = {options['bootstrap']} must be ≥ 0",
-                              hint="the number of replicates, e.g. 1000; 0 for none")
         metric = options["metric"]
         select, report = f"{options['select_on']}_{metric}", f"test_{metric}"
         require_metrics(zoo, select, report)

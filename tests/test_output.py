@@ -110,6 +110,10 @@ def test_options_show_their_allowed_values() -> None:
     assert "scope (str, default: global; one of: global, layerwise)" in result.stdout
     rows = json.loads(run_cli("analyze", "--plugin", "sparsify", "--options", "--json").stdout)
     assert {r["option"]: r["choices"] for r in rows}["scope"] == ["global", "layerwise"]
+    result = run_cli("analyze", "--plugin", "backbones", "--options", env=NARROW)
+    assert "bootstrap (int, default: 1000; at least 0)" in result.stdout
+    rows = json.loads(run_cli("analyze", "--plugin", "backbones", "--options", "--json").stdout)
+    assert {r["option"]: r["minimum"] for r in rows}["bootstrap"] == 0
 
 
 def test_merge_export_and_import_print_json(tiny_zoo: Path, tmp_path: Path) -> None:

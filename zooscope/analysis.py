@@ -27,6 +27,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
 
     def parse(self, text: str) -> Any:
         try:
@@ -43,7 +44,17 @@ class Option:
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"option {self.name} = {text!r} is not one of "
                               f"{', '.join(map(str, self.choices))}")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"option {self.name} = {text} must be ≥ {self.minimum:g}")
         return value
+
+
+#: The options of an analyzer that gives multi-bootstrap intervals (``zooscope.bootstrap``).
+BOOTSTRAP_OPTIONS = (
+    Option("bootstrap", int, 1000, "replicates of the multi-bootstrap over seeds and test "
+           "examples for the 95 % intervals (0: no intervals)", minimum=0),
+    Option("bootstrap_seed", int, 0, "the seed of the bootstrap's draws", minimum=0),
+)
 
 
 def option_pattern(name: str, text: str) -> re.Pattern[str]:

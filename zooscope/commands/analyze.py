@@ -51,7 +51,7 @@ def analyze(
     if options:
         rows = [{"option": o.name, "type": o.type.__name__, "default": o.default,
                  "choices": list(o.choices) if o.choices is not None else None,
-                 "help": o.help} for o in analyzer.options]
+                 "minimum": o.minimum, "help": o.help} for o in analyzer.options]
         if json_:
             print_json(rows)
         else:
@@ -61,6 +61,7 @@ def analyze(
             for r in rows:
                 allowed = (f"; one of: {', '.join(fmt(c) for c in r['choices'])}"
                            if r["choices"] else "")
+                allowed += f"; at least {fmt(r['minimum'])}" if r["minimum"] is not None else ""
                 console.print(f"\n  {r['option']} ({r['type']}, default: {fmt(r['default'])}"
                               f"{allowed})")
                 console.print(f"      {r['help']}")
