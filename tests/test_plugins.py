@@ -89,7 +89,8 @@ def test_plugins_lists_the_keys_a_generator_declares() -> None:
                                        "default": 128, "help": declared.help}]
     keys = json.loads(run_cli("plugins", "--keys", "sst2", "--json").stdout)
     assert [k["key"] for k in keys] == ["[data] text_column", "[data] label_column",
-                                        "[data] text_pair_column", "[data] train_examples"]
+                                        "[data] text_pair_column", "[data] train_examples",
+                                        "[train] t5"]
     wrong = run_cli("plugins", "--keys", "sqaud")
     assert wrong.returncode == 1
     assert wrong.stderr.splitlines() == ["error: unknown generator 'sqaud'",
