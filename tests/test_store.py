@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import zooscope
+from zooscope.access import open_stored
 from zooscope.errors import ZooFileError
 from zooscope.store import ZooHeader
 from zooscope.stores.hdf5 import HDF5Store
@@ -87,6 +88,62 @@ def test_identical_tensors_are_stored_once(tmp_path: Path) -> None:
     with zooscope.open_zoo(path) as zoo:
         np.testing.assert_array_equal(zoo.state_dict(ms[3], 3)["embed.weight"].numpy(),
                                       expected_tensor("embed.weight", 0, 0, frozen=True))
+
+
+def test_tensor_reads_shared_rows_in_any_checkpoint_order(tmp_path: Path) -> None:
+    """Rows shared between checkpoints (a frozen tensor) and checkpoints asked for out of
+    order, repeated or interleaved come back in the order asked, equal to each one's
+    own state dict."""
+    path = tmp_path / "frozen.h5"
+    make_zoo(path, members=4, epochs=3, frozen=True)
+    rng = random.Random(3)
+    with zooscope.open_zoo(path) as zoo:
+        cps = zoo.checkpoints()
+        for chosen in (cps, cps[::-1], [cps[5], cps[5], cps[0]], rng.sample(cps, 9)):
+            for name in ("embed.weight", "head.weight"):
+                expect = np.stack([zoo.state_dict(c.member, c.epoch)[name].numpy()
+                                   for c in chosen])
+                np.testing.assert_array_equal(zoo.tensor(name, chosen), expect)
+
+
+def test_large_tensor_rows_start_on_page_boundaries(tmp_path: Path) -> None:
+    """The writer aligns rows of 64 KiB and more to 4 KiB (whole-page copies into the
+    page cache); smaller rows are packed."""
+    path = tmp_path / "big.h5"
+    header = ZooHeader(name="t", config_text="", generator="test", generator_version="1",
+                       metric_columns=["test_loss"])
+    shapes = {"big": (3, 7001), "small": (5,)}  # 84 012 bytes a row, and 20
+    m = Member.from_factors({"seed": 0})
+    arch = Architecture(key="toy", files={"config.json": b"{}"}, shapes=shapes)
+    with HDF5Store().create(path, header, [m]) as w:
+        w.ensure_architecture(arch)
+        w.start_member(m, arch)
+        for e in range(3):
+            w.write_checkpoint(m, e, e, 0.0, {n: torch.full(s, float(e)) for n, s in shapes.items()},
+                               {}, None)
+    with h5py.File(path, "r") as f:
+        big = f["architectures/a0/tensors/big"]
+        offsets = [big.id.get_chunk_info_by_coord((e, 0, 0)).byte_offset for e in range(3)]
+        assert all(o % 4096 == 0 for o in offsets), offsets
+    with zooscope.open_zoo(path) as zoo:
+        np.testing.assert_array_equal(zoo.tensor("big")[:, 0, 0], [0.0, 1.0, 2.0])
+
+
+def test_an_architectures_tables_are_checked_when_first_used(tmp_path: Path) -> None:
+    """Opening reads the members, the index and each architecture's declared layout;
+    the rows and digests tables and model files are checked on first use, so listing a
+    zoo with a damaged table works and reading from it names the damage."""
+    path = _zoo_then(tmp_path, "narrow.h5", lambda f: f["architectures/a0/digests"].resize(0, axis=0))
+    with zooscope.open_zoo(path) as zoo:
+        assert len(zoo.checkpoints()) == 2
+        assert zoo.tensor_shape("layer.weight") == (16, 16)
+        with pytest.raises(ZooFileError, match="digests, which has 0 rows"):
+            zoo.tensor("layer.weight")
+    with zooscope.open_zoo(path) as zoo:
+        with pytest.raises(ZooFileError, match="digests, which has 0 rows"):
+            zoo.model_files(zoo.members()[0])
+    with open_stored(path) as zoo:
+        assert any("digests, which has 0 rows" in p for p in zoo.check_structure())
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
