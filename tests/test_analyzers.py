@@ -261,7 +261,7 @@ def test_weightstats_spectral_columns_sit_on_their_own_rows(zoo_copy: Path, tmp_
 
 
 def test_fused_row_statistics_equal_numpy_on_awkward_rows() -> None:
-    """The compiled three-pass kernel against np.percentile and float64 moments on rows
+    """The compiled kernel against np.percentile and float64 moments on rows
     with ties, outliers, constants, negative zero, NaN and infinity, and lengths 1 to 3."""
     from zooscope.plugins.weightstats import PERCENTILES, row_stats
 
@@ -294,6 +294,11 @@ def test_fused_row_statistics_equal_numpy_on_awkward_rows() -> None:
                 expect[f"p{p}"] = v
         for key, value in expect.items():
             assert out[key][i] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (i, key)
+    one_pass = row_stats(x, 1e-3, base, percentiles=False)
+    assert not {f"p{p}" for p in PERCENTILES} & set(one_pass)
+    assert set(out) - set(one_pass) == {f"p{p}" for p in PERCENTILES}
+    for key, col in one_pass.items():  # the same figures, percentiles or not
+        np.testing.assert_array_equal(col, out[key], err_msg=key)
     for n in (1, 2, 3):
         short = rng.standard_normal((2, n)).astype(np.float32)
         got = row_stats(short, 1e-3)
