@@ -288,9 +288,9 @@ def pack(split: Any, tok: Any, block: int, fingerprint: str) -> Any:
     """
     prefix, suffix = special_frame(tok)
     body = block - len(prefix) - len(suffix)
-    tok_hash = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest() \
-        if getattr(tok, "is_fast", False) else hashlib.sha256(str(tok.get_vocab()).encode()).hexdigest()
-    stem = hashlib.sha256(f"{fingerprint}:{tok_hash}:{block}".encode()).hexdigest()
+    from zooscope.data import tokenizer_digest
+
+    stem = hashlib.sha256(f"{fingerprint}:{tokenizer_digest(tok)}:{block}".encode()).hexdigest()
 
     def tokenise(rows: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         enc = tok(rows["text"], add_special_tokens=False, return_attention_mask=False,

@@ -5,13 +5,16 @@ hub's flat layout (``id, title, context, question, answers{text, answer_start}``
 the hub itself (``rajpurkar/squad``). Questions are split 80/10/10 by paragraph, so
 no context is seen in training and then tested. Long contexts are cut into windows
 of ``max_seq_len`` tokens overlapping by ``[data] stride`` tokens; each question's
-best span over its windows is mapped back to characters of the context.
+best span over its windows is mapped back to characters of the context. Questions
+stay in an Arrow table (``SquadRows``) and windows go to the tokenised cache, so a
+corpus larger than memory trains.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,8 +35,51 @@ SPLITS = ("train", "validation", "test")
 MAX_ANSWER_TOKENS = 30
 
 
-def load_squad(source: str) -> list[dict[str, Any]]:
-    """Questions as dicts (id, title, context, question, answers, starts), in file order."""
+COLUMNS = ("id", "title", "context", "question", "answers")
+
+
+class SquadRows(Sequence):
+    """Questions of a table in the flat layout at chosen rows, as dicts (id, title,
+    context, question, answers, starts), read from Arrow CHUNK rows at a time; a slice
+    or an array of positions gives another SquadRows."""
+
+    def __init__(self, table: Any, rows: np.ndarray) -> None:
+        self.table, self.rows = table, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice) or (not isinstance(key, int) and hasattr(key, "__len__")):
+            return SquadRows(self.table, self.rows[key])
+        return self.read(self.rows[[key]])[0]
+
+    def read(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        from zooscope.data import take
+
+        columns = {name: take(self.table.column(name), rows).to_pylist()
+                   for name in self.table.column_names}
+        out = []
+        for r in ({k: v[i] for k, v in columns.items()} for i in range(len(rows))):
+            answers = r["answers"] or {}
+            out.append({"id": str(r["id"]), "title": str(r.get("title") or ""),
+                        "context": r["context"], "question": r["question"],
+                        "answers": list(answers.get("text") or []),
+                        "starts": [int(s) for s in answers.get("answer_start") or []]})
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from zooscope.data import CHUNK
+
+        for start in range(0, len(self.rows), CHUNK):
+            yield from self.read(self.rows[start : start + CHUNK])
+
+
+def load_squad(source: str) -> SquadRows:
+    """The questions of a data source, in file order."""
+    import numpy as np
+    import pyarrow as pa
+
     path = Path(source).expanduser()
     local = source.startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl", ".parquet")
     if local and not path.exists():
@@ -49,7 +95,12 @@ def load_squad(source: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} is not valid JSON: {exc}") from None
         if isinstance(doc, dict) and "data" in doc:
-            return _nested(doc, path)
+            rows = _nested(doc, path)
+            table = pa.table({
+                "id": [r["id"] for r in rows], "title": [r["title"] for r in rows],
+                "context": [r["context"] for r in rows], "question": [r["question"] for r in rows],
+                "answers": [{"text": r["answers"], "answer_start": r["starts"]} for r in rows]})
+            return SquadRows(table, np.arange(len(rows)))
     from zooscope.data import load_table
 
     ds = load_table(source)
@@ -57,14 +108,11 @@ def load_squad(source: str) -> list[dict[str, Any]]:
     if not need <= set(ds.column_names):
         raise DataError(f"{source} is neither SQuAD's nested JSON nor its flat layout "
                         f"(columns {', '.join(sorted(need))}; it has {', '.join(ds.column_names)})")
-    rows = []
-    for r in ds:
-        answers = r["answers"] or {}
-        rows.append({"id": str(r["id"]), "title": str(r.get("title") or ""),
-                     "context": r["context"], "question": r["question"],
-                     "answers": list(answers.get("text", [])),
-                     "starts": [int(s) for s in answers.get("answer_start", [])]})
-    return rows
+    if getattr(ds, "_indices", None) is not None:  # a view of another table: its rows
+        ds = ds.flatten_indices()
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    return SquadRows(table.select([c for c in COLUMNS if c in table.column_names]),
+                     np.arange(table.num_rows))
 
 
 def _nested(doc: dict[str, Any], path: Path) -> list[dict[str, Any]]:
@@ -115,6 +163,7 @@ class SquadGenerator(Generator):
 
     def prepare(self, cfg: ZooConfig) -> TaskData:
         import numpy as np
+        import pyarrow.compute as pc
 
         source = self._source(cfg)
         rows = load_squad(source)
@@ -123,35 +172,40 @@ class SquadGenerator(Generator):
                 if r["context"][start : start + len(text)] != text:
                     raise DataError(f"question {r['id']} of {source}: answer {text!r} is not at "
                                     f"character {start} of its context")
-        # Split by paragraph: every question about a context lands in the same split.
-        contexts = sorted({r["context"] for r in rows})
+        # Split by paragraph: every question about a context lands in the same split. The
+        # contexts are ranked in sorted order (Arrow sorts by code point, as Python does)
+        # and shuffled; nothing but their ranks is held per question.
+        context = rows.table.column("context")
+        unique = pc.unique(context)
+        unique = unique.take(pc.sort_indices(unique))
+        paragraph = pc.index_in(context, value_set=unique).to_numpy()[rows.rows]
         split_cfg = cfg.data["split"]
-        order = np.random.default_rng(int(split_cfg.get("seed", 0))).permutation(len(contexts))
-        n = len(contexts)
+        n = len(unique)
+        order = np.random.default_rng(int(split_cfg.get("seed", 0))).permutation(n)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
         n_train = int(round(float(split_cfg.get("train", 0.8)) * n))
         n_val = int(round(float(split_cfg.get("validation", 0.1)) * n))
-        where = {}
-        for rank, i in enumerate(order):
-            where[contexts[i]] = ("train" if rank < n_train else
-                                  "validation" if rank < n_train + n_val else "test")
-        splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-        for r in rows:
-            splits[where[r["context"]]].append(r)
+        part = np.searchsorted([n_train, n_train + n_val], rank[paragraph], side="right")
+        splits: dict[str, SquadRows] = {s: rows[np.flatnonzero(part == k)]
+                                        for k, s in enumerate(SPLITS)}
         for split, cap in example_caps(cfg).items():
             if cap:
                 splits[split] = splits[split][:cap]
         for split in SPLITS:
-            if not splits[split]:
+            if not len(splits[split]):
                 raise DataError(f"the {split} split of {source} has no questions",
                                 hint="use more data or change [data] split")
             if split == "train" and not any(r["answers"] for r in splits[split]):
                 raise DataError(f"the training questions of {source} have no answers")
+        fingerprints = {s: _fingerprint(v) for s, v in splits.items()}
+        paragraphs = {s: len(np.unique(paragraph[np.searchsorted(rows.rows, v.rows)]))
+                      for s, v in splits.items()}
         info = {"source": source, "sizes": {s: len(v) for s, v in splits.items()},
-                "paragraphs": {s: len({r["context"] for r in v}) for s, v in splits.items()},
-                "fingerprints": {s: _fingerprint(v) for s, v in splits.items()},
+                "paragraphs": paragraphs, "fingerprints": fingerprints,
                 "stride": int(self.setting(cfg, "data", "stride"))}
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "exact_match", "f1")]
-        test = splits["test"]
+        test = list(splits["test"])
         return TaskData(splits=splits, info=info, metric_columns=columns,
                         predictions={"kind": "span", "shape": [len(test), 2]},
                         test_ids=[r["id"] for r in test],
@@ -160,10 +214,18 @@ class SquadGenerator(Generator):
                         test_answers=[r["answers"] for r in test])
 
     # -- features ----------------------------------------------------------------------------
-    def _encode(self, cfg: ZooConfig, tok: Any, rows: list[dict[str, Any]], token_types: bool
-                ) -> dict[str, Any]:
-        return encode_windows(tok, rows, int(cfg.train["max_seq_len"]),
-                              int(self.setting(cfg, "data", "stride")), token_types)
+    def _encode(self, cfg: ZooConfig, tok: Any, rows: Sequence[dict[str, Any]],
+                token_types: bool) -> dict[str, Any]:
+        """A split's windows; from a table (``SquadRows``) through the tokenised cache,
+        rows held in memory (a zoo's stored test split) in memory."""
+        max_len, stride = int(cfg.train["max_seq_len"]), int(self.setting(cfg, "data", "stride"))
+        if not isinstance(rows, SquadRows):
+            return encode_windows(tok, list(rows), max_len, stride, token_types)
+        from zooscope.data import tokenizer_digest
+
+        key = hashlib.sha256(f"squad:{_fingerprint(rows)}:{tokenizer_digest(tok)}:{max_len}:"
+                             f"{stride}:{token_types}".encode()).hexdigest()
+        return cached_windows(tok, rows, max_len, stride, token_types, key)
 
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
         from zooscope.models import uses_token_types
@@ -215,6 +277,7 @@ class SquadGenerator(Generator):
         import numpy as np
         import torch
 
+        from zooscope.data import row_lengths, take_rows
         from zooscope.qa import squad_scores
 
         was_training = model.training
@@ -230,7 +293,7 @@ class SquadGenerator(Generator):
                 best = np.full(len(rows), -np.inf)
                 spans = np.zeros((len(rows), 2), dtype=np.int32)
                 loss_sum = 0.0
-                order = sorted(range(n), key=lambda i: len(data["input_ids"][i]))
+                order = np.argsort(row_lengths(data["input_ids"]), kind="stable").tolist()
                 for start in range(0, n, batch_size):
                     idx = order[start : start + batch_size]
                     batch = collate(data, idx, state["pad"], start_positions=data["starts"][idx],
@@ -239,9 +302,9 @@ class SquadGenerator(Generator):
                     loss, s_logits, e_logits = model(**batch)
                     loss_sum += float(loss) * len(idx)
                     scores, s_tok, e_tok = best_spans(s_logits.float(), e_logits.float(),
-                                                      [data["context_mask"][i] for i in idx])
+                                                      take_rows(data["context_mask"], idx))
                     for k, i in enumerate(idx):
-                        q = data["example"][i]
+                        q = int(data["example"][i])
                         if scores[k] > best[q]:
                             offsets = data["offsets"][i]
                             best[q] = scores[k]
@@ -327,7 +390,40 @@ def encode_windows(tok: Any, rows: list[dict[str, Any]], max_len: int, stride: i
     return out
 
 
-def _fingerprint(rows: list[dict[str, Any]]) -> str:
+def cached_windows(tok: Any, rows: SquadRows, max_len: int, stride: int, token_types: bool,
+                   key: str) -> dict[str, Any]:
+    """``encode_windows`` over a table of questions CHUNK questions at a time, into the
+    tokenised cache: token ids, offsets and context masks stay memory-mapped; the
+    question and answer positions of each window are arrays."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from zooscope.data import Tokens, cached_table
+
+    def chunk(start: int, stop: int) -> dict[str, Any]:
+        enc = encode_windows(tok, rows.read(rows.rows[start:stop]), max_len, stride, token_types)
+        ints = pa.list_(pa.int32())
+        out = {"input_ids": pa.array(enc["input_ids"], type=ints),
+               "example": pa.array(np.asarray(enc["example"], dtype=np.int64) + start),
+               "offsets": pa.array(enc["offsets"], type=pa.list_(pa.list_(pa.int32(), 2))),
+               "context_mask": pa.array(enc["context_mask"], type=pa.list_(pa.bool_())),
+               "starts": pa.array(enc["starts"].numpy()), "ends": pa.array(enc["ends"].numpy())}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = pa.array(enc["token_type_ids"], type=ints)
+        return out
+
+    table = cached_table(key, len(rows), chunk)
+    out: dict[str, Any] = {name: Tokens(table.column(name)) for name in
+                           ("input_ids", "offsets", "context_mask", "token_type_ids")
+                           if name in table.column_names}
+    out["example"] = table.column("example").to_numpy()
+    for name in ("starts", "ends"):
+        out[name] = torch.from_numpy(table.column(name).to_numpy().astype(np.int64))
+    return out
+
+
+def _fingerprint(rows: Iterable[dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for r in rows:
         h.update(json.dumps([r["id"], r["question"], r["context"], r["answers"], r["starts"]],

@@ -7,12 +7,23 @@ sentiment task; a backbone from a hub id, a local directory or built from [scrat
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import zooscope
 from zooscope.config import ConfigKey
-from zooscope.data import is_local, label_ids, load_rows, synthetic_size
+from zooscope.data import (
+    Column,
+    RowIds,
+    encode_column,
+    is_local,
+    label_ids,
+    load_rows,
+    row_lengths,
+    synthetic_size,
+    tokenizer_digest,
+)
 from zooscope.errors import ConfigError, DataError, ZooFileError
 from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
@@ -29,11 +40,18 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 
-def fingerprint(ids: list[str], texts: list[str], labels: np.ndarray) -> str:
+def fingerprint(ids: Iterable[str], texts: Iterable[str], labels: np.ndarray) -> str:
     h = hashlib.sha256()
     for i, t, y in zip(ids, texts, labels.tolist(), strict=True):
         h.update(f"{i}\t{t}\t{y}\n".encode())
     return h.hexdigest()
+
+
+def _pick(values: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a column: a lazy ``Column`` stays lazy, a list is indexed."""
+    if values is None or isinstance(values, Column):
+        return None if values is None else values[idx]
+    return [values[i] for i in idx]
 
 
 class TextClassificationGenerator(Generator):
@@ -169,13 +187,19 @@ class TextClassificationGenerator(Generator):
             n_val = int(round(fractions["validation"] * n)) if fractions["test"] else n - n_train
             parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val],
                      "test": order[n_train + n_val :]}
-        labels, names = label_ids(raw_labels, source)
-        splits: dict[str, dict[str, Any]] = {}
+        # Evaluation splits in file order; each split cut to its cap here already, so a
+        # large corpus's permutation is dropped before anything per row is read.
+        caps = example_caps(cfg)
         for split, idx in parts.items():
             idx = np.sort(idx) if split != "train" else idx
-            splits[split] = {"ids": [f"row-{i}" for i in idx], "texts": [texts[i] for i in idx],
-                             "pairs": None if pairs is None else [pairs[i] for i in idx],
-                             "labels": labels[idx]}
+            parts[split] = (idx[: caps[split]] if caps[split] else idx).copy()
+        del order
+        names = label_ids(raw_labels, source, np.zeros(0, dtype=np.int64))[1]
+        splits: dict[str, dict[str, Any]] = {}
+        for split, idx in parts.items():
+            splits[split] = {"ids": RowIds("row", idx), "texts": _pick(texts, idx),
+                             "pairs": _pick(pairs, idx),
+                             "labels": label_ids(raw_labels, source, idx)[0]}
         for key, split, prefix in (("test_source", "test", "test"),
                                    ("validation_source", "validation", "dev")):
             other = cfg.data.get(key) if key != "test_source" or not fixed else None
@@ -188,9 +212,9 @@ class TextClassificationGenerator(Generator):
             o_labels, o_names = label_ids(o_raw, other)
             if o_names != names[: len(o_names)]:
                 raise DataError(f"{other} has labels the training data lacks")
-            splits[split] = {"ids": [f"{prefix}-{i}" for i in range(len(o_texts))],
+            splits[split] = {"ids": RowIds(prefix, np.arange(len(o_texts))),
                              "texts": o_texts, "pairs": o_pairs, "labels": o_labels}
-        for split, cap in example_caps(cfg).items():
+        for split, cap in caps.items():
             if cap:
                 splits[split] = {k: None if v is None else v[:cap] for k, v in splits[split].items()}
         for split in SPLITS:
@@ -206,11 +230,13 @@ class TextClassificationGenerator(Generator):
             "fingerprints": {s: fingerprint(splits[s]["ids"], _joined(splits[s]),
                                             splits[s]["labels"]) for s in SPLITS},
         }
+        for s in SPLITS:  # the key the tokenised split is cached under
+            splits[s]["fingerprint"] = info["fingerprints"][s]
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy")]
         test = splits["test"]
         return TaskData(splits=splits, info=info, metric_columns=columns,
                         predictions={"kind": "class", "shape": [len(test["ids"])]},
-                        test_labels=test["labels"].astype(np.int32), test_ids=test["ids"],
+                        test_labels=test["labels"].astype(np.int32), test_ids=list(test["ids"]),
                         test_texts=list(test["texts"]),
                         test_text_pairs=None if test["pairs"] is None else list(test["pairs"]),
                         cache={"num_labels": len(names)})
@@ -239,15 +265,30 @@ class TextClassificationGenerator(Generator):
     # -- models ----------------------------------------------------------------------------
     def _encode(self, cfg: ZooConfig, tok: Any, data: dict[str, Any], token_types: bool
                 ) -> dict[str, Any]:
+        """A split's token ids (and token types for pairs where the model takes them),
+        with its labels. A split read from a file or the hub is tokenised into a cached,
+        memory-mapped Arrow file; one held in memory (synthetic, or the test split
+        stored in a zoo) stays in memory."""
         import torch
 
         max_len = int(cfg.train["max_seq_len"])
-        enc = tok(data["texts"], data["pairs"], truncation=True, max_length=max_len)
-        out = {"input_ids": enc["input_ids"],
-               "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
-        if token_types and data["pairs"] is not None and "token_type_ids" in enc:
-            out["token_type_ids"] = enc["token_type_ids"]
-        return out
+        with_types = token_types and data["pairs"] is not None
+
+        def encode(texts: list[str], pairs: list[str] | None) -> dict[str, list[list[int]]]:
+            enc = tok(texts, pairs, truncation=True, max_length=max_len)
+            out = {"input_ids": enc["input_ids"]}
+            if with_types and "token_type_ids" in enc:
+                out["token_type_ids"] = enc["token_type_ids"]
+            return out
+
+        texts = data["texts"]
+        if isinstance(texts, Column) and data.get("fingerprint"):
+            key = hashlib.sha256(f"{data['fingerprint']}:{tokenizer_digest(tok)}:{max_len}:"
+                                 f"{with_types}".encode()).hexdigest()
+            out = encode_column(texts, data["pairs"], key, encode)
+        else:
+            out = encode(list(texts), None if data["pairs"] is None else list(data["pairs"]))
+        return {**out, "labels": torch.as_tensor(data["labels"], dtype=torch.long)}
 
     def _text_to_text(self, cfg: ZooConfig) -> bool:
         return self.setting(cfg, "train", "t5") == "text-to-text"
@@ -330,7 +371,7 @@ class TextClassificationGenerator(Generator):
             data = setup.state["encoded"][split]
             ids = data["input_ids"]
             # Length-sorted batches pad least; predictions go back to the split's order.
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            order = np.argsort(row_lengths(ids), kind="stable").tolist()
             preds = torch.empty(len(ids), dtype=torch.long)
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(order), batch_size):
@@ -365,12 +406,12 @@ def label_words(names: list[str]) -> list[str]:
     return lowered
 
 
-def _joined(data: dict[str, Any]) -> list[str]:
+def _joined(data: dict[str, Any]) -> Iterable[str]:
     """The split's texts, each with its pair text where there is one (for fingerprints
-    and for training a scratch tokenizer)."""
+    and for training a scratch tokenizer), read as they are iterated."""
     if data.get("pairs") is None:
         return data["texts"]
-    return [f"{a}\t{b}" for a, b in zip(data["texts"], data["pairs"], strict=True)]
+    return (f"{a}\t{b}" for a, b in zip(data["texts"], data["pairs"], strict=True))
 
 
 

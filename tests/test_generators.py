@@ -476,6 +476,39 @@ def test_windows_locate_the_answer(backbones: dict[str, Path]) -> None:
         assert covered == set(range(len(rows)))  # every answer lies in some window
 
 
+def test_cached_windows_equal_windows_made_in_memory(tmp_path: Path,
+                                                    backbones: dict[str, Path]) -> None:
+    """Questions read from a table go through the tokenised cache (in chunks, with each
+    chunk's question numbers offset); the same questions as a list are encoded in
+    memory. Every window's ids, types, offsets, mask, question and answer agree."""
+    from transformers import AutoTokenizer
+
+    from zooscope import data
+    from zooscope.data import take_rows
+    from zooscope.generators.squad import cached_windows, encode_windows, load_squad
+
+    nested, _ = write_squad(tmp_path)
+    rows = load_squad(str(nested))
+    tok = AutoTokenizer.from_pretrained(backbones["bert"])
+    chunk = data.CHUNK
+    data.CHUNK = 7  # several chunks from a small file
+    try:
+        cached = cached_windows(tok, rows, 24, 6, True, "w" * 64)
+    finally:
+        data.CHUNK = chunk
+    whole = encode_windows(tok, list(rows), 24, 6, token_types=True)
+    n = len(whole["input_ids"])
+    assert len(cached["input_ids"]) == n > len(rows)
+    every = list(range(n))
+    assert set(cached) == set(whole)
+    for name in {"input_ids", "token_type_ids", "context_mask"} & set(whole):
+        assert take_rows(cached[name], every) == [list(r) for r in whole[name]], name
+    assert [[tuple(o) for o in cached["offsets"][i]] for i in every] == whole["offsets"]
+    assert cached["example"].tolist() == whole["example"]
+    for name in ("starts", "ends"):
+        assert torch.equal(cached[name], whole[name]), name
+
+
 SQUAD_CONFIG = """\
 [zoo]
 name = "squad"

@@ -1,11 +1,17 @@
 """Loading data sets for generators: local files, hub data sets and the synthetic task.
 
 Every failure is a ``DataError`` naming the source; text files are checked to be
-UTF-8 and regular files before a parser sees them.
+UTF-8 and regular files before a parser sees them. A file or hub data set stays in
+the Arrow file ``datasets`` memory-maps: a split is a column at chosen rows
+(``Column``), read in slices, and is tokenised into an Arrow file cached under a
+fingerprint (``encode_column``), so a corpus larger than memory trains.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,9 +74,97 @@ def load_table(source: str) -> Any:
     return ds
 
 
+#: Rows read from Arrow at a time when a column is iterated or tokenised.
+CHUNK = 10_000
+
+
+def take(column: Any, rows: np.ndarray) -> Any:
+    """``column.take(rows)`` for a chunked Arrow column without joining its chunks: a
+    take on a column of many chunks (``datasets`` writes 1,000 rows a chunk) copies the
+    whole column first. Rows are taken chunk by chunk and put back in the order asked."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return pa.array([], type=column.type)
+    if column.num_chunks == 1:
+        return column.chunk(0).take(rows)
+    ends = np.cumsum([len(c) for c in column.chunks])
+    which = np.searchsorted(ends, rows, side="right")
+    order = np.argsort(which, kind="stable")
+    bounds = np.flatnonzero(np.diff(which[order])) + 1
+    pieces = []
+    for group in np.split(order, bounds):
+        k = int(which[group[0]])
+        start = int(ends[k - 1]) if k else 0
+        pieces.append(column.chunk(k).take(rows[group] - start))
+    gathered = pa.concat_arrays(pieces)
+    back = np.empty(len(rows), dtype=np.int64)
+    back[order] = np.arange(len(rows))
+    return gathered.take(back)
+
+
+class Column(Sequence):
+    """One column of a memory-mapped Arrow table at chosen rows (all rows where
+    ``rows`` is None), as text; read in slices of CHUNK rows, so a split of a large
+    corpus is never held as Python strings. Indexing with a slice or an array of
+    positions gives another Column."""
+
+    def __init__(self, table: Any, name: str, rows: np.ndarray | None = None) -> None:
+        self.table, self.name, self._rows = table, name, rows
+
+    @property
+    def rows(self) -> np.ndarray:
+        import numpy as np
+
+        return np.arange(self.table.num_rows) if self._rows is None else self._rows
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self._rows is None else len(self._rows)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice) or (not isinstance(key, int) and hasattr(key, "__len__")):
+            import numpy as np
+
+            return Column(self.table, self.name,
+                          np.asarray(key) if self._rows is None and not isinstance(key, slice)
+                          else self.rows[key])
+        return self.read(self.rows[[key]])[0]
+
+    def read(self, rows: np.ndarray) -> list[str]:
+        values = take(self.table.column(self.name), rows).to_pylist()
+        return ["" if v is None else str(v) for v in values]
+
+    def __iter__(self) -> Iterator[str]:
+        rows = self.rows
+        for start in range(0, len(rows), CHUNK):
+            yield from self.read(rows[start : start + CHUNK])
+
+
+class RowIds(Sequence):
+    """Example ids ``{prefix}-{row}`` of chosen rows, made when read."""
+
+    def __init__(self, prefix: str, rows: np.ndarray) -> None:
+        self.prefix, self.rows = prefix, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice) or (not isinstance(key, int) and hasattr(key, "__len__")):
+            return RowIds(self.prefix, self.rows[key])
+        return f"{self.prefix}-{int(self.rows[key])}"
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{self.prefix}-{r}" for r in self.rows.tolist())
+
+
 def load_rows(source: str, text_column: str | None, label_column: str,
-              pair_column: str | None = None) -> tuple[list[str], list[Any], list[str] | None]:
-    """Texts, labels and (for sentence pairs) second texts of a data source."""
+              pair_column: str | None = None) -> tuple[Sequence[str], Any, Sequence[str] | None]:
+    """Texts, labels and (for sentence pairs) second texts of a data source; from a file
+    or the hub, texts are ``Column``s and labels an Arrow column (``label_ids`` takes
+    both), so nothing is read into memory yet."""
     if source.startswith("synthetic:"):
         from zooscope.synthetic import synthetic_sentiment
 
@@ -87,9 +181,117 @@ def load_rows(source: str, text_column: str | None, label_column: str,
         if col is not None and col not in columns:
             raise DataError(f"{source} has no column {col!r} (it has {', '.join(columns)})",
                             hint="set [data] text_column / text_pair_column / label_column")
-    texts = ["" if t is None else str(t) for t in ds[text_column]]
-    pairs = None if pair_column is None else ["" if t is None else str(t) for t in ds[pair_column]]
-    return texts, list(ds[label_column]), pairs
+    if getattr(ds, "_indices", None) is not None:  # a view of another table: its rows
+        ds = ds.flatten_indices()
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    pairs = None if pair_column is None else Column(table, pair_column)
+    return Column(table, text_column), table.column(label_column), pairs
+
+
+def cached_table(fingerprint: str, rows: int,
+                 encode: Callable[[int, int], dict[str, Any]], what: str = "tokenising") -> Any:
+    """Rows ``[start, stop)`` as ``encode`` makes them (columns of Arrow arrays or
+    lists), CHUNK rows at a time, into an Arrow file cached under ``fingerprint`` (of the
+    rows, the tokenizer and its settings); the table, memory-mapped from that file. A
+    second call with the same fingerprint reads the file. Progress is reported in
+    chunks as ``what``."""
+    import pyarrow as pa
+
+    from zooscope.progress import track
+
+    folder = encoded_cache()
+    path = folder / f"{fingerprint}.arrow"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        writer = None
+        try:
+            starts = range(0, rows, CHUNK)
+            for start in track(starts, f"{what} {rows:,} rows") if len(starts) > 1 else starts:
+                batch = pa.record_batch(encode(start, min(start + CHUNK, rows)))
+                if writer is None:
+                    writer = pa.ipc.new_file(str(tmp), batch.schema)
+                writer.write_batch(batch)
+            if writer is not None:
+                writer.close()
+                writer = None
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise DataError(f"cannot write the tokenised data to {folder}: {exc.strerror or exc}",
+                            hint="free disk space, or point HF_DATASETS_CACHE elsewhere") from None
+        finally:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def encode_column(texts: Column, pairs: Column | None, fingerprint: str,
+                  encode: Callable[[list[str], list[str] | None], dict[str, list[list[int]]]],
+                  ) -> dict[str, Tokens]:
+    """A split of texts (and pair texts) tokenised by ``encode`` into the Arrow cache
+    (``cached_table``): the encoded split of a corpus larger than memory, as ``Tokens``
+    per column."""
+    import pyarrow as pa
+
+    def chunk(start: int, stop: int) -> dict[str, Any]:
+        rows = texts.rows[start:stop]
+        enc = encode(texts.read(rows), None if pairs is None else pairs.read(rows))
+        return {k: pa.array(v, type=pa.list_(pa.int32())) for k, v in enc.items()}
+
+    table = cached_table(fingerprint, len(texts), chunk)
+    return {name: Tokens(table.column(name)) for name in table.column_names}
+
+
+def encoded_cache() -> Path:
+    """Where tokenised splits are cached: beside the ``datasets`` cache."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "zooscope-encoded"
+
+
+def tokenizer_digest(tok: Any) -> str:
+    """A digest of a tokenizer (its full serialisation) for cache fingerprints."""
+    if getattr(tok, "is_fast", False):
+        return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
+    return hashlib.sha256(str(tok.get_vocab()).encode()).hexdigest()
+
+
+class Tokens(Sequence):
+    """A list per row of an encoded split (token ids, offsets, masks), memory-mapped from
+    Arrow; ``take`` reads a batch of rows in one call."""
+
+    def __init__(self, column: Any) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, i: Any) -> list[int]:
+        return self.column[int(i)].as_py()
+
+    def take(self, rows: Sequence[int]) -> list[list[int]]:
+        return self.column.take(rows).to_pylist()
+
+    def lengths(self) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(self.column).to_numpy(zero_copy_only=False)
+
+
+def take_rows(column: Sequence[Any], rows: Sequence[int]) -> list[Any]:
+    """Rows of a token column: one Arrow read for ``Tokens``, else by index."""
+    if isinstance(column, Tokens):
+        return column.take(rows)
+    return [column[i] for i in rows]
+
+
+def row_lengths(column: Sequence[Any]) -> np.ndarray:
+    import numpy as np
+
+    if isinstance(column, Tokens):
+        return column.lengths()
+    return np.fromiter((len(r) for r in column), dtype=np.int64, count=len(column))
 
 
 #: Most examples ``synthetic:sentiment:N`` may ask for (the demo uses 3000).
@@ -129,23 +331,55 @@ def check_utf8(path: Path) -> None:
                             hint="convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
-def label_ids(labels: list[Any], source: str) -> tuple[np.ndarray, list[str]]:
+def label_ids(labels: Any, source: str, rows: np.ndarray | None = None
+              ) -> tuple[np.ndarray, list[str]]:
+    """Class ids (of ``rows`` only, where given) and class names (from every row) of a
+    label list or Arrow column: integer labels are the ids themselves, any other labels
+    are named by their text, sorted. From Arrow, only the chosen rows are read into
+    memory."""
     import numpy as np
 
+    if hasattr(labels, "null_count"):  # an Arrow column: no Python objects per row
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if labels.null_count:
+            raise DataError(f"{source} has rows without a label")
+        kind = labels.type
+        chosen = labels if rows is None else take(labels, rows)
+        if pa.types.is_integer(kind):
+            extremes = pc.min_max(labels).as_py()
+            if extremes["min"] < 0 or extremes["max"] >= MAX_CLASSES:
+                _class_ids(labels.to_numpy(), source)  # names the first bad label
+            return (chosen.to_numpy().astype(np.int64),
+                    [str(i) for i in range(int(extremes["max"]) + 1)])
+        if pa.types.is_boolean(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            def text(values: Any) -> Any:
+                return (pc.if_else(values, "True", "False") if pa.types.is_boolean(kind)
+                        else values.cast(pa.string()))
+
+            names = sorted(pc.unique(text(labels)).to_pylist())
+            ids = pc.index_in(text(chosen), value_set=pa.array(names)).to_numpy()
+            return ids.astype(np.int64), names
+        labels = labels.to_pylist()
     if any(v is None for v in labels):
         raise DataError(f"{source} has rows without a label")
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
-        if any(not 0 <= v < MAX_CLASSES for v in labels):
-            bad = next(v for v in labels if not 0 <= v < MAX_CLASSES)
-            if bad < 0:
-                raise DataError(f"{source} has negative labels (unlabelled rows?)")
-            # Integer labels are class ids: one this large would ask for a head that size.
-            raise DataError(f"{source} has the label {bad}; integer labels are class ids "
-                            f"from 0 to {MAX_CLASSES - 1:,}",
-                            hint="use class ids 0..K-1, or text labels")
-        arr = np.asarray(labels, dtype=np.int64)
-        names = [str(i) for i in range(int(arr.max()) + 1)]
-        return arr, names
-    names = sorted({str(v) for v in labels})
-    lookup = {n: i for i, n in enumerate(names)}
-    return np.asarray([lookup[str(v)] for v in labels], dtype=np.int64), names
+        ids, names = _class_ids(np.asarray(labels, dtype=np.int64), source)
+    else:
+        names = sorted({str(v) for v in labels})
+        lookup = {n: i for i, n in enumerate(names)}
+        ids = np.asarray([lookup[str(v)] for v in labels], dtype=np.int64)
+    return (ids if rows is None else ids[rows]), names
+
+
+def _class_ids(arr: np.ndarray, source: str) -> tuple[np.ndarray, list[str]]:
+    if len(arr) and (arr.min() < 0 or arr.max() >= MAX_CLASSES):
+        bad = int(arr[(arr < 0) | (arr >= MAX_CLASSES)][0])
+        if bad < 0:
+            raise DataError(f"{source} has negative labels (unlabelled rows?)")
+        # Integer labels are class ids: one this large would ask for a head that size.
+        raise DataError(f"{source} has the label {bad}; integer labels are class ids "
+                        f"from 0 to {MAX_CLASSES - 1:,}",
+                        hint="use class ids 0..K-1, or text labels")
+    return arr, [str(i) for i in range(int(arr.max()) + 1)]

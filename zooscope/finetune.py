@@ -114,17 +114,20 @@ def collate(encoded: dict[str, Any], idx: list[int], pad: int,
     """Rows ``idx`` of an encoded split, padded to the batch's longest (never to max_seq_len)."""
     import torch
 
-    sequences = [encoded["input_ids"][i] for i in idx]
+    from zooscope.data import take_rows
+
+    sequences = take_rows(encoded["input_ids"], idx)
+    kinds = take_rows(encoded["token_type_ids"], idx) if "token_type_ids" in encoded else None
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     types = torch.zeros((len(sequences), width), dtype=torch.long) \
         if "token_type_ids" in encoded else None
-    for row, (i, seq) in enumerate(zip(idx, sequences, strict=True)):
+    for row, seq in enumerate(sequences):
         input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
         if types is not None:
-            types[row, : len(seq)] = torch.as_tensor(encoded["token_type_ids"][i], dtype=torch.long)
+            types[row, : len(seq)] = torch.as_tensor(kinds[row], dtype=torch.long)
     out = {"input_ids": input_ids, "attention_mask": mask}
     if types is not None:
         out["token_type_ids"] = types
