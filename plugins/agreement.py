@@ -21,6 +21,7 @@ from zooscope.analysis import (
     Analyzer,
     Option,
     Selection,
+    plotting,
     varying_factors,
 )
 from zooscope.errors import ConfigError, ZooFileError
@@ -331,8 +332,9 @@ class Agreement(Analyzer):
             summary += (f" Intervals (groups.csv, seed_pairs.csv): 95%, multi-bootstrap over "
                         f"seeds and test examples ({replicates} replicates).")
         seed_pairs = seed_pair_table(pairs, by_id, spans if draws is not None else None)
-        figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats else {}
-        if seed_pairs["epoch"]:
+        draw = plotting()
+        figures = {"agreement_heatmap": _heatmap(heats, by_id, second)} if heats and draw else {}
+        if seed_pairs["epoch"] and draw:
             figures["disagreement_vs_error"] = _gde_figure(seed_pairs)
         return AnalysisResult(tables={"pairs": dict(pairs), "groups": dict(groups),
                                       "seed_pairs": seed_pairs, "members": dict(per_member),

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import zooscope
-from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, select_tensors
+from zooscope.analysis import AnalysisResult, Analyzer, Option, Selection, plotting, select_tensors
 from zooscope.errors import ConfigError
 from zooscope.progress import track
 from zooscope.zoo import Checkpoint, Zoo
@@ -64,33 +64,41 @@ def _percentile_ranks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
-              base_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              base_index: np.ndarray | None = None,
+              percentiles: bool = True) -> dict[str, np.ndarray]:
     """Statistics of each row of x (checkpoints × values), with drift from base rows.
 
     The drift base of row r is ``base[r]``, or with ``base_index``: row ``base_index[r]``
     of x where that is >= 0, else row ``-1 - base_index[r]`` of ``base``. The compiled
-    kernel in ``_rowstats`` does every row in three fused passes with exact percentiles;
-    rows holding NaN or infinity go through plain numpy.
+    kernel in ``_rowstats`` does every row in fused passes with exact percentiles (one
+    pass without them: ``percentiles=False`` leaves out p1 to p99); rows
+    holding NaN or infinity go through plain numpy, and so does everything where numba
+    (the ``analysis`` extra) is not installed.
     """
-    import numpy as np
+    import importlib.util
 
-    from ._rowstats import fused_stats
+    import numpy as np
 
     if base is not None and base_index is None:
         base_index = -1 - np.arange(len(x))
-    if x.dtype == np.float64:  # the kernel works in float32
-        return numpy_row_stats(x, near_zero, None if base_index is None else _bases_of(x, base, base_index))
+    if x.dtype == np.float64 or importlib.util.find_spec("numba") is None:
+        # the kernel works in float32, and is compiled by numba
+        return numpy_row_stats(x, near_zero, None if base_index is None else _bases_of(x, base, base_index),
+                               percentiles)
+    from ._rowstats import fused_stats
+
     n = x.shape[1]
     pos, lo, hi = _percentile_ranks(n)
-    ranks = np.unique(np.concatenate([lo, hi]))
+    ranks = np.unique(np.concatenate([lo, hi])) if percentiles else np.zeros(0, np.int64)
     sums, values, ok = fused_stats(x, near_zero, ranks, base_index, base)
-    mean, m2, m3, m4, l1, xx, linf, nz, dd, bb, xb = sums.T
+    mean, m2, m3, m4, l1, xx, linf, nz, dd, bb, xb, low, high = sums.T
     out: dict[str, np.ndarray] = {"mean": mean, "std": np.sqrt(m2), "l1": l1, "l2": np.sqrt(xx),
                                   "linf": linf, "near_zero": nz}
-    at = {int(r): values[:, i] for i, r in enumerate(ranks)}
-    for p, li, hi_i, ps in zip(PERCENTILES, lo, hi, pos, strict=True):
-        out[f"p{p}"] = at[int(li)] + (at[int(hi_i)] - at[int(li)]) * (ps - li)
-    out["min"], out["max"] = out["p0"], out["p100"]
+    if percentiles:
+        at = {int(r): values[:, i] for i, r in enumerate(ranks)}
+        for p, li, hi_i, ps in zip(PERCENTILES, lo, hi, pos, strict=True):
+            out[f"p{p}"] = at[int(li)] + (at[int(hi_i)] - at[int(li)]) * (ps - li)
+    out["min"], out["max"] = low, high
     out.update(_shape(m2, m3, m4, n))
     if base_index is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -99,7 +107,8 @@ def row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
     if not ok.all():
         bad = np.flatnonzero(~ok)
         slow = numpy_row_stats(x[bad], near_zero,
-                               None if base_index is None else _bases_of(x, base, base_index)[bad])
+                               None if base_index is None else _bases_of(x, base, base_index)[bad],
+                               percentiles)
         for key, col in slow.items():
             out[key][bad] = col
     return out
@@ -123,8 +132,8 @@ def _bases_of(x: np.ndarray, base: np.ndarray | None, base_index: np.ndarray) ->
     return np.stack([x[k] if k >= 0 else base[-1 - k] for k in base_index])
 
 
-def numpy_row_stats(x: np.ndarray, near_zero: float,
-                    base: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def numpy_row_stats(x: np.ndarray, near_zero: float, base: np.ndarray | None = None,
+                    percentiles: bool = True) -> dict[str, np.ndarray]:
     """The same statistics with plain numpy (the path for rows holding NaN or infinity)."""
     import numpy as np
 
@@ -140,9 +149,10 @@ def numpy_row_stats(x: np.ndarray, near_zero: float,
             "l2": np.sqrt((x64 * x64).sum(axis=1)), "linf": a.max(axis=1),
             "near_zero": (a < near_zero).mean(axis=1),
         }
-        for p, v in zip(PERCENTILES, np.percentile(x64, PERCENTILES, axis=1), strict=True):
-            out[f"p{p}"] = v
-        out["min"], out["max"] = out["p0"], out["p100"]
+        if percentiles:
+            for p, v in zip(PERCENTILES, np.percentile(x64, PERCENTILES, axis=1), strict=True):
+                out[f"p{p}"] = v
+        out["min"], out["max"] = x64.min(axis=1), x64.max(axis=1)
         out.update(_shape(m2, m3, m4, n))
         if base is not None:
             out.update(_drift(x64, base.astype(np.float64)))
@@ -225,6 +235,8 @@ class WeightStats(Analyzer):
         Option("tensors", str, ".*", "regex selecting tensors by state-dict name"),
         Option("spectral", bool, False, "add spectral metrics of 2-D weight matrices"),
         Option("near_zero", float, 1e-3, "|w| below this counts as near zero"),
+        Option("percentiles", bool, True,
+               "exact percentiles p1-p99 (off: one pass over each row, not three)"),
         Option("block_mb", float, 256.0, "memory for one block of checkpoints of one tensor"),
         Option("color_by", str, "learning_rate", "factor that colours the trajectory plot"),
     )
@@ -233,8 +245,9 @@ class WeightStats(Analyzer):
         color_by = _colour_factor(options["color_by"], selection,
                                   default=self.options[-1].default)
         table = self.statistics(zoo, options, selection)
-        figures = {"trajectories": _trajectories(zoo, table, color_by)}
-        if options["spectral"]:  # the spectral metrics, where there are matrices
+        draw = plotting()
+        figures = {"trajectories": _trajectories(zoo, table, color_by)} if draw else {}
+        if options["spectral"] and draw:  # the spectral metrics, where there are matrices
             for column, label in (("alpha", "power-law alpha\n(WeightWatcher)"),
                                   ("stable_rank", "stable rank")):
                 if any(v == v for v in table.get(column, [])):  # some value is not NaN
@@ -283,7 +296,7 @@ class WeightStats(Analyzer):
                 if not np.issubdtype(values.dtype, np.floating):
                     break
                 stats = row_stats(values.reshape(len(block), -1), options["near_zero"],
-                                  *self._bases(zoo, name, block, origin))
+                                  *self._bases(zoo, name, block, origin), options["percentiles"])
                 if options["spectral"]:
                     # Every row gets every spectral column, NaN where the tensor is no
                     # matrix, so the columns stay aligned with their rows.

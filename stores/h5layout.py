@@ -7,6 +7,7 @@ import contextlib
 import datetime as _dt
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -177,13 +178,50 @@ def utc_now() -> str:
 
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
+    import platform
+    import sys
 
     out = {"zooscope": __version__, "h5py": h5py.__version__,
-           "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
-    for lib in ("torch", "transformers"):
+           "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
+           "python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for lib in ("torch", "transformers", "datasets", "tokenizers", "accelerate"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[lib] = md.version(lib)
+    torch = sys.modules.get("torch")  # the device it trained on, where torch is in use
+    if torch is not None and torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+        out["device"] = torch.cuda.get_device_name(0)
+    commit = source_commit()
+    if commit:
+        out["zooscope_commit"] = commit
     return out
+
+
+#: The zoo card: UTF-8 Markdown, zero bytes after the text are padding (a shorter card
+#: overwrites a longer one in place, which SWMR allows).
+CARD = "card"
+MAX_CARD = 2**24
+
+
+def create_card(f: h5py.File) -> h5py.Dataset:
+    return f.create_dataset(CARD, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
+
+
+def source_commit() -> str | None:
+    """The git commit zooscope runs from, where it runs from a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    if "site-packages" in here.parts or not any((p / ".git").exists()
+                                                for p in (here, *here.parents)):
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and len(text) == 40 else None
 
 
 def write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) -> None:
@@ -198,6 +236,7 @@ def write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) -> 
     f.attrs["storage_dtype"] = header.storage_dtype
     f.attrs["compression"] = header.compression
     f.attrs["extra"] = json.dumps(header.extra)
+    create_card(f)
     g = f.create_group("members")
     n = len(members)
     for m in members:

@@ -4,6 +4,7 @@ an analysis result is stored under."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,17 @@ from zooscope.stores.h5checks import (
     check_backed,
     check_dataset,
     check_format,
+    check_safe_dataset,
     check_safe_file,
     damage,
     get_node,
 )
 from zooscope.stores.h5layout import (
     ALLOWED_KINDS,
+    CARD,
     COMPRESSIONS,
     INDEX_FIELDS,
+    MAX_CARD,
     MAX_MODEL_FILE,
     STORAGE_DTYPES,
     STORED_AS,
@@ -61,41 +65,61 @@ def _reads(method: Any) -> Any:
     return wrapper
 
 
+class _Architectures:
+    """Each architecture's (tensor names, shapes), its tables checked on first use."""
+
+    def __init__(self, check: Any, layouts: list[tuple[list[str], dict[str, tuple[int, ...]]]]) -> None:
+        self._check, self._layouts = check, layouts
+        self._checked: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._layouts)
+
+    def declared(self, a: int) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+        """The layout alone (checked at opening), without checking the tables."""
+        return self._layouts[a]
+
+    def __getitem__(self, a: int) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+        if a not in self._checked:
+            self._check(a, self._layouts[a][0])
+            self._checked.add(a)
+        return self._layouts[a]
+
+
 class HDF5Zoo(StoredZoo):
     """A read-only view of the committed state of a zoo file.
 
-    Opening checks the structure docs/format.md promises (groups, dtypes, shapes,
-    lengths that agree, index rows that point inside their tables) and that every
-    declared size is backed by the file; each tensor dataset is checked when first read
-    (``check_structure`` checks them all).
+    Opening checks what listing a zoo reads: the file's safety (no links out, no virtual
+    or external datasets outside the tensors), the members, the checkpoint index and
+    metrics, and each architecture's declared layout, with every declared size backed by
+    the file. The rest of the structure docs/format.md promises is checked before it is
+    first read: an architecture's rows, digests and model files, each tensor dataset,
+    the predictions and test data (``check_structure`` checks them all).
     """
 
-    def __init__(self, path: Path, handle: h5py.File | None = None) -> None:
+    def __init__(self, path: Path, handle: h5py.File | None = None, source: Any = None) -> None:
         self.path = path
         self.f = handle if handle is not None else open_for_reading(path)
+        #: The file object a remote zoo is read through (closed with the zoo).
+        self._source = source
         try:
             self._load()
         except ZooFileError:
-            self.f.close()
+            self.close()
             raise
         except (KeyError, ValueError, TypeError, OSError, IndexError, RuntimeError) as exc:
             error = damage(path, self.f, exc)
-            self.f.close()
+            self.close()
             raise error from None
 
     def _load(self) -> None:
         f, path = self.f, self.path
         self.format_version = check_format(f, path)
-        check_safe_file(f, path)
+        check_safe_file(f, path, tensors=False)
         for name in ("storage_dtype", "compression"):
             value = attr_text(f, name, "float32" if name == "storage_dtype" else "none")
             if value not in (STORAGE_DTYPES if name == "storage_dtype" else COMPRESSIONS):
                 raise ZooFileError(f"{path} is damaged: unknown {name} {value!r}")
-        for name in ("name", "config", "generator", "generator_version", "created"):
-            if name in f.attrs:
-                attr_text(f, name)
-        for name in ("versions", "data", "extra"):
-            json_attr(f, name, {}, kind=dict)
         members = f["members"]
         id_ds = get_node(members, "id", path)
         check_dataset(id_ds, path, "T", 1)
@@ -129,7 +153,9 @@ class HDF5Zoo(StoredZoo):
         ]
         self._by_id = {m.id: i for i, m in enumerate(self._members)}
 
-        # Architectures: a0, a1, ... each with a layout, a rows table and digests.
+        # Architectures: a0, a1, ... each with a layout (checked here: names and shapes are
+        # what hostile files play with), a rows table, digests and model files (checked
+        # when first used: a zoo of many backbones opens at the cost of one).
         keys = list(f["architectures"])
         expected = [f"a{k}" for k in range(len(keys))]
         if sorted(keys) != sorted(expected):
@@ -137,29 +163,9 @@ class HDF5Zoo(StoredZoo):
             raise ZooFileError(f"{path} is damaged: /architectures holds {odd[0]!r}; groups "
                                "are named a0, a1, ... in turn")
         self._arch_keys = expected
-        self._layouts = []
-        for key in self._arch_keys:
-            group = get_node(f["architectures"], key, path, dataset=False)
-            names, shapes = architecture_layout(group)
-            self._layouts.append((names, shapes))
-            stored = get_node(group, "tensors", path, dataset=False)
-            missing = [n for n in names if n not in stored]
-            if missing:
-                raise ZooFileError(f"tensor {missing[0]!r} is declared but missing in {key}")
-            rows = get_node(group, "rows", path)
-            check_dataset(rows, path, "iu", 2, width=(len(names),))
-            digests = get_node(group, "digests", path)
-            check_dataset(digests, path, "S", 2, width=(len(names),))
-            files = get_node(group, "files", path, dataset=False)
-            for fname, ds in files.items():
-                check_safe_name(fname, "file")
-                if not isinstance(ds, h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 1:
-                    raise ZooFileError(f"{path} is damaged: {group.name}/files/{fname} is not "
-                                       "a file (a 1-D uint8 dataset)")
-                if ds.shape[0] > MAX_MODEL_FILE:
-                    raise ZooFileError(f"{path} is damaged: {ds.name} declares "
-                                       f"{ds.shape[0]:,} bytes, more than a model file holds")
-                check_backed(ds, ds.shape[0], path)
+        declared = [architecture_layout(get_node(f["architectures"], key, path, dataset=False))
+                    for key in expected]
+        self._layouts = _Architectures(self._architecture, declared)
         arch_of_member = self._fresh("members/architecture")[()]
         if len(arch_of_member) and (arch_of_member.min() < -1
                                     or arch_of_member.max() >= len(self._arch_keys)):
@@ -198,7 +204,6 @@ class HDF5Zoo(StoredZoo):
         check_dataset(metrics_ds, path, "f", 2, rows=n, width=(len(self.metric_columns),))
         metrics = metrics_ds[:n]
         self._check_index(n)
-        self._check_test_data(n)
         self._checkpoints = []
         for row, values in zip(self._index, metrics, strict=True):
             self._checkpoints.append(
@@ -247,23 +252,51 @@ class HDF5Zoo(StoredZoo):
         if len(pairs) != n:
             raise ZooFileError(f"{where} commits a checkpoint twice")
         self._committed = []
-        for a, key in enumerate(self._arch_keys):
+        for a in range(len(self._arch_keys)):
             mine = index["arch_row"][arch == a].astype(np.int64)
-            used = int(mine.max()) + 1 if len(mine) else 0
-            group = self.f["architectures"][key]
+            if len(mine) and mine.min() < 0:
+                raise ZooFileError(f"{where} points at row {int(mine.min())} of "
+                                   f"/architectures/{self._arch_keys[a]}/rows")
+            self._committed.append(int(mine.max()) + 1 if len(mine) else 0)
+
+    def _architecture(self, a: int, names: list[str]) -> None:
+        """Check architecture ``a``'s group beyond its layout: the rows and digests tables
+        against the index, and its model files."""
+        f, path, key = self.f, self.path, self._arch_keys[a]
+        try:
+            group = get_node(f["architectures"], key, path, dataset=False)
+            get_node(group, "tensors", path, dataset=False)
+            used = self._committed[a]
             for name in ("rows", "digests"):
-                ds = group[name]
+                ds = get_node(group, name, path)
+                check_dataset(ds, path, "iu" if name == "rows" else "S", 2, width=(len(names),))
                 if self.f.swmr_mode:
                     ds.refresh()
-                if len(mine) and mine.min() < 0 or ds.shape[0] < used:
-                    raise ZooFileError(f"{where} points at row {used - 1} of {ds.name}, which "
-                                       f"has {ds.shape[0]} rows")
+                if ds.shape[0] < used:
+                    raise ZooFileError(f"{path} is damaged: /checkpoints/index points at row "
+                                       f"{used - 1} of {ds.name}, which has {ds.shape[0]} rows")
                 check_backed(ds, used, path)
-            self._committed.append(used)
+            files = get_node(group, "files", path, dataset=False)
+            for fname, ds in files.items():
+                check_safe_name(fname, "file")
+                if not isinstance(ds, h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 1:
+                    raise ZooFileError(f"{path} is damaged: {group.name}/files/{fname} is not "
+                                       "a file (a 1-D uint8 dataset)")
+                if ds.shape[0] > MAX_MODEL_FILE:
+                    raise ZooFileError(f"{path} is damaged: {ds.name} declares "
+                                       f"{ds.shape[0]:,} bytes, more than a model file holds")
+                check_backed(ds, ds.shape[0], path)
+        except ZooFileError:
+            raise
+        except (KeyError, ValueError, TypeError, OSError, IndexError, RuntimeError) as exc:
+            raise damage(path, f, exc) from None
 
-    def _check_test_data(self, n: int) -> None:
-        """Predictions and the test split's data agree with each other and the index."""
-        f, path = self.f, self.path
+    def _check_test_data(self) -> None:
+        """Predictions and the test split's data agree with each other and the index;
+        checked once, before any of them is read."""
+        if self.__dict__.get("_test_data_checked"):
+            return
+        f, path, n = self.f, self.path, len(self._checkpoints)
         n_test = None
         data = f.get("data")
         if data is not None and not isinstance(data, h5py.Group):
@@ -279,6 +312,7 @@ class HDF5Zoo(StoredZoo):
                                    f"the test split {n_test}")
             n_test = ds.shape[0]
         if "predictions" not in f["checkpoints"]:
+            self._test_data_checked = True
             return
         ds = get_node(f["checkpoints"], "predictions", path)
         kind = attr_text(ds, "kind", "class")
@@ -292,6 +326,7 @@ class HDF5Zoo(StoredZoo):
         if kind == "span" and ds.shape[2] != 2:
             raise ZooFileError(f"{path} is damaged: span predictions need rows of (n_test, 2), "
                                f"not {ds.shape[1:]}")
+        self._test_data_checked = True
 
     def _fresh(self, path: str) -> h5py.Dataset:
         """A dataset with its current extent, also while a SWMR writer appends to it."""
@@ -311,20 +346,34 @@ class HDF5Zoo(StoredZoo):
             "generator": attr_text(f, "generator", ""),
             "generator_version": attr_text(f, "generator_version", ""),
             "created": attr_text(f, "created", ""),
-            "versions": json_attr(f, "versions", {}),
-            "data": json_attr(f, "data", {}),
+            "versions": json_attr(f, "versions", {}, kind=dict),
+            "data": json_attr(f, "data", {}, kind=dict),
             "storage_dtype": attr_text(f, "storage_dtype", "float32"),
             "compression": attr_text(f, "compression", "none"),
             "metric_columns": list(self.metric_columns),
             "members": len(self._members),
             "checkpoints": len(self._checkpoints),
-            "extra": json_attr(f, "extra", {}),
+            "extra": json_attr(f, "extra", {}, kind=dict),
         }
 
     @property
     @_reads
     def config_text(self) -> str:
         return attr_text(self.f, "config", "")
+
+    @_reads
+    def card(self) -> str | None:
+        ds = self.f.get(CARD)
+        if ds is None:
+            return None
+        check_dataset(ds, self.path, "u", 1)
+        if ds.shape[0] > MAX_CARD:
+            raise ZooFileError(f"{self.path} is damaged: /card holds {ds.shape[0]:,} bytes")
+        check_backed(ds, ds.shape[0], self.path)
+        try:
+            return ds[()].tobytes().rstrip(b"\0").decode()
+        except UnicodeDecodeError:
+            raise ZooFileError(f"{self.path} is damaged: /card is not UTF-8 text") from None
 
     def members(self, **factors: Any) -> list[Member]:
         return [m for m in self._members if m.matches(**factors)]
@@ -364,13 +413,13 @@ class HDF5Zoo(StoredZoo):
         if member is None:
             if not self._layouts:
                 return []
-            return list(self._layouts[0][0])
-        return list(self._layouts[self._arch_of(member)][0])
+            return list(self._layouts.declared(0)[0])
+        return list(self._layouts.declared(self._arch_of(member))[0])
 
     @_reads
     def tensor_shape(self, name: str, member: Member | str | None = None) -> tuple[int, ...]:
         a = 0 if member is None else self._arch_of(member)
-        return self._layouts[a][1][name]
+        return self._layouts.declared(a)[1][name]
 
     def _locate(self, c: Checkpoint) -> tuple[int, int]:
         pos = self._position.get((c.member, c.epoch))
@@ -380,9 +429,10 @@ class HDF5Zoo(StoredZoo):
         return int(row["architecture"]), int(row["arch_row"])
 
     def _rows(self, a: int) -> np.ndarray:
-        """The committed part of an architecture's rows table (checked at opening)."""
+        """The committed part of an architecture's rows table (checked first)."""
         cache = self.__dict__.setdefault("_rows_cache", {})
         if a not in cache:
+            self._layouts[a]  # noqa: B018 - checks the architecture's tables first
             cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/rows")[
                 : self._committed[a]]
         return cache[a]
@@ -390,6 +440,7 @@ class HDF5Zoo(StoredZoo):
     def _digest_table(self, a: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_digest_cache", {})
         if a not in cache:
+            self._layouts[a]  # noqa: B018 - checks the architecture's tables first
             cache[a] = self._fresh(f"architectures/{self._arch_keys[a]}/digests")[
                 : self._committed[a]]
         return cache[a]
@@ -405,6 +456,7 @@ class HDF5Zoo(StoredZoo):
             raise ZooFileError(f"no tensor {name!r} in this zoo",
                                hint="Zoo.tensor_names() lists them")
         ds = get_node(self.f["architectures"][self._arch_keys[a]]["tensors"], name, self.path)
+        check_safe_dataset(ds.id, ds.name.lstrip("/"), self.path)
         if self.f.swmr_mode:
             ds.refresh()
         where = f"{self.path} is damaged: {ds.name}"
@@ -437,6 +489,14 @@ class HDF5Zoo(StoredZoo):
         """Problems of the structure that opening leaves to first use: every tensor
         dataset, the member table and stored analyses. Empty when sound."""
         problems: list[str] = []
+        for check in [self._check_test_data] + [
+                lambda a=a: self._layouts[a] for a in range(len(self._arch_keys))]:
+            try:
+                check()
+            except ZooFileError as exc:
+                problems.append(str(exc))
+        if problems:
+            return problems
         for a in range(len(self._arch_keys)):
             for name in self._layouts[a][0]:
                 try:
@@ -495,23 +555,36 @@ class HDF5Zoo(StoredZoo):
         rows = self._rows(a)[[r for _, r in located], j]
         ds = self._dataset(a, name)
         stored_as = attr_text(ds, "stored_as", str(ds.dtype))
-        unique, inverse = np.unique(rows, return_inverse=True)
-        buf = np.empty((len(unique), *ds.shape[1:]), dtype=ds.dtype)
-        try:
-            if len(unique) and unique[-1] - unique[0] + 1 == len(unique):
-                ds.read_direct(buf, source_sel=np.s_[int(unique[0]) : int(unique[-1]) + 1])
+        # Each stored row is read once, straight into the first place it goes: runs of
+        # places that take consecutive rows are one read; a row shared by several
+        # checkpoints (the common initialisation of a seed study) is copied from there.
+        runs: list[list[int]] = []  # [first place, first row, length]
+        first: dict[int, int] = {}
+        copies: list[tuple[int, int]] = []
+        for place, row in enumerate(rows.tolist()):
+            if row in first:
+                copies.append((place, first[row]))
+                continue
+            first[row] = place
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == place and last[1] + last[2] == row:
+                last[2] += 1
             else:
-                for k, r in enumerate(unique):
-                    ds.read_direct(buf, source_sel=np.s_[int(r)], dest_sel=np.s_[k])
+                runs.append([place, row, 1])
+        buf = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
+        try:
+            for place, row, length in runs:
+                ds.read_direct(buf, source_sel=np.s_[row : row + length],
+                               dest_sel=np.s_[place : place + length])
         except OSError as exc:
             raise ZooFileError(f"tensor {name!r} is corrupt: {exc}") from None
-        values = from_storage(buf, stored_as)
-        if len(unique) == len(rows) and np.array_equal(unique, rows):
-            return values  # no tensor shared between checkpoints: no reordering copy
-        return values[inverse]
+        for place, source in copies:
+            buf[place] = buf[source]
+        return from_storage(buf, stored_as)
 
     @_reads
     def predictions(self, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
+        self._check_test_data()
         if "checkpoints/predictions" not in self.f:
             raise ZooFileError("this zoo stores no predictions")
         chosen = self.checkpoints() if checkpoints is None else list(checkpoints)
@@ -521,29 +594,35 @@ class HDF5Zoo(StoredZoo):
 
     @_reads
     def prediction_kind(self) -> str | None:
+        self._check_test_data()
         if "checkpoints/predictions" not in self.f:
             return None
         return attr_text(self.f["checkpoints/predictions"], "kind", "class")
 
     @_reads
     def test_labels(self) -> np.ndarray | None:
+        self._check_test_data()
         if "data/test_labels" not in self.f:
             return None
         return self.f["data/test_labels"][()]
 
     @_reads
     def test_contexts(self) -> list[str] | None:
+        self._check_test_data()
         contexts = self.f.get("data/test_contexts")
         return None if contexts is None else list(contexts.asstr()[()])
 
     @_reads
     def test_answers(self) -> list[list[str]] | None:
+        self._check_test_data()
         answers = self.f.get("data/test_answers")
         return None if answers is None else [json.loads(a) for a in answers.asstr()[()]]
 
     @_reads
     def model_files(self, member: Member | str) -> dict[str, bytes]:
-        files = self.f["architectures"][self._arch_keys[self._arch_of(member)]]["files"]
+        a = self._arch_of(member)
+        self._layouts[a]  # noqa: B018 - checks the model files' declared sizes first
+        files = self.f["architectures"][self._arch_keys[a]]["files"]
         out = {}
         for name in files:
             check_safe_name(name, "file")
@@ -609,6 +688,7 @@ class HDF5Zoo(StoredZoo):
     @_reads
     def header(self) -> ZooHeader:
         """The zoo-level record, to create a zoo of the same kind (merging shards)."""
+        self._check_test_data()
         info = self.info
         p = self.f.get("checkpoints/predictions")
         preds = None if p is None else {"kind": attr_text(p, "kind", "class"),
@@ -629,9 +709,11 @@ class HDF5Zoo(StoredZoo):
         )
 
     def _results(self) -> ResultsStore:
-        """The results store beside this zoo, read once per open zoo."""
+        """The results store beside this zoo, read once per open zoo (none beside a URL)."""
         if "_results_store" not in self.__dict__:
-            self._results_store = ResultsStore.load(self.path, zoo_identity(self.f))
+            self._results_store = (ResultsStore(Path(os.devnull), zoo_identity(self.f))
+                                   if self._source is not None
+                                   else ResultsStore.load(self.path, zoo_identity(self.f)))
         return self._results_store
 
     def results_notes(self) -> list[str]:
@@ -691,6 +773,23 @@ class HDF5Zoo(StoredZoo):
     def close(self) -> None:
         if self.f.id.valid:
             self.f.close()
+        if self._source is not None:
+            self._source.close()
+
+
+def open_remote(url: str) -> HDF5Zoo:
+    """A zoo at a URL, read through a range-fetching file object: the open reads the
+    header and index, each tensor read fetches that tensor's chunks."""
+    from zooscope.remote import open_url
+
+    source = open_url(url)
+    try:
+        handle = h5py.File(source, "r", locking=False, rdcc_nbytes=0)
+    except OSError as exc:
+        source.close()
+        raise ZooFileError(f"{url} is not a readable HDF5 file ({str(exc).split('(')[0].strip()})",
+                           hint="the file may be truncated or not a zoo at all") from None
+    return HDF5Zoo(url, handle, source)  # type: ignore[arg-type]
 
 
 def write_analysis(

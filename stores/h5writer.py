@@ -23,12 +23,14 @@ from zooscope.errors import ZooFileError
 from zooscope.store import ZooHeader, ZooWriter
 from zooscope.stores.h5checks import check_format, short_reason
 from zooscope.stores.h5layout import (
+    CARD,
     COMPRESSIONS,
     INDEX_DTYPE,
     STORAGE_DTYPES,
     architecture_layout,
     attr_text,
     compression_filter,
+    create_card,
     fingerprint,
     json_attr,
     row_digest,
@@ -339,6 +341,21 @@ class HDF5Writer(ZooWriter):
         idx[c] = row
         f.flush()
         return {k: float(v) for k, v in zip(self.metric_columns, m[c], strict=True)}
+
+    def write_card(self, text: str) -> None:
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        if CARD not in self.f:  # a zoo created before zoos carried cards
+            self._leave_swmr()
+            try:
+                create_card(self.f)
+            finally:
+                self._enter_swmr()
+        ds = self.f[CARD]
+        if len(data) < ds.shape[0]:
+            data = np.concatenate([data, np.zeros(ds.shape[0] - len(data), np.uint8)])
+        ds.resize((len(data),))
+        ds[:] = data
+        self.f.flush()
 
     def close(self) -> None:
         self._pool.shutdown()

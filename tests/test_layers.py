@@ -20,10 +20,14 @@ LAYERS: list[tuple[str, ...]] = [
     # foundations: no zooscope imports
     ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic",
      "zooscope.bootstrap"),
+    ("zooscope.extras",),
+    ("zooscope.remote",),
     # the reader interface
     ("zooscope.zoo",),
-    # the store interface, progress, models, data loading
-    ("zooscope.store", "zooscope.progress", "zooscope.models", "zooscope.data",
+    # progress reporting
+    ("zooscope.progress",),
+    # the store interface, models, data loading
+    ("zooscope.store", "zooscope.models", "zooscope.data",
      "zooscope.search"),
     # the config
     ("zooscope.config",),
@@ -35,7 +39,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("zooscope.access",),
     ("zooscope.lineage", "zooscope.loader"),
     # what generators, analyzers and the commands build on
-    ("zooscope.finetune", "zooscope.zoofile", "zooscope.evaluation", "zooscope.results"),
+    ("zooscope.finetune", "zooscope.zoofile", "zooscope.evaluation", "zooscope.results",
+     "zooscope.card"),
+    ("zooscope.notebook",),
     # the engine
     ("zooscope.engine.stops", "zooscope.engine.resume"),
     ("zooscope.engine.checks", "zooscope.engine.loop"),

@@ -22,6 +22,7 @@ __all__ = [
     "ZooFileError",
     "ZooscopeError",
     "__version__",
+    "analyze",
     "hookimpl",
     "load_model",
     "open_zoo",
@@ -33,6 +34,15 @@ def open_zoo(path: Any) -> Zoo:
     from zooscope.access import open_zoo as _open_zoo
 
     return _open_zoo(path)
+
+
+def analyze(zoo: Any, analyzer: Any, members: Any = None, epochs: Any = None,
+            **options: Any) -> Any:
+    """Run an analyzer and return its tables as DataFrames and its figures, writing
+    nothing. See :func:`zooscope.notebook.analyze`."""
+    from zooscope.notebook import analyze as _analyze
+
+    return _analyze(zoo, analyzer, members, epochs, **options)
 
 
 def load_model(source: Any, member: str | None = None, epoch: int | None = None) -> Any:

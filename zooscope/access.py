@@ -10,6 +10,7 @@ from pathlib import Path
 
 from zooscope.errors import ZooFileError
 from zooscope.registry import stores
+from zooscope.remote import URL, is_url
 from zooscope.store import Store, StoredZoo
 from zooscope.zoo import Zoo
 
@@ -26,7 +27,11 @@ def store_for(path: Path) -> Store:
 
 
 def open_zoo(path: str | Path) -> Zoo:
-    """Open a zoo read-only with the store that claims its file name."""
+    """Open a zoo read-only with the store that claims its file name: a local path, or
+    a URL (``https://``, ``s3://``, ``hf://``), read by fetching only what is read."""
+    if is_url(path):
+        url = URL(path)
+        return store_for(Path(url.name)).open_url(url)
     path = Path(path)
     if not path.exists():
         raise ZooFileError(f"no zoo file at {path}")

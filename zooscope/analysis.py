@@ -234,10 +234,19 @@ class Analyzer(ABC):
         return values
 
 
-def figure_png(fig: Any) -> bytes:
+def plotting() -> bool:
+    """Whether figures can be drawn: matplotlib comes with the ``analysis`` extra, and
+    analyzers that only compute tables run without it."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def figure_png(fig: Any, close: bool = True) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    if close:
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     return buf.getvalue()

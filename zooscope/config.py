@@ -32,6 +32,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "zoo": {
         "name": (str,), "generator": (str,), "backbone": (str,), "seeds": (list,),
         "epochs": (int,), "strategy": (str,), "description": (str,), "max_members": (int,),
+        "license": (str,), "data_license": (str,),
     },
     "grid": {},  # any factor name; values are non-empty lists
     "search": {},  # samples, seed, and any factor name with a distribution (zooscope.search)

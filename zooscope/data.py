@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zooscope.errors import ConfigError, DataError
+from zooscope.zoo import hub_revision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +33,8 @@ def load_table(source: str) -> Any:
     """A data source as a ``datasets.Dataset``: a local file or folder, or a hub dataset.
 
     A hub id may name its split after a colon (``google/boolq:validation``); the
-    default is ``train``. Every failure is a ``DataError`` naming the source.
+    default is ``train``. ``@`` pins a revision (``google/boolq@<commit>:validation``).
+    Every failure is a ``DataError`` naming the source.
     """
     import datasets
 
@@ -57,7 +59,9 @@ def load_table(source: str) -> Any:
             ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
         else:
             name, _, split = source.partition(":")
-            ds = datasets.load_dataset(name, split=split or "train")
+            name, revision = hub_revision(name)  # google/boolq@<revision>:validation
+            ds = datasets.load_dataset(name, split=split or "train",
+                                       **({"revision": revision} if revision else {}))
     except DataError:
         raise
     except UnicodeDecodeError:

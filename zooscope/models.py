@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from zooscope.errors import ConfigError, ZooFileError
+from zooscope.zoo import hub_revision
 
 if TYPE_CHECKING:
     from zooscope.zoo import Member, Zoo
@@ -207,24 +208,27 @@ def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tupl
     # The load report lists the pre-training heads a backbone leaves out: expected here.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    source, at = hub_revision(name_or_path)
+    pinned: dict[str, Any] = {"revision": at} if at else {}
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(source, **pinned)
         set_dropout(config, dropout)
         if kind == "masked-lm":
-            model = AutoModelForMaskedLM.from_pretrained(name_or_path, config=config)
+            model = AutoModelForMaskedLM.from_pretrained(source, config=config, **pinned)
         elif kind == "text-to-text" and is_t5(config):
             from transformers import AutoModelForSeq2SeqLM
 
-            model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=config)
+            model = AutoModelForSeq2SeqLM.from_pretrained(source, config=config, **pinned)
         elif is_t5(config):
             from transformers import T5EncoderModel
 
-            model = T5EncoderModel.from_pretrained(name_or_path, config=config)
+            model = T5EncoderModel.from_pretrained(source, config=config, **pinned)
         elif config.model_type in ("bert", "roberta"):
-            model = AutoModel.from_pretrained(name_or_path, config=config, add_pooling_layer=False)
+            model = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False,
+                                              **pinned)
         else:
-            model = AutoModel.from_pretrained(name_or_path, config=config)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModel.from_pretrained(source, config=config, **pinned)
+        tokenizer = AutoTokenizer.from_pretrained(source, **pinned)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(

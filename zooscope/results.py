@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from zooscope.access import open_zoo, store_for
-from zooscope.analysis import Analyzer, Selection, figure_png
+from zooscope.analysis import Analyzer, Selection, figure_png, plotting
 from zooscope.errors import ConfigError, PluginError, ZooFileError, ZooscopeError
+from zooscope.extras import missing_extra
 from zooscope.zoo import Member, Zoo, canonical_json
 
 _FILTER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -213,10 +214,12 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
     where that cannot be written the result is still returned and written out, with
     ``not_stored`` saying why.
     """
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
+    if plotting():
+        import matplotlib
+
+        matplotlib.use("Agg")
     options = analyzer.parse_options(sets)
     epoch_list = parse_epochs(epochs)
     given = out_dir is not None
@@ -248,6 +251,11 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
                 out = analyzer.analyze(zoo, options, selection)
             except ZooscopeError:
                 raise
+            except ImportError as exc:
+                missing = missing_extra(exc)
+                if missing is None:
+                    raise
+                raise missing from None
             except Exception as exc:
                 # A broken plugin is named; the zoo is untouched (nothing is written yet).
                 raise PluginError(
@@ -257,6 +265,9 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
                 ) from exc
             figures = {name: figure_png(fig) if not isinstance(fig, bytes) else fig
                        for name, fig in out.figures.items()}
+            if not plotting():
+                notes = [*notes, "no figures: drawing them needs matplotlib "
+                                 "(pip install 'zooscope[analysis]')"]
             result = StoredAnalysis(analyzer.name, key, options, out.summary,
                                     {k: dict(v) for k, v in out.tables.items()}, figures,
                                     reused=False, stored=False, inputs=inputs, notes=notes)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zooscope.errors import ZooFileError
 from zooscope.zoo import Architecture, Checkpoint, Member, Zoo
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ class ZooWriter(ABC):
         """
         raise NotImplementedError
 
+    def write_card(self, text: str) -> None:  # noqa: B027 - stores without cards keep it
+        """Store the zoo card (``zooscope.card``), replacing the one stored before."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -136,6 +140,10 @@ class Store(ABC):
     @abstractmethod
     def open(self, path: Path) -> StoredZoo:
         """Open a zoo read-only."""
+
+    def open_url(self, url: str) -> StoredZoo:
+        """Open a zoo at a URL read-only, fetching only what is read."""
+        raise ZooFileError(f"the {self.name} store cannot read zoos at URLs")
 
     @abstractmethod
     def write_analysis(

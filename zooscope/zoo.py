@@ -41,6 +41,16 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def hub_revision(name: str) -> tuple[str, str | None]:
+    """``"bert-base-uncased@<revision>"`` → the hub id and the revision (a commit, branch or
+    tag) it is pinned to; a name without ``@``, or an existing local path, has none."""
+    base, sep, revision = name.rpartition("@")
+    if not sep or not base or not revision or Path(name).expanduser().exists() \
+            or name.startswith("zoo://"):
+        return name, None
+    return base, revision
+
+
 def member_id(factors: dict[str, Any], recipe: dict[str, Any] | None = None) -> str:
     """A stable id: ``m`` + 11 hex digits of SHA-256 over the member's canonical JSON.
 
@@ -123,6 +133,10 @@ class Zoo(ABC):
     @abstractmethod
     def config_text(self) -> str:
         """The zoo config, verbatim as it was given to ``generate``."""
+
+    def card(self) -> str | None:
+        """The zoo card stored at generation (Markdown), or None for zoos without one."""
+        return None
 
     @abstractmethod
     def members(self, **factors: Any) -> list[Member]:
@@ -236,6 +250,56 @@ class Zoo(ABC):
             row.update(c.metrics)
             rows.append(row)
         return rows
+
+    def metrics(self, checkpoints: Sequence[Checkpoint] | None = None) -> Any:
+        """Every metric of every checkpoint as a pandas DataFrame in long format: one row
+        per member, epoch, split and metric, with the member's factors as columns
+        (``member``, factors..., ``epoch``, ``step``, ``split``, ``metric``, ``value``).
+
+        ``train_loss`` is split ``train``, metric ``loss``; a metric without a split
+        prefix has split ``""``.
+        """
+        import pandas as pd
+
+        by_id = {m.id: m for m in self.members()}
+        factor_names = sorted({k for m in by_id.values() for k in m.factors})
+        columns: dict[str, list[Any]] = {name: [] for name in
+                                         ["member", *factor_names, "epoch", "step", "split",
+                                          "metric", "value"]}
+        for c in self.checkpoints() if checkpoints is None else checkpoints:
+            factors = by_id[c.member].factors
+            for name, value in c.metrics.items():
+                split, sep, metric = name.partition("_")
+                if not sep:
+                    split, metric = "", name
+                columns["member"].append(c.member)
+                for f in factor_names:
+                    columns[f].append(factors.get(f))
+                columns["epoch"].append(c.epoch)
+                columns["step"].append(c.step)
+                columns["split"].append(split)
+                columns["metric"].append(metric)
+                columns["value"].append(float(value))
+        return pd.DataFrame(columns)
+
+    def members_frame(self) -> Any:
+        """One row per member as a pandas DataFrame: ``member``, ``status``, the factors,
+        ``epochs`` (committed checkpoints' last epoch, -1 for none) and ``parent`` (the
+        lineage's source member, where the backbone came from another zoo)."""
+        import pandas as pd
+
+        members = self.members()
+        last: dict[str, int] = {}
+        for c in self.checkpoints():
+            last[c.member] = max(last.get(c.member, -1), c.epoch)
+        factor_names = sorted({k for m in members for k in m.factors})
+        return pd.DataFrame({
+            "member": [m.id for m in members],
+            "status": [m.status for m in members],
+            **{f: [m.factors.get(f) for m in members] for f in factor_names},
+            "epochs": [last.get(m.id, -1) for m in members],
+            "parent": [(m.lineage or {}).get("member") for m in members],
+        })
 
     def close(self) -> None:  # noqa: B027 - optional for stores without handles
         pass

@@ -6,6 +6,7 @@ file format itself is the store's business.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 
 from zooscope.access import open_stored, open_zoo, store_for
 from zooscope.errors import ZooFileError
-from zooscope.models import HEAD_FILE
+from zooscope.extras import require
 from zooscope.store import ZooHeader, lock_path, memory_budget
 from zooscope.zoo import COMPLETE, RUNNING, STATUS_LABELS, Architecture, Member, check_safe_name
 
@@ -103,7 +104,12 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
             fp = json.dumps(sorted(arch.shapes.items()))
             if fp not in checked_arch:
                 checked_arch.add(fp)
-                report.problems += _shapes_against_config(arch)
+                if importlib.util.find_spec("torch") is not None:
+                    report.problems += _shapes_against_config(arch)
+                elif len(checked_arch) == 1:
+                    report.notes.append("tensor shapes were not checked against the model "
+                                        "configs: that needs torch (pip install "
+                                        "'zooscope[train]')")
             for name in arch.shapes:
                 report.problems += zoo.check_tensor(c, name)
                 report.tensors_checked += 1
@@ -221,10 +227,12 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     ``zooscope_head.json``, and ``zooscope.load_model(DIR)`` puts the two together.
     A ``README.md`` says so; ``zooscope_export.json`` records where it came from.
     """
+    require("torch", "train", "exporting a model")
     import torch
     from safetensors.torch import save_file
 
     from zooscope.loader import HEAD_WEIGHTS, PROVENANCE, checkpoint_digest
+    from zooscope.models import HEAD_FILE
 
     out_dir = Path(out_dir)
     check_output_path(out_dir, directory=True)
@@ -382,9 +390,10 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
     Each directory becomes a member at epoch 0, or, with ``as_epochs``, the
     directories are consecutive epochs of one member (intermediate checkpoints).
     """
+    require("transformers", "train", "importing models")
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from zooscope.models import architecture_files
+    from zooscope.models import HEAD_FILE, architecture_files
 
     if not dirs:
         raise ZooFileError("nothing to import: give at least one model directory")

@@ -83,6 +83,11 @@ class ZooscopeGroup(TyperGroup):
         except BaseException as exc:  # Rust extensions (tokenizers) panic with a BaseException
             if debug():
                 raise
+            from zooscope.extras import missing_extra
+
+            missing = missing_extra(exc)
+            if missing is not None:
+                fail(missing.message, missing.hint)
             fail(f"unexpected {type(exc).__name__}: {exc}",
                  hint="this is a bug in zooscope or a plugin; rerun with ZOOSCOPE_DEBUG=1 "
                       "for the traceback")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -140,6 +141,40 @@ def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
     if not json_:
         console.print(f"ok: {report.checkpoints} checkpoints, {report.tensors_checked} tensors "
                       f"checked in {zoo}")
+
+
+@app.command()
+def card(
+    zoo: ZooPath,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Where to write the card; '-' prints it. Default: README.md "
+        "beside the zoo.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write the zoo's card: a Hugging Face dataset card (README.md with YAML front matter).
+
+    What the zoo is, how it was made (generator, backbones and revisions, data and its
+    fingerprints, the grid, the environment), its final metrics, its licences and how
+    to read it with plain h5py. Example: zooscope zoo card demo.h5
+    """
+    from zooscope.access import open_zoo
+    from zooscope.card import zoo_card
+
+    with open_zoo(zoo) as z:
+        text = zoo_card(z)
+    if out is not None and str(out) == "-":
+        sys.stdout.write(text)
+        return
+    target = out if out is not None else zoo.parent / "README.md"
+    if target.is_dir():
+        fail(f"{target} is a directory", hint="give a file name, e.g. --out README.md")
+    if target.exists() and not force:
+        fail(f"{target} exists", hint="add --force to replace it, or choose another --out")
+    try:
+        target.write_text(text)
+    except OSError as exc:
+        fail(f"cannot write {target} ({exc.strerror or exc})")
+    console.print(f"wrote the card of {zoo.name} to {target}")
 
 
 @app.command()

@@ -199,6 +199,7 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
             discard.lock_existed = discard.lock.exists()
             writer = store.create(path, _header(cfg, generator, task), members)
             discard.created = True
+            store_card(writer, path)
             # Only now, holding the zoo's lock: a live writer's resume state is never touched.
             if force and resume_state.dir.exists():
                 for p in resume_state.dir.iterdir():
@@ -259,9 +260,20 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
                 ) from None
             result.members.append({"id": member.id, **member.factors, **metrics})
             reporter.member_done(member)
+        if dist is None or dist.is_main_process:
+            store_card(writer, path)
     log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
         f"{result.skipped} already complete")
     return result
+
+
+def store_card(writer: ZooWriter, path: Path) -> None:
+    """Store the zoo card as the zoo now stands (``zooscope.card``)."""
+    from zooscope.access import open_zoo
+    from zooscope.card import zoo_card
+
+    with open_zoo(path) as zoo:
+        writer.write_card(zoo_card(zoo))
 
 
 class _Follower(ZooWriter):

@@ -1,0 +1,192 @@
+"""The zoo card: a Hugging Face dataset card (README.md with YAML front matter) saying what
+a zoo is, how it was made and how to read it without zooscope.
+
+``generate`` stores it in the zoo (``/card``) when the zoo is created and again when
+it finishes; ``zooscope zoo card`` writes it as README.md for a dataset repository.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections import defaultdict
+from typing import Any
+
+from zooscope.zoo import Zoo
+
+#: Hugging Face's size categories, by number of checkpoints (the zoo's rows).
+_SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+          (1_000_000, "100K<n<1M")]
+
+
+def _yaml_text(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML scalar
+
+
+def _config(zoo: Zoo) -> dict[str, Any]:
+    try:
+        return tomllib.loads(zoo.config_text)
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _metric_summary(zoo: Zoo) -> tuple[list[str], list[list[str]]]:
+    """Per configuration (the varying factors but the seed): members and each test
+    metric's mean ± standard deviation over seeds at the members' last epoch."""
+    members = zoo.members()
+    last: dict[str, Any] = {}
+    for c in zoo.checkpoints():
+        if c.member not in last or c.epoch >= last[c.member].epoch:
+            last[c.member] = c
+    keys = sorted({k for m in members for k in m.factors})
+    varying = [k for k in keys if k != "seed"
+               and len({json.dumps(m.factors.get(k), default=str) for m in members}) > 1]
+    metrics = sorted({k for c in last.values() for k in c.metrics if k.startswith("test_")})
+    groups: dict[tuple[str, ...], list[Any]] = defaultdict(list)
+    for m in members:
+        if m.id in last:
+            groups[tuple(_fmt(m.factors.get(k)) for k in varying)].append(last[m.id])
+    head = [*varying, "members", *metrics]
+    rows = []
+    for config, cps in sorted(groups.items()):
+        cells = [*config, str(len(cps))]
+        for name in metrics:
+            values = [float(c.metrics[name]) for c in cps if name in c.metrics]
+            values = [v for v in values if not math.isnan(v)]
+            if not values:
+                cells.append("")
+                continue
+            mean = sum(values) / len(values)
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
+                if len(values) > 1 else 0.0
+            cells.append(f"{mean:.4f} ± {sd:.4f}" if len(values) > 1 else f"{mean:.4f}")
+        rows.append(cells)
+    return head, rows
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return ["(none yet)"]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def zoo_card(zoo: Zoo) -> str:
+    """The card of an open zoo, from what the zoo records (nothing of this machine)."""
+    info = zoo.info
+    cfg = _config(zoo)
+    zoo_table = cfg.get("zoo", {})
+    name = str(info.get("name", "zoo"))
+    members = zoo.members()
+    checkpoints = zoo.checkpoints()
+    licence = str(zoo_table.get("license") or "other")
+    data_licence = zoo_table.get("data_license")
+    backbones = sorted({str(m.factors.get("backbone")) for m in members if "backbone" in m.factors})
+    size = next((label for limit, label in _SIZES if len(checkpoints) < limit), "n>1M")
+    tags = ["zooscope", "model-zoo", "weight-space", str(info.get("generator"))]
+    lines = ["---", f"license: {licence}", f"pretty_name: {_yaml_text(name)}", "tags:",
+             *(f"- {_yaml_text(t)}" for t in tags), "size_categories:", f"- {size}", "---", "",
+             f"# {name}", ""]
+    description = zoo_table.get("description")
+    lines += [str(description).strip() if description else
+              f"A model zoo of {len(members)} transformer models trained with the "
+              f"`{info.get('generator')}` generator over a grid of generating factors, "
+              "every epoch recorded.", ""]
+
+    status: dict[str, int] = defaultdict(int)
+    for m in members:
+        status[m.status] += 1
+    data = info.get("data") or {}
+    lines += ["## Contents", "",
+              f"- **members**: {len(members)} "
+              f"({', '.join(f'{n} {s}' for s, n in sorted(status.items()))})",
+              f"- **checkpoints**: {len(checkpoints)} (every member at every epoch, epoch 0 "
+              "before training)",
+              f"- **generator**: `{info.get('generator')}` version {info.get('generator_version')}",
+              f"- **format**: zooscope zoo file, format {info.get('format')}; tensors stored as "
+              f"{info.get('storage_dtype')}, compression {info.get('compression')}",
+              f"- **created**: {info.get('created')}", ""]
+
+    lines += ["## Backbones", ""]
+    if backbones:
+        lines += ["| backbone | revision | members |", "|---|---|---|"]
+        for b in backbones:
+            base, _, revision = b.partition("@") if not b.startswith("zoo://") else (b, "", "")
+            count = sum(1 for m in members if str(m.factors.get("backbone")) == b)
+            if base == "scratch" or base.startswith("zoo://"):
+                revision = "-"
+            lines.append(f"| `{base}` | {revision or 'none pinned (the default branch then)'} "
+                         f"| {count} |")
+    else:
+        lines.append("(recorded per member in the factors)")
+    lines.append("")
+
+    lines += ["## Data", ""]
+    for key in ("source", "validation_source", "test_source"):
+        if data.get(key):
+            lines.append(f"- **{key.replace('_', ' ')}**: `{data[key]}`")
+    sizes = data.get("sizes") or {}
+    fingerprints = data.get("fingerprints") or {}
+    if sizes or fingerprints:
+        lines += ["", "| split | examples | fingerprint (SHA-256 of the examples) |", "|---|---|---|"]
+        for split in sorted(set(sizes) | set(fingerprints)):
+            lines.append(f"| {split} | {sizes.get(split, '')} | `{fingerprints.get(split, '')}` |")
+    lines.append("")
+
+    grid = cfg.get("grid", {})
+    lines += ["## Grid", "", "| factor | values |", "|---|---|"]
+    if "seeds" in zoo_table:
+        lines.append(f"| seed | {', '.join(_fmt(s) for s in zoo_table['seeds'])} |")
+    for factor, values in grid.items():
+        shown = values if isinstance(values, list) else [values]
+        lines.append(f"| {factor} | {', '.join(_fmt(v) for v in shown)} |")
+    if "epochs" in zoo_table:
+        lines.append(f"| epochs | {zoo_table['epochs']} |")
+    lines += ["", "The zoo config, verbatim, is the root attribute `config`.", ""]
+
+    head, rows = _metric_summary(zoo)
+    lines += ["## Final metrics", "",
+              "Test metrics at each member's last epoch, mean ± standard deviation over "
+              "seeds:", "", *_table(head, rows), ""]
+
+    versions = info.get("versions") or {}
+    lines += ["## Environment", "", "| | |", "|---|---|",
+              *(f"| {k} | {v} |" for k, v in sorted(versions.items())), ""]
+
+    lines += ["## Licence", "",
+              f"- **weights**: {licence}"
+              + ("" if zoo_table.get("license") else " (no `[zoo] license` was given)"),
+              f"- **embedded data** (the test split's texts and labels in `/data`): "
+              f"{data_licence or 'that of the data source above'}", ""]
+
+    lines += ["## Reading it", "",
+              "With zooscope (`pip install zooscope`):", "",
+              "```python", "import zooscope", "",
+              f'zoo = zooscope.open_zoo("{zoo.path.name}")',
+              "zoo.members_frame()            # members and their factors",
+              "zoo.metrics()                  # every metric, long format",
+              'zoo.tensor("<tensor name>")    # one tensor across all checkpoints', "```", "",
+              "With plain h5py and numpy (the format is documented in zooscope's "
+              "docs/format.md):", "",
+              "```python", "import json", "", "import h5py", "",
+              f'with h5py.File("{zoo.path.name}", "r") as f:',
+              '    ids = f["members/id"].asstr()[()]',
+              '    factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]',
+              '    index = f["checkpoints/index"][()]        # member, epoch, arch_row, ...',
+              '    columns = json.loads(f["checkpoints/metrics"].attrs["columns"])',
+              '    metrics = f["checkpoints/metrics"][: len(index)]',
+              "    # one tensor across every checkpoint of the first architecture",
+              '    arch = f["architectures/a0"]',
+              '    names = json.loads(arch.attrs["tensor_names"])',
+              '    rows = arch["rows"][:, names.index(names[-1])]',
+              '    mine = index[index["architecture"] == 0]',
+              '    stack = arch["tensors"][names[-1]][()][rows[mine["arch_row"]]]',
+              "```", ""]
+    return "\n".join(lines)
