@@ -42,7 +42,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "freeze_backbone": (bool,), "max_train_examples": (int,), "eval_train": (bool,),
         "max_eval_examples": (int,),
         "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
-        "share_epochs": (bool,),
+        "share_epochs": (bool,), "warmup_ratio": _NUMBER,
     },
     # Where data lives and how it is split; a generator declares the other [data] keys
     # it reads (``Generator.config_keys``).
@@ -68,6 +68,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "freeze_backbone": False, "max_train_examples": 0, "eval_train": True,
         "max_eval_examples": 0,
         "mixed_precision": "no", "device": "auto", "num_threads": 0, "share_epochs": True,
+        "warmup_ratio": 0.1,
     },
     "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0}},
     "scratch": {
@@ -80,7 +81,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 CHOICES = {
     ("zoo", "strategy"): ("members", "ddp"),
     ("train", "optimizer"): ("adamw", "adam"),
-    ("train", "lr_schedule"): ("constant",),
+    ("train", "lr_schedule"): ("constant", "linear"),
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),
     ("store", "dtype"): ("float32", "float16", "bfloat16"),
     ("store", "compression"): ("none", "lz4", "zstd", "gzip"),
@@ -200,12 +201,22 @@ class ZooConfig:
         """
         train = {k: self.train[k] for k in TRAINING_KEYS}
         train["optimizer"] = self.raw.get("train", {}).get("optimizer", default_optimizer)
+        if self.schedules != {"constant"}:  # the warm-up matters only to a schedule that has one
+            train["warmup_ratio"] = self.train["warmup_ratio"]
         return {
             "generator": self.generator, "generator_version": str(generator_version),
             "data": {"train": data.get("fingerprints", {}).get("train"),
                      **{k: v for k, v in self.data.items() if k not in DATA_LOCATIONS}},
             "train": train,
         }
+
+    @property
+    def schedules(self) -> set[str]:
+        """The learning-rate schedules the members use (``[train] lr_schedule``, or the
+        values of an ``lr_schedule`` factor)."""
+        if "lr_schedule" in self.grid:
+            return {str(v) for v in self.grid["lr_schedule"]}
+        return {str(self.train["lr_schedule"])}
 
     @property
     def factor_names(self) -> list[str]:
@@ -245,7 +256,7 @@ class ZooConfig:
                     members.append(Member(id=mid, factors=factors, lineage=parent))
         varied_epochs = len(self.grid.get("epochs", [])) > 1 or (
             self.search is not None and "epochs" in self.search.factors)
-        if self.train["share_epochs"] and varied_epochs:
+        if self.train["share_epochs"] and varied_epochs and self.schedules == {"constant"}:
             members = _share_epochs(members)
         ids = [m.id for m in members]
         if len(set(ids)) != len(ids):
@@ -302,7 +313,7 @@ class ZooConfig:
 def _share_epochs(members: list[Member]) -> list[Member]:
     """Mark members whose checkpoints are a longer run's first epochs.
 
-    With a constant learning rate (the only schedule here), the member trained for 5
+    With a constant learning rate (only then), the member trained for 5
     epochs is the 9-epoch member's first 5 checkpoints: same seed, same data order,
     same steps. Such members record ``checkpoints_from`` (the longest sibling's id) in
     their lineage; the engine commits that run's checkpoints for them.
@@ -421,6 +432,11 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                     raise ConfigError(f"[grid] weight_decay must be ≥ 0, got {v!r}")
         if key == "seed":
             raise ConfigError("seeds go in [zoo] seeds, not in [grid]")
+        if key == "lr_schedule":
+            for v in values:
+                if v not in CHOICES[("train", "lr_schedule")]:
+                    raise ConfigError(f"[grid] lr_schedule value {v!r} is not one of "
+                                      f"{', '.join(CHOICES[('train', 'lr_schedule')])}")
     search = _check_search(raw["search"], grid) if "search" in raw else None
     if "learning_rate" not in grid and "learning_rate" not in (search.factors if search else {}):
         raise ConfigError("[grid] needs a learning_rate list",
@@ -448,6 +464,8 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                           "cuda:N, mps")
     if not 0 <= train["dropout"] < 1:
         raise ConfigError(f"[train] dropout must be in [0, 1), got {train['dropout']!r}")
+    if not 0 <= train["warmup_ratio"] < 1:
+        raise ConfigError(f"[train] warmup_ratio must be in [0, 1), got {train['warmup_ratio']!r}")
     for key in ("max_train_examples", "max_eval_examples"):
         if train[key] < 0:
             raise ConfigError(f"[train] {key} must be ≥ 0 (0 means all)")

@@ -42,8 +42,10 @@ def generate(
                                               "(default: NAME.h5 from the config).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted zoo.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing zoo.")] = False,
-    shard: Annotated[str | None, typer.Option("--shard", help="Train only shard I of N "
-                                              "(SLURM arrays), e.g. 0/4.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Train only shard I of N, "
+                                              "balanced by estimated cost, e.g. 0/4; 'auto' "
+                                              "(the default in a SLURM job array) takes it "
+                                              "from SLURM_ARRAY_TASK_ID.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show members, checkpoints and "
                                           "the zoo's size; train nothing.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -59,10 +61,25 @@ def generate(
     Example: zooscope generate zoos/demo.toml --out demo.h5
     """
     from zooscope.config import load_config
+    from zooscope.engine import part_path, slurm_shard
 
-    shard_t = parse_shard(shard)
+    from_slurm = shard == "auto" or (shard is None and slurm_shard() is not None)
+    if from_slurm:
+        shard_t = slurm_shard()
+        if shard_t is None:
+            raise typer.BadParameter("--shard auto needs SLURM_ARRAY_TASK_ID and "
+                                     "SLURM_ARRAY_TASK_COUNT, as a SLURM job array sets them")
+    else:
+        shard_t = parse_shard(shard)
     cfg = load_config(config)
     target = out or Path(f"{cfg.name}.h5")
+    if shard_t is not None and (from_slurm or out is None):
+        # Every task of an array runs the same command: each writes its own part.
+        target = part_path(target, *shard_t)
+        if not (dry_run or overfit or quiet):
+            err_console.print(f"shard {shard_t[0]}/{shard_t[1]}"
+                              f"{' (SLURM array task)' if from_slurm else ''}: writing {target}",
+                              soft_wrap=True)
     if dry_run:
         _dry_run(cfg, shard_t, json_)
         return
@@ -88,7 +105,7 @@ def generate(
 
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     from zooscope import registry
-    from zooscope.engine import member_list, shard_members
+    from zooscope.engine import member_costs, member_list, shard_members
     from zooscope.errors import DataError
     from zooscope.lineage import expand_parents
 
@@ -104,8 +121,10 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
         err_console.print(f"note: the Hugging Face hub is offline ({offline}); the size "
                           f"estimate leaves out {', '.join(hub)} unless cached", soft_wrap=True)
     # Member ids cover the data's fingerprint, so the data is loaded (not tokenised).
+    task = None
     try:
-        members = member_list(cfg, generator, generator.prepare(cfg))
+        task = generator.prepare(cfg)
+        members = member_list(cfg, generator, task)
         with_ids = True
     except DataError as exc:
         if not offline:
@@ -115,7 +134,8 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
         expand_parents(cfg)
         members, with_ids = cfg.members(), False
     if shard is not None:
-        members = shard_members(members, *shard)
+        members = shard_members(members, *shard,
+                                costs=member_costs(cfg, task if with_ids else None, members))
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     size = generator.estimate_bytes(cfg, members)
     ids = {m.id for m in members}

@@ -5,8 +5,17 @@
 full disk, and ``checks`` refuses bad output paths and devices before any file exists.
 """
 
-from zooscope.engine.build import BuildResult, build_zoo, final_metrics, member_list, shard_members
+from zooscope.engine.build import (
+    BuildResult,
+    build_zoo,
+    final_metrics,
+    member_costs,
+    member_list,
+    part_path,
+    shard_members,
+    slurm_shard,
+)
 from zooscope.engine.stops import DiskFull, Interrupted
 
-__all__ = ["BuildResult", "DiskFull", "Interrupted", "build_zoo", "final_metrics", "member_list",
-           "shard_members"]
+__all__ = ["BuildResult", "DiskFull", "Interrupted", "build_zoo", "final_metrics", "member_costs",
+           "member_list", "part_path", "shard_members", "slurm_shard"]

@@ -47,18 +47,100 @@ class BuildResult:
     main: bool = True
 
 
-def shard_members(members: Sequence[Member], index: int, count: int) -> list[Member]:
-    """The contiguous block of members shard ``index`` of ``count`` trains.
+def shard_members(members: Sequence[Member], index: int, count: int,
+                  costs: dict[str, float] | None = None) -> list[Member]:
+    """The members shard ``index`` of ``count`` trains.
 
-    The same arithmetic as Accelerate's ``split_between_processes``, so a SLURM
-    array of ``--shard i/n`` and an ``accelerate launch`` run split alike.
+    With ``costs`` (``member_costs``), shards are balanced by estimated cost
+    (``balanced_shards``); without, each shard is a contiguous block, the same
+    arithmetic as Accelerate's ``split_between_processes``.
     """
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"--shard {index}/{count} is not a valid shard",
                           hint="use I/N with 0 ≤ I < N, e.g. --shard 0/4")
+    if costs is not None:
+        return balanced_shards(members, count, costs)[index]
     base, extra = divmod(len(members), count)
     start = index * base + min(index, extra)
     return list(members[start : start + base + (1 if index < extra else 0)])
+
+
+def balanced_shards(members: Sequence[Member], count: int,
+                    costs: dict[str, float]) -> list[list[Member]]:
+    """Members split into ``count`` shards of about equal estimated cost.
+
+    Members whose checkpoints are a longer member's first epochs stay in that member's
+    shard (they cost nothing there). Largest groups first, each to the least loaded
+    shard; the same members and costs always give the same shards, so every task of
+    an array computes the same split on its own.
+    """
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        root = (m.lineage or {}).get("checkpoints_from") or m.id
+        groups.setdefault(root, []).append(m)
+
+    def cost(group: list[Member]) -> float:
+        return max(costs.get(m.id, 1.0) for m in group)
+
+    loads = [0.0] * count
+    shards: list[list[Member]] = [[] for _ in range(count)]
+    for group in sorted(groups.values(), key=lambda g: (-cost(g), g[0].id)):
+        i = min(range(count), key=lambda k: (loads[k], k))
+        shards[i].extend(group)
+        loads[i] += cost(group)
+    place = {m.id: k for k, m in enumerate(members)}
+    return [sorted(shard, key=lambda m: place[m.id]) for shard in shards]
+
+
+def member_costs(cfg: ZooConfig, task: TaskData | None, members: Sequence[Member]
+                 ) -> dict[str, float]:
+    """Each member's estimated training cost: backbone parameters × training examples ×
+    epochs. A backbone whose size cannot be found without training counts as the
+    largest one found (as 1 where none is)."""
+    sizes = (task.info.get("sizes") if task is not None else None) or {}
+    train = int(sizes.get("train") or 1)
+    found: dict[str, int | None] = {}
+    for m in members:
+        name = str(m.factors.get("backbone", cfg.zoo["backbone"]))
+        if name not in found:
+            found[name] = backbone_parameters(cfg, name)
+    known = [v for v in found.values() if v]
+    fallback = max(known) if known else 1
+    out = {}
+    for m in members:
+        params = found[str(m.factors.get("backbone", cfg.zoo["backbone"]))] or fallback
+        cap = int(m.factors.get("max_train_examples", cfg.train["max_train_examples"]) or 0)
+        examples = min(train, cap) if cap > 0 else train
+        out[m.id] = float(params) * examples * max(cfg.epochs_of(m), 1)
+    return out
+
+
+def backbone_parameters(cfg: ZooConfig, name: str) -> int | None:
+    """The parameters of a backbone, built on torch's meta device from its config (no
+    weights are read); None where its config cannot be found."""
+    from transformers import AutoConfig
+
+    from zooscope.models import base_model
+    from zooscope.zoo import hub_revision
+
+    try:
+        if name == "scratch":
+            sc = cfg.scratch
+            config = AutoConfig.for_model(
+                sc["model_type"], vocab_size=sc["vocab_size"], hidden_size=sc["hidden_size"],
+                num_hidden_layers=sc["num_hidden_layers"],
+                num_attention_heads=sc["num_attention_heads"],
+                intermediate_size=sc["intermediate_size"])
+        elif name.startswith("zoo://"):
+            return None
+        else:
+            source, revision = hub_revision(name)
+            config = AutoConfig.from_pretrained(cfg.resolve(source),
+                                                **({"revision": revision} if revision else {}))
+        with torch.device("meta"):
+            return sum(p.numel() for p in base_model(config).parameters())
+    except Exception:  # an estimate: any failure means "unknown"
+        return None
 
 
 def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
@@ -94,6 +176,28 @@ def final_metrics(path: Path) -> list[dict[str, Any]]:
         return rows
 
 
+def slurm_shard() -> tuple[int, int] | None:
+    """This task's shard of a SLURM job array (``SLURM_ARRAY_TASK_ID`` counted from
+    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of
+    ``SLURM_ARRAY_TASK_COUNT``), or None outside an array."""
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    try:
+        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+    except ValueError:
+        raise ConfigError("the SLURM_ARRAY_TASK_* variables are not integers") from None
+    index, off = divmod(task - low, max(step, 1))
+    if off or count < 1 or not 0 <= index < count:
+        raise ConfigError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} array tasks "
+                          f"from {low} in steps of {step}",
+                          hint="submit with a plain range, e.g. sbatch --array=0-5, or give "
+                               "--shard I/N")
+    return index, count
+
+
 def part_path(out: Path, index: int, count: int) -> Path:
     return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
 
@@ -126,7 +230,7 @@ def build_zoo(
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
     members = member_list(cfg, generator, task)
     if shard is not None:
-        members = shard_members(members, *shard)
+        members = shard_members(members, *shard, costs=member_costs(cfg, task, members))
     verify_parents(members, cfg.path.parent if cfg.path is not None else None)
     if state is not None and cfg.zoo["strategy"] == "members":
         if cfg.train["num_threads"] == 0 and state.device.type == "cpu":

@@ -48,10 +48,31 @@ def make_optimizer(cfg: ZooConfig, member: Member, model: torch.nn.Module,
     lr = float(member.factors["learning_rate"])
     wd = float(member.factors.get("weight_decay", 0.0))
     params = [p for p in model.parameters() if p.requires_grad]
-    # Constant learning rate: no warm-up, no decay, no scheduler at all.
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def schedule_of(cfg: ZooConfig, member: Member) -> str:
+    return str(member.factors.get("lr_schedule", cfg.train["lr_schedule"]))
+
+
+def lr_factor(cfg: ZooConfig, member: Member, step: int, total: int) -> float:
+    """The learning rate at ``step`` (counted from 0) as a fraction of the member's
+    learning rate. ``constant``: 1. ``linear`` (BERT fine-tuning's, as transformers'
+    ``get_linear_schedule_with_warmup``): up from 0 over the first ``warmup_ratio`` of the
+    ``total`` steps, then down to 0 at the last."""
+    if schedule_of(cfg, member) == "constant":
+        return 1.0
+    warmup = int(cfg.train["warmup_ratio"] * total)
+    if step < warmup:
+        return step / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 @dataclass
@@ -126,6 +147,10 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
             _commit(run, member, 0, 0, 0.0, model, metrics, preds)
         _barrier(run)
         first_epoch = 1
+    # The schedule is a function of the step alone, so a resumed run sets the same rates.
+    scheduled = schedule_of(cfg, member) != "constant"
+    lr = float(member.factors["learning_rate"])
+    total_steps = epochs * setup.steps_per_epoch
     model.train()
     for epoch in range(first_epoch, epochs + 1):
         loss_sum = torch.zeros((), device=run.device)
@@ -134,6 +159,8 @@ def train_member(run: MemberRun, member: Member) -> dict[str, float]:
             weight = 1.0
             if run.dist is not None:
                 batch, weight = _shard(batch, run.dist.process_index, run.dist.num_processes)
+            if scheduled:
+                set_lr(optimizer, lr * lr_factor(cfg, member, step, total_steps))
             with _autocast(cfg, run.device):
                 loss = run.generator.train_loss(train_model, batch) * weight
             if scaler is not None:

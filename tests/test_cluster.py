@@ -1,0 +1,218 @@
+"""Zoos on a cluster: SLURM job arrays derive each task's shard and part file, shards are
+balanced by estimated cost, and the parts merge into the one-process zoo."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zooscope.config import parse_config
+from zooscope.engine import member_costs, shard_members, slurm_shard
+from zooscope.errors import ConfigError
+from zooscope.zoo import Member
+
+from .conftest import ROOT, TINY_CONFIG, cli_env, run_cli, write_config
+from .test_generate import assert_same_weights
+
+
+def scripts() -> list[str]:
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    return [s for s in re.findall(r"```bash\n(.*?)```", text, re.S) if "#SBATCH" in s]
+
+
+def sbatch_env(task: int | None, count: int, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **cli_env(), **extra}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for key in [k for k in env if k.startswith("SLURM_")]:
+        del env[key]
+    if task is not None:
+        env.update(SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID=str(task),
+                   SLURM_ARRAY_TASK_COUNT=str(count), SLURM_ARRAY_TASK_MIN="0",
+                   SLURM_ARRAY_TASK_MAX=str(count - 1), SLURM_ARRAY_TASK_STEP="1")
+    return env
+
+
+@pytest.mark.slow
+def test_the_documented_array_merges_into_the_one_process_zoo(tiny_zoo: Path,
+                                                               tmp_path: Path) -> None:
+    generate, merge = scripts()[:2]
+    (tmp_path / "generate.sbatch").write_text(generate)
+    (tmp_path / "merge.sbatch").write_text(merge)
+    config = write_config(tmp_path)
+    for task in range(3):  # as SLURM would start them, here one after another
+        done = subprocess.run(["bash", "generate.sbatch"], cwd=tmp_path, capture_output=True,
+                              text=True, env=sbatch_env(task, 3, CONFIG=str(config),
+                                                        OUT="tiny.h5"), timeout=900)
+        assert done.returncode == 0, done.stderr
+        assert f"shard {task}/3 (SLURM array task): writing tiny.part{task}of3.h5" in done.stderr
+    parts = sorted(p.name for p in tmp_path.glob("tiny.part*of3.h5"))
+    assert parts == ["tiny.part0of3.h5", "tiny.part1of3.h5", "tiny.part2of3.h5"]
+    assert not (tmp_path / "tiny.h5").exists()
+    # A requeued task finds its part complete and changes nothing.
+    again = subprocess.run(["bash", "generate.sbatch"], cwd=tmp_path, capture_output=True,
+                           text=True, env=sbatch_env(1, 3, CONFIG=str(config), OUT="tiny.h5"))
+    assert again.returncode == 0, again.stderr
+    done = subprocess.run(["bash", "merge.sbatch"], cwd=tmp_path, capture_output=True, text=True,
+                          env=sbatch_env(None, 0, OUT="tiny.h5"), timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "ok: 12 checkpoints" in done.stdout
+    assert_same_weights(tiny_zoo, tmp_path / "tiny.h5")
+
+
+def test_slurm_variables_give_the_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert slurm_shard() is None
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")
+    assert slurm_shard() == (3, 4)  # --array=1-7:2 → tasks 1, 3, 5, 7
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID=4 is not one of 4 array tasks"):
+        slurm_shard()
+
+
+def test_shard_auto_outside_an_array_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}
+    done = run_cli("generate", str(write_config(tmp_path)), "--shard", "auto", env=env)
+    assert done.returncode == 2
+    assert "--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT" in \
+        " ".join(done.stderr.split())
+
+
+def member(name: str, cost_key: str, checkpoints_from: str | None = None) -> Member:
+    lineage = {"checkpoints_from": checkpoints_from} if checkpoints_from else None
+    return Member(id=name, factors={"backbone": cost_key}, lineage=lineage)
+
+
+def test_shards_are_balanced_by_cost_not_position() -> None:
+    """Six backbones of very different sizes, three members each: by position each of six
+    shards would get one backbone; balanced, the loads are near equal."""
+    sizes = {"distil": 66, "base": 110, "roberta": 125, "electra": 14, "deberta": 184,
+             "large": 355}
+    members = [member(f"{b}{k}", b) for b in sizes for k in range(3)]
+    costs = {m.id: float(sizes[m.factors["backbone"]]) for m in members}
+
+    def loads(shards: list[list[Member]]) -> list[float]:
+        return [sum(costs[m.id] for m in s) for s in shards]
+
+    by_position = [shard_members(members, i, 6) for i in range(6)]
+    balanced = [shard_members(members, i, 6, costs) for i in range(6)]
+    assert sorted(m.id for s in balanced for m in s) == sorted(m.id for m in members)
+    assert max(loads(by_position)) / min(loads(by_position)) > 20
+    total = sum(costs.values())
+    assert max(loads(balanced)) <= total / 6 + max(sizes.values())  # LPT's bound
+    assert max(loads(balanced)) / min(loads(balanced)) < 1.3
+    # A member sharing a longer member's epochs goes with it.
+    chained = [*members, member("short", "large", checkpoints_from="large0")]
+    for i in range(6):
+        shard = {m.id for m in shard_members(chained, i, 6, {**costs, "short": 1.0})}
+        assert ("short" in shard) == ("large0" in shard)
+
+
+def test_member_costs_follow_backbone_size_examples_and_epochs(tmp_path: Path) -> None:
+    text = TINY_CONFIG.replace("[grid]\n", "[grid]\nepochs = [1, 3]\n").replace(
+        "epochs = 2\n", "")
+    cfg = parse_config(text, tmp_path / "c.toml")
+
+    class Task:
+        info = {"sizes": {"train": 320}}
+
+    members = cfg.members()
+    costs = member_costs(cfg, Task(), members)  # type: ignore[arg-type]
+    import torch
+    from transformers import AutoConfig
+
+    from zooscope.models import base_model
+
+    sc = cfg.scratch
+    config = AutoConfig.for_model(sc["model_type"], vocab_size=sc["vocab_size"],
+                                  hidden_size=sc["hidden_size"],
+                                  num_hidden_layers=sc["num_hidden_layers"],
+                                  num_attention_heads=sc["num_attention_heads"],
+                                  intermediate_size=sc["intermediate_size"])
+    with torch.device("meta"):
+        params = sum(p.numel() for p in base_model(config).parameters())
+    for m in members:
+        assert costs[m.id] == params * 320 * cfg.epochs_of(m)
+
+
+def test_linear_schedule_is_transformers_linear_warmup(tmp_path: Path) -> None:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from zooscope.engine.loop import lr_factor
+
+    text = TINY_CONFIG.replace("[train]\n", '[train]\nlr_schedule = "linear"\nwarmup_ratio = 0.2\n')
+    cfg = parse_config(text, tmp_path / "c.toml")
+    m = cfg.members()[0]
+    total = 37
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, int(0.2 * total), total)
+    for step in range(total):
+        assert lr_factor(cfg, m, step, total) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    constant = parse_config(TINY_CONFIG, tmp_path / "d.toml")
+    assert lr_factor(constant, constant.members()[0], 5, total) == 1.0
+
+
+def test_a_schedule_factor_trains_and_is_recorded(tmp_path: Path) -> None:
+    """lr_schedule as a grid factor: both schedules train and differ; epochs are not
+    shared under a decaying rate."""
+    import zooscope
+
+    text = TINY_CONFIG.replace("[grid]\n", '[grid]\nlr_schedule = ["constant", "linear"]\n'
+                               ).replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]"
+                               ).replace("seeds = [0, 1]", "seeds = [0]")
+    config = write_config(tmp_path, text)
+    out = tmp_path / "s.h5"
+    done = run_cli("generate", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    with zooscope.open_zoo(out) as zoo:
+        by = {m.factors["lr_schedule"]: m for m in zoo.members()}
+        assert set(by) == {"constant", "linear"}
+        a = zoo.state_dict(by["constant"], 2)
+        b = zoo.state_dict(by["linear"], 2)
+        assert any(not torch_equal(a[k], b[k]) for k in a)
+    epochs = parse_config(TINY_CONFIG.replace("epochs = 2\n", "").replace(
+        "[grid]\n", "[grid]\nepochs = [1, 2]\n").replace(
+        "[train]\n", '[train]\nlr_schedule = "linear"\n'), tmp_path / "e.toml")
+    assert not any((m.lineage or {}).get("checkpoints_from") for m in epochs.members())
+
+
+def torch_equal(a, b) -> bool:  # noqa: ANN001
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+@pytest.mark.slow
+def test_a_killed_linear_run_resumes_bitwise(tmp_path: Path) -> None:
+    import signal
+
+    import zooscope
+    from zooscope.config import load_config
+    from zooscope.engine import build_zoo
+
+    from .test_generate import ONE_MEMBER, _start, _wait_for_checkpoints
+
+    config = write_config(tmp_path, ONE_MEMBER.replace("[train]\n", '[train]\nlr_schedule = "linear"\n'
+                                                       'warmup_ratio = 0.3\n'), "one.toml")
+    build_zoo(load_config(config), tmp_path / "straight.h5")
+    out = tmp_path / "killed.h5"
+    proc = _start(config, out)
+    _wait_for_checkpoints(out, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with zooscope.open_zoo(out) as zoo:
+        assert 2 <= len(zoo.checkpoints()) < 4
+    resumed = run_cli("generate", str(config), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "straight.h5", out)
