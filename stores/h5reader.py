@@ -538,6 +538,20 @@ class HDF5Zoo(StoredZoo):
             out[name] = to_torch(raw, attr_text(ds, "stored_as", str(ds.dtype)))
         return out
 
+    def stored_rows(self, member: Member | str, epoch: int) -> list[tuple[str, bytes, Any, int]]:
+        """One checkpoint as stored: per tensor, its name, digest, dataset and row. What
+        ``HDF5Writer.copy_checkpoint`` copies chunk by chunk without decoding."""
+        mid = member if isinstance(member, str) else member.id
+        pos = self._position.get((mid, int(epoch)))
+        if pos is None:
+            raise ZooFileError(f"no checkpoint of member {mid} at epoch {epoch}")
+        a, arch_row = self._locate(self._checkpoints[pos])
+        names = self._layouts[a][0]
+        rows = self._rows(a)[arch_row]
+        digests = self._digest_table(a)[arch_row]
+        return [(name, bytes(digests[j]), self._dataset(a, name), int(rows[j]))
+                for j, name in enumerate(names)]
+
     @_reads
     def tensor(self, name: str, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
         chosen = self.checkpoints() if checkpoints is None else list(checkpoints)

@@ -253,7 +253,6 @@ class HDF5Writer(ZooWriter):
         if a < 0:
             raise ZooFileError(f"member {member.id} was not started")
         key = self.arch_keys[a]
-        group = f["architectures"][key]
         names = self._names[key]
         if set(state_dict) != set(names):
             extra = sorted(set(state_dict) - set(names))[:3]
@@ -289,6 +288,62 @@ class HDF5Writer(ZooWriter):
                 digests[j] = digest
         finally:
             stream.close()  # an error stops the worker after what it has started
+        self._commit(i, a, epoch, step, wall_time, rows, digests, metrics, predictions)
+
+    def copy_checkpoint(self, source: Any, member: Member, checkpoint: Any,
+                        predictions: np.ndarray | None) -> bool:
+        """Commit ``source``'s checkpoint (an open HDF5 zoo of the same storage dtype and
+        compression) by copying each stored chunk as it is: no decoding, no conversion,
+        no digest recomputed; rows this zoo already holds are pointed at. False where the
+        zoos differ in how they store tensors (the caller then writes the state dict)."""
+        if (attr_text(source.f, "storage_dtype", "float32"), attr_text(source.f, "compression",
+                                                                       "none")) != (
+                self.storage_dtype, self.compression):
+            return False
+        f = self.f
+        i = self._member(member)
+        a = int(f["members/architecture"][i])
+        if a < 0:
+            raise ZooFileError(f"member {member.id} was not started")
+        key = self.arch_keys[a]
+        names = self._names[key]
+        stored = source.stored_rows(member, checkpoint.epoch)
+        if [name for name, *_ in stored] != names:
+            return False
+        datasets = self._tensor_datasets(key)
+        if any(src.shape[1:] != ds.shape[1:] or src.dtype != ds.dtype or src.chunks != ds.chunks
+               for (_n, _d, src, _r), ds in zip(stored, datasets, strict=True)):
+            return False
+        rows = np.empty(len(names), dtype="<i8")
+        digests = np.empty(len(names), dtype="S32")
+        maps = self._digests[key]
+        for j, (_name, digest, src, src_row) in enumerate(stored):
+            row = maps[j].get(digest)
+            if row is None:
+                ds = datasets[j].id
+                shape = ds.shape
+                row = shape[0]
+                ds.set_extent((row + 1, *shape[1:]))
+                if len(shape) > 1 and int(np.prod(shape[1:])):
+                    offset = (0,) * (len(shape) - 1)
+                    mask, chunk = src.id.read_direct_chunk((src_row, *offset))
+                    ds.write_direct_chunk((row, *offset), chunk, mask)
+                else:
+                    datasets[j][row] = src[src_row]
+                maps[j][digest] = row
+            rows[j] = row
+            digests[j] = digest
+        self._commit(i, a, checkpoint.epoch, checkpoint.step, checkpoint.wall_time, rows,
+                     digests, checkpoint.metrics, predictions)
+        return True
+
+    def _commit(self, i: int, a: int, epoch: int, step: int, wall_time: float,
+                rows: np.ndarray, digests: np.ndarray, metrics: Mapping[str, float],
+                predictions: np.ndarray | None) -> None:
+        """Append the checkpoint's rows, digests, metrics and predictions, then its index
+        row: the commit record."""
+        f = self.f
+        group = f["architectures"][self.arch_keys[a]]
         arch_row = group["rows"].shape[0]
         for ds_name, value in (("rows", rows), ("digests", digests)):
             group[ds_name].resize(arch_row + 1, axis=0)

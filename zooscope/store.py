@@ -110,6 +110,12 @@ class ZooWriter(ABC):
         """
         raise NotImplementedError
 
+    def copy_checkpoint(self, source: StoredZoo, member: Member, checkpoint: Checkpoint,
+                        predictions: np.ndarray | None) -> bool:
+        """Commit ``source``'s checkpoint as stored, without decoding its tensors, where
+        this store can (``zoo merge``); False where it cannot, and nothing was written."""
+        return False
+
     def write_card(self, text: str) -> None:  # noqa: B027 - stores without cards keep it
         """Store the zoo card (``zooscope.card``), replacing the one stored before."""
 

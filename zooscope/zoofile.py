@@ -193,9 +193,12 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         writer.start_member(m, arch)  # type: ignore[arg-type]
                         preds = z.predictions(cps) if header.predictions else None
                         for k, c in enumerate(cps):
-                            writer.write_checkpoint(
-                                m, c.epoch, c.step, c.wall_time, z.state_dict(m, c.epoch),
-                                c.metrics, None if preds is None else preds[k])
+                            row = None if preds is None else preds[k]
+                            # Stored chunks are copied as they are where the stores allow;
+                            # otherwise each tensor is decoded and written again.
+                            if not writer.copy_checkpoint(z, m, c, row):
+                                writer.write_checkpoint(m, c.epoch, c.step, c.wall_time,
+                                                        z.state_dict(m, c.epoch), c.metrics, row)
                             copied += 1
                             on_checkpoint()
                         writer.set_status(m, _STATUS_CODES.get(m.status, RUNNING))
