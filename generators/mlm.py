@@ -193,7 +193,7 @@ class MaskedLMGenerator(Generator):
         model = copy.deepcopy(base)
         arch = architecture_record(name, model, model, tok, {"kind": "masked-lm"})
         train = blocks["train"]
-        batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
+        batch_size = cfg.batch_size_of(member)
         n = len(train)
         masking = _Masking(tok, float(self.setting(cfg, "data", "mlm_probability")))
 

@@ -216,3 +216,153 @@ def test_a_killed_linear_run_resumes_bitwise(tmp_path: Path) -> None:
     resumed = run_cli("generate", str(config), "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(tmp_path / "straight.h5", out)
+
+
+def test_tensorboard_logs_every_epoch_of_every_member(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import zooscope
+
+    text = TINY_CONFIG.replace("[train]\n", '[train]\nlog_with = "tensorboard"\n').replace(
+        "seeds = [0, 1]", "seeds = [0]")
+    out = tmp_path / "tb.h5"
+    done = run_cli("generate", str(write_config(tmp_path, text)), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    with zooscope.open_zoo(out) as zoo:
+        members = zoo.members()
+        expect = {(c.member, c.epoch): c.metrics for c in zoo.checkpoints()}
+    for m in members:
+        events = EventAccumulator(str(tmp_path / "tb_logs" / m.id))
+        events.Reload()
+        for name in ("validation_loss", "validation_accuracy", "test_accuracy", "train_loss"):
+            scalars = {e.step: e.value for e in events.Scalars(name)}
+            assert sorted(scalars) == [0, 1, 2]
+            for epoch, value in scalars.items():
+                assert value == pytest.approx(expect[(m.id, epoch)][name], rel=1e-6)
+
+
+def test_unknown_or_missing_trackers_are_refused_before_training(tmp_path: Path) -> None:
+    text = TINY_CONFIG.replace("[train]\n", '[train]\nlog_with = ["tensorbord"]\n')
+    done = run_cli("generate", str(write_config(tmp_path, text)), "--out", str(tmp_path / "x.h5"))
+    assert done.returncode == 1
+    assert "log_with 'tensorbord' is not one of tensorboard, wandb" in done.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_accumulated_micro_batches_equal_one_large_batch(tmp_path: Path) -> None:
+    """4 micro-batches of 8 accumulated give the weights of batches of 32 (to float
+    rounding), with no dropout; clipping changes them, and both enter member ids."""
+    import zooscope
+    from zooscope.config import load_config
+    from zooscope.engine import build_zoo
+
+    base = (TINY_CONFIG.replace("seeds = [0, 1]", "seeds = [0]")
+            .replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]")
+            .replace("[train]\n", "[train]\ndropout = 0.0\n"))
+    whole = write_config(tmp_path, base, "whole.toml")
+    parts = write_config(tmp_path, base.replace("batch_size = 32", "batch_size = 8\n"
+                                                "gradient_accumulation_steps = 4"), "parts.toml")
+    clipped = write_config(tmp_path, base.replace("[train]\n", "[train]\nmax_grad_norm = 0.05\n"),
+                           "clipped.toml")
+    for config in (whole, parts, clipped):
+        build_zoo(load_config(config), tmp_path / f"{config.stem}.h5")
+    with zooscope.open_zoo(tmp_path / "whole.h5") as a, \
+            zooscope.open_zoo(tmp_path / "parts.h5") as b, \
+            zooscope.open_zoo(tmp_path / "clipped.h5") as c:
+        assert a.members()[0].id != b.members()[0].id != c.members()[0].id
+        assert [x.step for x in a.checkpoints()] == [x.step for x in b.checkpoints()]
+        sa = a.state_dict(a.members()[0], 2)
+        sb = b.state_dict(b.members()[0], 2)
+        sc = c.state_dict(c.members()[0], 2)
+    import torch
+
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(sa[n], sc[n]) for n in sa)
+
+
+def test_auto_batch_size_picks_the_largest_that_fits_and_records_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches over 16 rows fail as out-of-memory would: 16 is chosen, trained with and
+    recorded; a resumed run keeps it without probing."""
+    import zooscope
+    from zooscope import registry
+    from zooscope.config import load_config
+    from zooscope.engine import build_zoo
+
+    generator = type(registry.get_generator("sst2"))
+    real = generator.train_loss
+    tried: list[int] = []
+
+    def small_memory(self, model, batch):  # noqa: ANN001, ANN202
+        rows = batch["input_ids"].shape[0]
+        tried.append(rows)
+        if rows > 16:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, model, batch)
+
+    monkeypatch.setattr(generator, "train_loss", small_memory)
+    text = (TINY_CONFIG.replace("batch_size = 32", 'batch_size = "auto"\nmax_batch_size = 100')
+            .replace("seeds = [0, 1]", "seeds = [0]"))
+    config = write_config(tmp_path, text)
+    out = tmp_path / "auto.h5"
+    build_zoo(load_config(config), out)
+    assert tried[:3] == [64, 32, 16]  # 100 → 64, halved until it fits
+    with zooscope.open_zoo(out) as zoo:
+        assert zoo.info["extra"] == {"auto_batch_size": 16}
+        steps = {c.epoch: c.step for c in zoo.checkpoints()}
+        card = zoo.card()
+    train = 320  # 400 synthetic rows, 80 % for training
+    assert steps[1] == -(-train // 16)
+    assert "- **batch size**: 16, the largest that fitted" in card
+    tried.clear()
+    build_zoo(load_config(config), out, resume=True)
+    assert max(tried, default=0) <= 16  # no probe: the recorded size is kept
+
+
+def test_a_batch_size_that_is_neither_a_number_nor_auto_is_refused(tmp_path: Path) -> None:
+    text = TINY_CONFIG.replace("batch_size = 32", 'batch_size = "large"')
+    done = run_cli("generate", str(write_config(tmp_path, text)), "--dry-run")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == \
+        "error: [train] batch_size must be an integer or \"auto\", not 'large'"
+
+
+@pytest.mark.slow
+def test_merge_copies_stored_chunks_without_decoding(tiny_zoo: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards merge by copying each stored chunk; no tensor is decoded (state_dict would
+    be), and the merged zoo validates (every tensor's digest recomputed) and equals the
+    one-process zoo."""
+    from zooscope.stores.h5reader import HDF5Zoo
+    from zooscope.zoofile import merge_zoos, validate_zoo
+
+    config = write_config(tmp_path)
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}.h5"
+        done = run_cli("generate", str(config), "--out", str(part), "--shard", f"{i}/2")
+        assert done.returncode == 0, done.stderr
+        parts.append(part)
+
+    def no_decoding(self, member, epoch):  # noqa: ANN001, ANN202
+        raise AssertionError("merge decoded a tensor")
+
+    monkeypatch.setattr(HDF5Zoo, "state_dict", no_decoding)
+    merged = tmp_path / "merged.h5"
+    assert merge_zoos(parts, merged) == 12
+    monkeypatch.undo()
+    report = validate_zoo(merged)
+    assert report.ok, report.problems
+    assert_same_weights(tiny_zoo, merged)
+    assert merged.stat().st_size <= tiny_zoo.stat().st_size * 1.05
+
+
+def test_dry_run_shows_an_array_tasks_share(tmp_path: Path) -> None:
+    env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}
+    env.update(SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="3", COLUMNS="200")
+    done = run_cli("generate", str(write_config(tmp_path)), "--dry-run", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "zoo 'tiny', shard 1/3: 1 of 4 members, 25% of the estimated training" in \
+        " ".join(done.stdout.split())  # the title wraps to the table's width

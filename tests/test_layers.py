@@ -43,8 +43,9 @@ LAYERS: list[tuple[str, ...]] = [
      "zooscope.card"),
     ("zooscope.notebook",),
     # the engine
-    ("zooscope.engine.stops", "zooscope.engine.resume"),
+    ("zooscope.engine.stops", "zooscope.engine.resume", "zooscope.engine.tracking"),
     ("zooscope.engine.checks", "zooscope.engine.loop"),
+    ("zooscope.engine.batchsize",),
     ("zooscope.engine.build",),
     ("zooscope.engine", "zooscope.report"),
     # the command line and the package's public face

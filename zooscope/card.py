@@ -112,7 +112,10 @@ def zoo_card(zoo: Zoo) -> str:
               f"- **generator**: `{info.get('generator')}` version {info.get('generator_version')}",
               f"- **format**: zooscope zoo file, format {info.get('format')}; tensors stored as "
               f"{info.get('storage_dtype')}, compression {info.get('compression')}",
-              f"- **created**: {info.get('created')}", ""]
+              f"- **created**: {info.get('created')}",
+              *([f"- **batch size**: {extra['auto_batch_size']}, the largest that fitted "
+                 "(`batch_size = \"auto\"`)"]
+                if "auto_batch_size" in (extra := info.get("extra") or {}) else []), ""]
 
     lines += ["## Backbones", ""]
     if backbones:

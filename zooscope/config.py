@@ -37,12 +37,15 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "grid": {},  # any factor name; values are non-empty lists
     "search": {},  # samples, seed, and any factor name with a distribution (zooscope.search)
     "train": {
-        "batch_size": (int,), "eval_batch_size": (int,), "optimizer": (str,),
+        "batch_size": (int, str), "eval_batch_size": (int,), "optimizer": (str,),
+        "max_batch_size": (int,),
         "dropout": _NUMBER, "lr_schedule": (str,), "max_seq_len": (int,), "head": (dict,),
         "freeze_backbone": (bool,), "max_train_examples": (int,), "eval_train": (bool,),
         "max_eval_examples": (int,),
         "mixed_precision": (str,), "device": (str,), "num_threads": (int,),
         "share_epochs": (bool,), "warmup_ratio": _NUMBER,
+        "gradient_accumulation_steps": (int,), "max_grad_norm": _NUMBER,
+        "log_with": (str, list),
     },
     # Where data lives and how it is split; a generator declares the other [data] keys
     # it reads (``Generator.config_keys``).
@@ -68,7 +71,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "freeze_backbone": False, "max_train_examples": 0, "eval_train": True,
         "max_eval_examples": 0,
         "mixed_precision": "no", "device": "auto", "num_threads": 0, "share_epochs": True,
-        "warmup_ratio": 0.1,
+        "warmup_ratio": 0.1, "gradient_accumulation_steps": 1, "max_grad_norm": 0.0,
+        "max_batch_size": 256,
+        "log_with": [],
     },
     "data": {"split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 0}},
     "scratch": {
@@ -82,12 +87,15 @@ CHOICES = {
     ("zoo", "strategy"): ("members", "ddp"),
     ("train", "optimizer"): ("adamw", "adam"),
     ("train", "lr_schedule"): ("constant", "linear"),
-    ("train", "mixed_precision"): ("no", "fp16", "bf16"),
+    ("train", "mixed_precision"): ("no", "fp16", "bf16", "auto"),
     ("store", "dtype"): ("float32", "float16", "bfloat16"),
     ("store", "compression"): ("none", "lz4", "zstd", "gzip"),
     # Encoders whose first token feeds the task head and that build without a hub.
     ("scratch", "model_type"): ("bert", "roberta", "distilbert"),
 }
+#: ``[train] log_with``: Accelerate's trackers, each with the package it needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow",
+            "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
 #: Grid factors with a meaning the engine knows; others are passed to the generator.
 POSITIVE_FACTORS = ("learning_rate", "epochs", "batch_size")
 #: [train] keys that change a member's weights (the others change only evaluation,
@@ -203,12 +211,23 @@ class ZooConfig:
         train["optimizer"] = self.raw.get("train", {}).get("optimizer", default_optimizer)
         if self.schedules != {"constant"}:  # the warm-up matters only to a schedule that has one
             train["warmup_ratio"] = self.train["warmup_ratio"]
+        # Left out at their defaults, so zoos made before they existed keep their ids.
+        for key, default in (("gradient_accumulation_steps", 1), ("max_grad_norm", 0.0)):
+            if self.train[key] != default:
+                train[key] = self.train[key]
         return {
             "generator": self.generator, "generator_version": str(generator_version),
             "data": {"train": data.get("fingerprints", {}).get("train"),
                      **{k: v for k, v in self.data.items() if k not in DATA_LOCATIONS}},
             "train": train,
         }
+
+    def batch_size_of(self, member: Member) -> int:
+        """The member's training batch size. ``generate`` replaces ``"auto"`` by the size it
+        chose before any member is built; elsewhere (rebuilding a model to evaluate it,
+        where no batch is drawn) ``"auto"`` stands for ``max_batch_size``."""
+        value = member.factors.get("batch_size", self.train["batch_size"])
+        return int(self.train["max_batch_size"] if value == "auto" else value)
 
     @property
     def schedules(self) -> set[str]:
@@ -454,8 +473,13 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                           hint=f"shrink [grid]{' or [search] samples' if search else ''}, or "
                           "raise [zoo] max_members if you mean it")
     train = tables["train"]
-    for key in ("batch_size", "eval_batch_size", "max_seq_len"):
-        _check_positive(f"[train] {key}", train[key])
+    if train["batch_size"] != "auto" and (isinstance(train["batch_size"], bool)
+                                         or not isinstance(train["batch_size"], int)):
+        raise ConfigError(f'[train] batch_size must be an integer or "auto", not '
+                          f'{train["batch_size"]!r}')
+    for key in ("batch_size", "eval_batch_size", "max_seq_len", "max_batch_size"):
+        if train[key] != "auto":
+            _check_positive(f"[train] {key}", train[key])
     if not 0 <= train["num_threads"] <= MAX_THREADS:
         raise ConfigError(f"[train] num_threads must be 0 (all cores) to {MAX_THREADS}, "
                           f"got {train['num_threads']!r}")
@@ -466,6 +490,17 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
         raise ConfigError(f"[train] dropout must be in [0, 1), got {train['dropout']!r}")
     if not 0 <= train["warmup_ratio"] < 1:
         raise ConfigError(f"[train] warmup_ratio must be in [0, 1), got {train['warmup_ratio']!r}")
+    if not 1 <= train["gradient_accumulation_steps"] <= 65536:
+        raise ConfigError("[train] gradient_accumulation_steps must be 1 to 65536, got "
+                          f"{train['gradient_accumulation_steps']!r}")
+    if not (train["max_grad_norm"] >= 0 and math.isfinite(train["max_grad_norm"])):
+        raise ConfigError(f"[train] max_grad_norm must be ≥ 0 (0: no clipping), got "
+                          f"{train['max_grad_norm']!r}")
+    trackers = [train["log_with"]] if isinstance(train["log_with"], str) else train["log_with"]
+    for name in trackers:
+        if not isinstance(name, str) or name not in TRACKERS:
+            raise ConfigError(f"[train] log_with {name!r} is not one of {', '.join(TRACKERS)}")
+    train["log_with"] = list(dict.fromkeys(trackers))
     for key in ("max_train_examples", "max_eval_examples"):
         if train[key] < 0:
             raise ConfigError(f"[train] {key} must be ≥ 0 (0 means all)")

@@ -76,7 +76,7 @@ def finetune_setup(cfg: ZooConfig, member: Member, name: str, base: torch.nn.Mod
                                {**model.head_spec(), "max_seq_len": int(cfg.train["max_seq_len"])})
     pad = int(tok.pad_token_id or 0)
     train = encoded["train"]
-    batch_size = int(member.factors.get("batch_size", cfg.train["batch_size"]))
+    batch_size = cfg.batch_size_of(member)
     n = len(train["input_ids"])
 
     def batches(generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:

@@ -133,9 +133,14 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                           "which cover its fingerprint, are left out", soft_wrap=True)
         expand_parents(cfg)
         members, with_ids = cfg.members(), False
+    title = f"zoo {cfg.name!r}: {{}} members"
     if shard is not None:
-        members = shard_members(members, *shard,
-                                costs=member_costs(cfg, task if with_ids else None, members))
+        costs = member_costs(cfg, task if with_ids else None, members)
+        mine = shard_members(members, *shard, costs=costs)
+        share = sum(costs[m.id] for m in mine) / max(sum(costs.values()), 1e-300)
+        title = (f"zoo {cfg.name!r}, shard {shard[0]}/{shard[1]}: {{}} of {len(members)} "
+                 f"members, {share:.0%} of the estimated training")
+        members = mine
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     size = generator.estimate_bytes(cfg, members)
     ids = {m.id for m in members}
@@ -159,8 +164,7 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                     "epochs_trained": trained_epochs, "epochs_recorded": all_epochs})
         return
     # Rendering a table costs about 5 ms a row: a large grid shows its first rows.
-    console.print(rich_table(rows[:DRY_RUN_ROWS], title=f"zoo {cfg.name!r}: {len(members)} "
-                             "members"))
+    console.print(rich_table(rows[:DRY_RUN_ROWS], title=title.format(len(members))))
     if len(rows) > DRY_RUN_ROWS:
         console.print(f"... and {len(rows) - DRY_RUN_ROWS:,} more members (--json lists all)")
     if cfg.search is not None:

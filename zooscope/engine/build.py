@@ -15,8 +15,17 @@ import torch
 from zooscope import registry
 from zooscope.access import store_for
 from zooscope.config import ZooConfig
+from zooscope.engine.batchsize import EXTRA_KEY as AUTO_BATCH_KEY
+from zooscope.engine.batchsize import resolve_auto
 from zooscope.engine.checks import check_device, check_output
-from zooscope.engine.loop import MemberRun, share_epochs, train_member, training_device, training_order
+from zooscope.engine.loop import (
+    MemberRun,
+    make_accelerator,
+    share_epochs,
+    train_member,
+    training_device,
+    training_order,
+)
 from zooscope.engine.resume import ResumeState, check_resumable, stored_ids
 from zooscope.engine.stops import (
     DiscardIfNothingCommitted,
@@ -26,6 +35,7 @@ from zooscope.engine.stops import (
     disk_full,
     set_status_quietly,
 )
+from zooscope.engine.tracking import MemberTrackers, check_trackers
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generator import Generator, TaskData
 from zooscope.lineage import expand_parents, verify_parents
@@ -143,7 +153,13 @@ def backbone_parameters(cfg: ZooConfig, name: str) -> int | None:
         return None
 
 
-def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
+def _header(cfg: ZooConfig, generator: Generator, task: TaskData,
+            accelerator: Any = None) -> ZooHeader:
+    extra: dict[str, Any] = {}
+    if cfg.raw.get("train", {}).get("batch_size") == "auto":
+        extra[AUTO_BATCH_KEY] = int(cfg.train["batch_size"])
+    if cfg.train["mixed_precision"] == "auto" and accelerator is not None:
+        extra["mixed_precision"] = str(accelerator.mixed_precision)
     return ZooHeader(
         name=cfg.name, config_text=cfg.text, generator=generator.name,
         generator_version=generator.version, metric_columns=task.metric_columns,
@@ -152,6 +168,7 @@ def _header(cfg: ZooConfig, generator: Generator, task: TaskData) -> ZooHeader:
         test_text_pairs=task.test_text_pairs, test_contexts=task.test_contexts,
         test_answers=task.test_answers, storage_dtype=cfg.store["dtype"],
         compression=cfg.store["compression"],
+        extra=extra,
     )
 
 
@@ -227,7 +244,13 @@ def build_zoo(
                                hint="wait for it to finish, or stop it first, then --force")
         if resume and out.is_file():
             check_resumable(cfg, out)
+    check_trackers(cfg)
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
+    if cfg.train["batch_size"] == "auto":
+        candidates = member_list(cfg, generator, task)
+        cfg, _ = resolve_auto(cfg, generator, task, candidates,
+                              member_costs(cfg, task, candidates),
+                              training_device(cfg, state), out, resume, log)
     members = member_list(cfg, generator, task)
     if shard is not None:
         members = shard_members(members, *shard, costs=member_costs(cfg, task, members))
@@ -290,6 +313,7 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
     if resume and path.exists():
         members = stored_ids(path, members)
     resume_state = ResumeState(path)
+    accelerator = make_accelerator(cfg, training_device(cfg, state))
     writer: ZooWriter
     discard = DiscardIfNothingCommitted(path, resume_state.dir)
     if dist is not None and not dist.is_main_process:
@@ -301,7 +325,7 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
         else:
             discard.state_existed = resume_state.dir.exists()
             discard.lock_existed = discard.lock.exists()
-            writer = store.create(path, _header(cfg, generator, task), members)
+            writer = store.create(path, _header(cfg, generator, task, accelerator), members)
             discard.created = True
             store_card(writer, path)
             # Only now, holding the zoo's lock: a live writer's resume state is never touched.
@@ -323,9 +347,12 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
 
         reporter.zoo_start(sum(max(0, cfg.epochs_of(m) - max(done_epochs[m.id], default=0))
                                for m in order if not shares(m)))
+        trackers = MemberTrackers(cfg, path) if cfg.train["log_with"] and (
+            dist is None or dist.is_main_process) else None
         run = MemberRun(cfg=cfg, generator=generator, task=task, writer=writer,
                         resume_state=resume_state, device=device, stop=stop,
-                        on_step=reporter.step, on_setup=reporter.steps_total, dist=dist)
+                        on_step=reporter.step, on_setup=reporter.steps_total, dist=dist,
+                        trackers=trackers, accelerator=accelerator)
         for index, member in enumerate(order, 1):
             epochs = cfg.epochs_of(member)
             done = done_epochs[member.id]
@@ -362,6 +389,9 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
                     f"the disk holding {path} is full (no space left on device) while writing "
                     f"member {member.id}; every checkpoint committed before it is intact"
                 ) from None
+            finally:
+                if trackers is not None:
+                    trackers.finish()
             result.members.append({"id": member.id, **member.factors, **metrics})
             reporter.member_done(member)
         if dist is None or dist.is_main_process:
