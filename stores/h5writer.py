@@ -242,17 +242,20 @@ class HDF5Writer(ZooWriter):
                 for j, (name, ds) in enumerate(zip(self._names[key], self._tensor_datasets(key),
                                                    strict=True))}
 
+    def _started(self, member: Member) -> tuple[int, int, str]:
+        """The member's row, architecture index and key; it must have been started."""
+        i = self._member(member)
+        a = int(self.f["members/architecture"][i])
+        if a < 0:
+            raise ZooFileError(f"member {member.id} was not started")
+        return i, a, self.arch_keys[a]
+
     def write_checkpoint(
         self, member: Member, epoch: int, step: int, wall_time: float,
         state_dict: Mapping[str, Any], metrics: Mapping[str, float],
         predictions: np.ndarray | None,
     ) -> None:
-        f = self.f
-        i = self._member(member)
-        a = int(f["members/architecture"][i])
-        if a < 0:
-            raise ZooFileError(f"member {member.id} was not started")
-        key = self.arch_keys[a]
+        i, a, key = self._started(member)
         names = self._names[key]
         if set(state_dict) != set(names):
             extra = sorted(set(state_dict) - set(names))[:3]
@@ -300,12 +303,7 @@ class HDF5Writer(ZooWriter):
                                                                        "none")) != (
                 self.storage_dtype, self.compression):
             return False
-        f = self.f
-        i = self._member(member)
-        a = int(f["members/architecture"][i])
-        if a < 0:
-            raise ZooFileError(f"member {member.id} was not started")
-        key = self.arch_keys[a]
+        i, a, key = self._started(member)
         names = self._names[key]
         stored = source.stored_rows(member, checkpoint.epoch)
         if [name for name, *_ in stored] != names:

@@ -15,10 +15,9 @@ from typing import Any
 
 from zooscope.access import open_zoo
 from zooscope.analysis import Analyzer, Selection, figure_png
-from zooscope.errors import ConfigError, PluginError, ZooscopeError
-from zooscope.extras import missing_extra
+from zooscope.errors import ConfigError
 from zooscope.registry import get_analyzer
-from zooscope.results import parse_epochs, parse_members, resolve_inputs, write_csv
+from zooscope.results import parse_epochs, parse_members, resolve_inputs, run_analyzer, write_csv
 from zooscope.zoo import Member, Zoo
 
 
@@ -114,21 +113,8 @@ def analyze(zoo: Zoo | str | Path, analyzer: str | Analyzer, members: Any = None
     try:
         selection = Selection(members=_members(opened, members), epochs=_epochs(epochs))
         selection.inputs = resolve_inputs(opened, analyzer)
-        if not selection.checkpoints(opened):
-            raise ConfigError("the selection holds no checkpoints",
-                              hint="check members= and epochs= against zoo.members_frame()")
-        try:
-            out = analyzer.analyze(opened, parsed, selection)
-        except ZooscopeError:
-            raise
-        except ImportError as exc:
-            missing = missing_extra(exc)
-            if missing is None:
-                raise
-            raise missing from None
-        except Exception as exc:
-            raise PluginError(f"analyzer {analyzer.name!r} (from {type(analyzer).__module__}) "
-                              f"failed: {type(exc).__name__}: {exc}") from exc
+        out = run_analyzer(analyzer, opened, parsed, selection,
+                           "check members= and epochs= against zoo.members_frame()")
     finally:
         if own:
             opened.close()

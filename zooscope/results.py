@@ -206,6 +206,29 @@ def _check_out_owner(target: Path, name: str, key: str, given: bool, force: bool
     return []
 
 
+def run_analyzer(analyzer: Analyzer, zoo: Zoo, options: dict[str, Any], selection: Selection,
+                 hint: str) -> Any:
+    """The analyzer's result on the selection: an empty selection, a missing extra and
+    a broken plugin each become one clear error (nothing has been written yet)."""
+    if not selection.checkpoints(zoo):
+        raise ConfigError("the selection holds no checkpoints", hint=hint)
+    try:
+        return analyzer.analyze(zoo, options, selection)
+    except ZooscopeError:
+        raise
+    except ImportError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        raise missing from None
+    except Exception as exc:
+        raise PluginError(
+            f"analyzer {analyzer.name!r} (from {type(analyzer).__module__}) failed: "
+            f"{type(exc).__name__}: {exc}",
+            hint="report it to the plugin's authors; the zoo was not changed",
+        ) from exc
+
+
 def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], members: str | None,
                  epochs: str | None, out_dir: Path | None, force: bool) -> StoredAnalysis:
     """Run (or reuse) an analysis, store it beside the zoo and write CSV/PNG files.
@@ -244,25 +267,8 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
                                     figures, reused=True, stored=True,
                                     inputs=list(stored.get("inputs") or inputs), notes=notes)
         else:
-            if not selection.checkpoints(zoo):
-                raise ConfigError("the selection holds no checkpoints",
-                                  hint="check --members and --epochs against `zooscope zoo ls`")
-            try:
-                out = analyzer.analyze(zoo, options, selection)
-            except ZooscopeError:
-                raise
-            except ImportError as exc:
-                missing = missing_extra(exc)
-                if missing is None:
-                    raise
-                raise missing from None
-            except Exception as exc:
-                # A broken plugin is named; the zoo is untouched (nothing is written yet).
-                raise PluginError(
-                    f"analyzer {analyzer.name!r} (from {type(analyzer).__module__}) failed: "
-                    f"{type(exc).__name__}: {exc}",
-                    hint="report it to the plugin's authors; the zoo was not changed",
-                ) from exc
+            out = run_analyzer(analyzer, zoo, options, selection,
+                               "check --members and --epochs against `zooscope zoo ls`")
             figures = {name: figure_png(fig) if not isinstance(fig, bytes) else fig
                        for name, fig in out.figures.items()}
             if not plotting():
