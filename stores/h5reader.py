@@ -494,7 +494,7 @@ class HDF5Zoo(StoredZoo):
             try:
                 check()
             except ZooFileError as exc:
-                problems.append(str(exc))
+                problems.append(exc.message)
         if problems:
             return problems
         for a in range(len(self._arch_keys)):
@@ -502,7 +502,7 @@ class HDF5Zoo(StoredZoo):
                 try:
                     self._dataset(a, name)
                 except ZooFileError as exc:
-                    problems.append(str(exc))
+                    problems.append(exc.message)
         table = self.f["members"].get("table")
         if table is not None:
             for name, ds in table.items():
@@ -514,7 +514,7 @@ class HDF5Zoo(StoredZoo):
                 self.analysis_tables(entry["name"], entry["key"])
                 self.analysis_figures(entry["name"], entry["key"])
             except ZooFileError as exc:
-                problems.append(str(exc))
+                problems.append(exc.message)
         return problems
 
     @_reads

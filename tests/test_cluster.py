@@ -364,5 +364,5 @@ def test_dry_run_shows_an_array_tasks_share(tmp_path: Path) -> None:
     env.update(SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="3", COLUMNS="200")
     done = run_cli("generate", str(write_config(tmp_path)), "--dry-run", env=env)
     assert done.returncode == 0, done.stderr
-    assert "zoo 'tiny', shard 1/3: 1 of 4 members, 25% of the estimated training" in \
+    assert "zoo 'tiny', shard 1/3: 1 member of 4, 25% of the estimated training" in \
         " ".join(done.stdout.split())  # the title wraps to the table's width

@@ -95,6 +95,12 @@ def test_analyze_reports_bad_options_and_selections(tiny_zoo: Path) -> None:
     with pytest.raises(ConfigError, match="has no option 'bootstrp'") as exc:
         zooscope.analyze(tiny_zoo, "agreement", bootstrp=10)
     assert exc.value.hint == "did you mean 'bootstrap'?"
+    assert exc.value.__notes__ == ["hint: did you mean 'bootstrap'?"]  # shown in a traceback
+    with pytest.raises(ConfigError, match="the zoo has no factor 'lr'") as exc:
+        zooscope.analyze(tiny_zoo, "agreement", members={"lr": 1e-3})
+    assert exc.value.hint == "did you mean 'learning_rate'?"
+    with pytest.raises(ConfigError, match="the zoo has no factor 'sed'"):
+        zooscope.analyze(tiny_zoo, "agreement", members="sed=0")
     with pytest.raises(ConfigError, match="option bootstrap takes int"):
         zooscope.analyze(tiny_zoo, "agreement", bootstrap="many")
     with pytest.raises(ConfigError, match="selects no member"):

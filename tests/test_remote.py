@@ -67,3 +67,49 @@ def test_bad_urls_give_one_clear_error(served: RangeServer) -> None:
         zooscope.open_zoo(f"{served.url}/notes.h5")
     with pytest.raises(ZooFileError, match="no store reads 'notes.txt'"):
         zooscope.open_zoo(f"{served.url}/notes.txt")
+
+
+def test_a_server_without_range_requests_is_named(tiny_zoo: Path, tmp_path: Path) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    shutil.copy(tiny_zoo, tmp_path / "tiny.h5")
+
+    class Quiet(SimpleHTTPRequestHandler):  # serves whole files, ignoring Range
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.h5"
+        with pytest.raises(ZooFileError, match="cannot be read in parts: the server ignores "
+                                               "HTTP range requests"):
+            zooscope.open_zoo(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_command_line_says_urls_are_for_python(tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    done = run_cli("zoo", "ls", "http://127.0.0.1:9/zoos/tiny.h5")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: http://127.0.0.1:9/zoos/tiny.h5 is a URL; the command line reads local zoo "
+        "files", "hint: download it, or open it from Python: zooscope.open_zoo(url)"]
+
+
+def test_load_model_takes_an_open_zoo_or_a_url(served: RangeServer, tiny_zoo: Path) -> None:
+    import torch
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        member = zoo.members()[0].id
+        model, tokenizer = zooscope.load_model(zoo, member=member, epoch=1)
+    remote_model, _ = zooscope.load_model(f"{served.url}/tiny.h5", member=member, epoch=1)
+    for (name, a), (_, b) in zip(model.state_dict().items(), remote_model.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name

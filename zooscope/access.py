@@ -6,6 +6,7 @@ returns (``zooscope.zoo.Zoo``, ``zooscope.store.Store``) sit below it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from zooscope.errors import ZooFileError
@@ -13,6 +14,8 @@ from zooscope.registry import stores
 from zooscope.remote import URL, is_url
 from zooscope.store import Store, StoredZoo
 from zooscope.zoo import Zoo
+
+_MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/[^/]")
 
 
 def store_for(path: Path) -> Store:
@@ -33,6 +36,10 @@ def open_zoo(path: str | Path) -> Zoo:
         url = URL(path)
         return store_for(Path(url.name)).open_url(url)
     path = Path(path)
+    if _MANGLED_URL.match(str(path)):  # "https://x" through pathlib is "https:/x"
+        raise ZooFileError(f"{str(path).replace(':/', '://', 1)} is a URL; the command line "
+                           "reads local zoo files",
+                           hint="download it, or open it from Python: zooscope.open_zoo(url)")
     if not path.exists():
         raise ZooFileError(f"no zoo file at {path}")
     if path.is_dir():

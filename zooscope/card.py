@@ -13,6 +13,7 @@ import tomllib
 from collections import defaultdict
 from typing import Any
 
+from zooscope.config import DEFAULTS
 from zooscope.zoo import Zoo
 
 #: Hugging Face's size categories, by number of checkpoints (the zoo's rows).
@@ -153,6 +154,35 @@ def zoo_card(zoo: Zoo) -> str:
     if "epochs" in zoo_table:
         lines.append(f"| epochs | {zoo_table['epochs']} |")
     lines += ["", "The zoo config, verbatim, is the root attribute `config`.", ""]
+
+    given = cfg.get("train", {})
+    train = {**DEFAULTS["train"], **given}
+    extra = info.get("extra") or {}
+    settings = {
+        "batch size": extra.get("auto_batch_size", train["batch_size"]),
+        "optimizer": given.get("optimizer", "the generator's default"),
+        "learning-rate schedule": train["lr_schedule"],
+        "max sequence length": train["max_seq_len"],
+        "dropout": train["dropout"],
+        "head": json.dumps(train["head"]),
+        "backbone frozen": train["freeze_backbone"],
+    }
+    if train["lr_schedule"] != "constant":
+        settings["warm-up"] = f"{train['warmup_ratio']:g} of the steps"
+    for key, label in (("gradient_accumulation_steps", "gradient accumulation"),
+                       ("max_grad_norm", "gradient clipping (max norm)"),
+                       ("mixed_precision", "mixed precision"),
+                       ("max_train_examples", "training examples (cap)")):
+        if train[key] != DEFAULTS["train"][key]:
+            settings[label] = extra.get(key, train[key])
+    if "scratch" in backbones:
+        scratch = cfg.get("scratch", {})
+        settings["scratch backbone"] = ", ".join(
+            f"{k} {v}" for k, v in {**DEFAULTS["scratch"], **scratch}.items())
+    lines += ["## Training", "", "| setting | value |", "|---|---|",
+              *(f"| {k} | {_fmt(v)} |" for k, v in settings.items()),
+              "", "Every member starts from its backbone and trains with its own seed; "
+              "epoch 0 is the state before the first step.", ""]
 
     head, rows = _metric_summary(zoo)
     lines += ["## Final metrics", "",

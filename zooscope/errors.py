@@ -14,6 +14,8 @@ class ZooscopeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if hint:  # a traceback (a notebook's) shows it under the message; the CLI prints it
+            self.add_note(f"hint: {hint}")
 
     def __str__(self) -> str:
         return self.message

@@ -43,11 +43,21 @@ def load_model(source: str | Path, member: str | None = None,
                epoch: int | None = None) -> tuple[Any, Any]:
     """The trained model (backbone and task head, in eval mode) and its tokenizer.
 
-    ``source`` is a directory written by ``zooscope zoo export`` or a zoo file. From
+    ``source`` is a directory written by ``zooscope zoo export``, a zoo file, a zoo's
+    URL or an open zoo. From
     a zoo, ``member`` may be left out where the zoo has one member, and ``epoch``
     defaults to the member's last committed epoch. The model is the one that made the
     predictions stored in the zoo: a classifier returns ``(loss, logits)``.
     """
+    from zooscope.access import open_zoo
+    from zooscope.remote import is_url
+    from zooscope.zoo import Zoo
+
+    if isinstance(source, Zoo):
+        return _from_zoo(source, member, epoch)
+    if is_url(source):
+        with open_zoo(source) as zoo:
+            return _from_zoo(zoo, member, epoch)
     path = Path(source)
     if path.is_dir():
         if member is not None or epoch is not None:
@@ -56,25 +66,28 @@ def load_model(source: str | Path, member: str | None = None,
         return _from_export(path)
     if not path.exists():
         raise ZooFileError(f"no zoo file or exported model at {path}")
-    from zooscope.access import open_zoo
+    with open_zoo(path) as zoo:
+        return _from_zoo(zoo, member, epoch)
+
+
+def _from_zoo(zoo: Any, member: str | None, epoch: int | None) -> tuple[Any, Any]:
     from zooscope.models import rebuild
 
-    with open_zoo(path) as zoo:
-        if member is None:
-            members = zoo.members()
-            if len(members) != 1:
-                raise ZooFileError(f"{path} holds {len(members)} members: name one",
-                                   hint="`zooscope zoo ls` lists their ids")
-            member = members[0].id
-        epochs = [c.epoch for c in zoo.checkpoints(zoo.member(member))]
-        if not epochs:
-            raise ZooFileError(f"member {member} has no committed checkpoint")
-        if epoch is None:
-            epoch = epochs[-1]
-        elif epoch not in epochs:
-            raise ZooFileError(f"member {member} has no checkpoint at epoch {epoch}",
-                               hint=f"its epochs: {', '.join(map(str, epochs))}")
-        return rebuild(zoo, member, epoch)
+    if member is None:
+        members = zoo.members()
+        if len(members) != 1:
+            raise ZooFileError(f"{zoo.path} holds {len(members)} members: name one",
+                               hint="`zooscope zoo ls` lists their ids")
+        member = members[0].id
+    epochs = [c.epoch for c in zoo.checkpoints(zoo.member(member))]
+    if not epochs:
+        raise ZooFileError(f"member {member} has no committed checkpoint")
+    if epoch is None:
+        epoch = epochs[-1]
+    elif epoch not in epochs:
+        raise ZooFileError(f"member {member} has no checkpoint at epoch {epoch}",
+                           hint=f"its epochs: {', '.join(map(str, epochs))}")
+    return rebuild(zoo, member, epoch)
 
 
 def _from_export(directory: Path) -> tuple[Any, Any]:

@@ -17,7 +17,14 @@ from zooscope.access import open_zoo
 from zooscope.analysis import Analyzer, Selection, figure_png
 from zooscope.errors import ConfigError
 from zooscope.registry import get_analyzer
-from zooscope.results import parse_epochs, parse_members, resolve_inputs, run_analyzer, write_csv
+from zooscope.results import (
+    check_factor_names,
+    parse_epochs,
+    parse_members,
+    resolve_inputs,
+    run_analyzer,
+    write_csv,
+)
 from zooscope.zoo import Member, Zoo
 
 
@@ -75,6 +82,7 @@ def _members(zoo: Zoo, members: Any) -> list[Member]:
     if members is None or isinstance(members, str):
         return parse_members(zoo, members)
     if isinstance(members, Mapping):
+        check_factor_names(zoo, members)
         chosen = zoo.members(**members)
         if not chosen:
             raise ConfigError(f"members={dict(members)!r} selects no member")

@@ -181,12 +181,15 @@ class _LineTask(Task):
         self.done = 0
         self.start = time.monotonic()
         self.shown = -1
+        self.last = 0.0
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         elapsed = time.monotonic() - self.start
         if not self.total:
-            self.reporter._write(f"{self.description}: {self.done} elapsed {clock(elapsed)}")
+            if self.done == n or elapsed - self.last >= 30:  # the first, then every 30 s
+                self.last = elapsed
+                self.reporter._write(f"{self.description}: {self.done} elapsed {clock(elapsed)}")
             return
         tenth = self.done * 10 // self.total
         if tenth == self.shown:

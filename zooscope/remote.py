@@ -15,7 +15,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 #: Small reads (HDF5's metadata: headers, indexes, chunk B-trees) fetch the aligned block
 #: around them, kept in a small LRU cache; reads of a block or more (tensor chunks) fetch
 #: exactly their bytes. Measured by ``bench/bench_remote.py``: at 16 KiB a zoo opens and
-#: lists in 5 requests (82 kB); smaller blocks take more requests for the same metadata,
+#: lists in 6 requests (94 kB); smaller blocks take more requests for the same metadata,
 #: larger ones fetch more bytes around each small tensor's chunk.
 BLOCK_SIZE = 1 << 14
 #: Blocks kept for small reads.
@@ -94,8 +94,26 @@ def open_url(url: str, block_size: int | None = None) -> Any:
                            hint="pip install 'zooscope[remote]'; s3:// also needs s3fs") from None
     try:
         _zoo_cache()
-        return fs.open(path, "rb", block_size=block_size or BLOCK_SIZE, cache_type="zooscope")
+        handle = fs.open(path, "rb", block_size=block_size or BLOCK_SIZE, cache_type="zooscope")
     except FileNotFoundError:
         raise ZooFileError(f"no zoo file at {url}") from None
     except OSError as exc:
         raise ZooFileError(f"cannot open {url} ({exc})") from None
+    try:
+        # A server that ignores Range serves a file's start as if asked for it, and fails
+        # only on a read further in: the last byte tells.
+        size = int(getattr(handle, "size", 0) or 0)
+        if size > 1:
+            handle.seek(size - 1)
+            handle.read(1)
+        handle.seek(0)
+    except ValueError as exc:
+        handle.close()
+        if "range" not in str(exc).lower():
+            raise
+        raise ZooFileError(f"{url} cannot be read in parts: the server ignores HTTP range "
+                           "requests",
+                           hint="download the file and open it locally, or serve it where "
+                                "ranges work (most web servers, S3 and the Hugging Face hub "
+                                "do)") from None
+    return handle

@@ -46,6 +46,7 @@ def parse_members(zoo: Zoo, spec: str | None) -> list[Member]:
             wanted.setdefault(key, []).append(value)
         elif part:
             ids.append(part)
+    check_factor_names(zoo, wanted)
     members = zoo.members(**wanted)
     if ids:
         members = [m for m in members if m.id in ids]
@@ -57,6 +58,21 @@ def parse_members(zoo: Zoo, spec: str | None) -> list[Member]:
         raise ConfigError(f"--members {spec!r} selects no member",
                           hint="filter by factors, e.g. --members learning_rate=0.001,seed=0")
     return members
+
+
+def check_factor_names(zoo: Zoo, wanted: Mapping[str, Any]) -> None:
+    """A filter on a factor the zoo does not have is a mistake, not an empty selection."""
+    import difflib
+
+    known = sorted({k for m in zoo.members() for k in m.factors})
+    for key in wanted:
+        if key != "id" and key not in known:
+            # The tables abbreviate the two most common factors.
+            alias = {"lr": "learning_rate", "wd": "weight_decay"}.get(key)
+            close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"the zoo has no factor {key!r}",
+                              hint=f"did you mean {close[0]!r}?" if close else
+                              f"its factors: {', '.join(known)}")
 
 
 def parse_epochs(spec: str | None) -> list[int] | None:

@@ -304,6 +304,13 @@ class Zoo(ABC):
     def close(self) -> None:  # noqa: B027 - optional for stores without handles
         pass
 
+    def __repr__(self) -> str:
+        try:
+            sizes = f"{len(self.members())} members, {len(self.checkpoints())} checkpoints"
+        except Exception:  # a closed or damaged zoo still has a name
+            sizes = "not readable"
+        return f"<zoo {self.path}: {sizes}>"
+
     def __enter__(self) -> Zoo:
         return self
 

@@ -126,6 +126,11 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
         task = generator.prepare(cfg)
         members = member_list(cfg, generator, task)
         with_ids = True
+        if cfg.train["batch_size"] == "auto":
+            err_console.print('note: member ids cover the batch size, which batch_size = '
+                              '"auto" chooses when training starts; they are left out',
+                              soft_wrap=True)
+            with_ids = False
     except DataError as exc:
         if not offline:
             raise
@@ -133,13 +138,13 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                           "which cover its fingerprint, are left out", soft_wrap=True)
         expand_parents(cfg)
         members, with_ids = cfg.members(), False
-    title = f"zoo {cfg.name!r}: {{}} members"
+    title = f"zoo {cfg.name!r}: {{}}"
     if shard is not None:
         costs = member_costs(cfg, task if with_ids else None, members)
         mine = shard_members(members, *shard, costs=costs)
         share = sum(costs[m.id] for m in mine) / max(sum(costs.values()), 1e-300)
-        title = (f"zoo {cfg.name!r}, shard {shard[0]}/{shard[1]}: {{}} of {len(members)} "
-                 f"members, {share:.0%} of the estimated training")
+        title = (f"zoo {cfg.name!r}, shard {shard[0]}/{shard[1]}: {{}} of {len(members)}, "
+                 f"{share:.0%} of the estimated training")
         members = mine
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     size = generator.estimate_bytes(cfg, members)
@@ -164,7 +169,8 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                     "epochs_trained": trained_epochs, "epochs_recorded": all_epochs})
         return
     # Rendering a table costs about 5 ms a row: a large grid shows its first rows.
-    console.print(rich_table(rows[:DRY_RUN_ROWS], title=title.format(len(members))))
+    console.print(rich_table(rows[:DRY_RUN_ROWS], title=title.format(
+        f"{len(members)} member{'' if len(members) == 1 else 's'}")))
     if len(rows) > DRY_RUN_ROWS:
         console.print(f"... and {len(rows) - DRY_RUN_ROWS:,} more members (--json lists all)")
     if cfg.search is not None:
@@ -273,6 +279,7 @@ def _summary(result, target: Path, json_: bool, quiet: bool) -> None:  # type: i
     # covers the whole zoo.
     with open_zoo(target) as zoo:
         order = grid_order(zoo.config_text)
+        chosen = (zoo.info.get("extra") or {}).get("auto_batch_size")
         rows = []
         for m in zoo.members():
             cps = zoo.checkpoints(m)
@@ -292,6 +299,9 @@ def _summary(result, target: Path, json_: bool, quiet: bool) -> None:  # type: i
             console.print(f"mean {metric}: {fmt(mean(r[metric] for r in rows))} over "
                           f"{len(rows)} complete members")
     if not quiet:
+        if chosen is not None:
+            err_console.print(f'batch_size = "auto": trained with batches of {chosen}, the '
+                              "largest that fitted")
         shared = f"{result.shared} shared a longer run's checkpoints, " if result.shared else ""
         err_console.print(f"{result.trained} members trained, {shared}{result.skipped} already "
                           f"complete; zoo: {target}")

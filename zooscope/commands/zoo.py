@@ -196,7 +196,13 @@ def merge(
     if out.resolve() in {s.resolve() for s in shards}:
         raise ZooFileError("the output must not be one of the shards")
     with reporter():
-        copied = task("copying checkpoints")
+        from zooscope.access import open_zoo
+
+        total = 0
+        for shard in shards:
+            with open_zoo(shard) as part:
+                total += len(part.checkpoints())
+        copied = task("copying checkpoints", total=total)
         n = merge_zoos(shards, out, on_checkpoint=copied.advance)
     if json_:
         print_json({"zoo": str(out), "shards": len(shards), "checkpoints": n})

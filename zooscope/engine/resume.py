@@ -104,7 +104,8 @@ def _tuples(value: Any) -> Any:
 
 #: Config keys that say how to run, not what the zoo is: they may change on --resume.
 RUN_KEYS = {("train", "num_threads"), ("train", "device"), ("zoo", "description"),
-            ("zoo", "max_members"), ("train", "log_with")}
+            ("zoo", "max_members"), ("train", "log_with"), ("zoo", "license"),
+            ("zoo", "data_license")}
 
 
 def check_resumable(cfg: ZooConfig, out: Path) -> None:
