@@ -85,15 +85,15 @@ def find_batch_size(cfg: ZooConfig, generator: Generator, task: TaskData, member
 
 def resolve_auto(cfg: ZooConfig, generator: Generator, task: TaskData, members: list[Member],
                  costs: dict[str, float], device: torch.device, out: Path,
-                 resume: bool, log: Any = print) -> tuple[ZooConfig, int | None]:
-    """The config with ``batch_size = "auto"`` replaced by the chosen size, and that size
-    (None where the config gives a number)."""
+                 resume: bool, log: Any = print) -> ZooConfig:
+    """The config with ``batch_size = "auto"`` replaced by the chosen size (the config
+    itself where it gives a number)."""
     if cfg.train["batch_size"] != "auto":
-        return cfg, None
+        return cfg
     chosen = recorded_batch_size(out) if resume and out.is_file() else None
     if chosen is None:
         largest = max(members, key=lambda m: (costs.get(m.id, 0.0), m.id))
         chosen = find_batch_size(cfg, generator, task, largest, device)
         log(f"batch_size = \"auto\": {chosen} fits on {device} (of at most "
             f"{cfg.train['max_batch_size']})")
-    return with_batch_size(cfg, chosen), chosen
+    return with_batch_size(cfg, chosen)

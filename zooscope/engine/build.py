@@ -248,9 +248,9 @@ def build_zoo(
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
     if cfg.train["batch_size"] == "auto":
         candidates = member_list(cfg, generator, task)
-        cfg, _ = resolve_auto(cfg, generator, task, candidates,
-                              member_costs(cfg, task, candidates),
-                              training_device(cfg, state), out, resume, log)
+        cfg = resolve_auto(cfg, generator, task, candidates,
+                           member_costs(cfg, task, candidates),
+                           training_device(cfg, state), out, resume, log)
     members = member_list(cfg, generator, task)
     if shard is not None:
         members = shard_members(members, *shard, costs=member_costs(cfg, task, members))
@@ -313,7 +313,8 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
     if resume and path.exists():
         members = stored_ids(path, members)
     resume_state = ResumeState(path)
-    accelerator = make_accelerator(cfg, training_device(cfg, state))
+    device = training_device(cfg, state)
+    accelerator = make_accelerator(cfg, device)
     writer: ZooWriter
     discard = DiscardIfNothingCommitted(path, resume_state.dir)
     if dist is not None and not dist.is_main_process:
@@ -335,7 +336,6 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
         if dist is not None:
             dist.wait_for_everyone()
     result = BuildResult(path=path)
-    device = training_device(cfg, state)
     reporter = progress if progress is not None else current_reporter()
     with discard, writer, StopFlag() as stop:
         ids = {m.id: m for m in members}
