@@ -27,10 +27,10 @@ demo: install
 	$(BIN)/zooscope analyze $(OUT)/demo.h5 --plugin agreement
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

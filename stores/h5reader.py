@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zooscope.errors import ZooFileError
+from zooscope.errors import NetworkError, ZooFileError, ZooscopeError
 from zooscope.store import StoredZoo, ZooHeader
 from zooscope.stores.h5checks import (
     check_backed,
@@ -104,7 +104,7 @@ class HDF5Zoo(StoredZoo):
         self._source = source
         try:
             self._load()
-        except ZooFileError:
+        except ZooscopeError:
             self.close()
             raise
         except (KeyError, ValueError, TypeError, OSError, IndexError, RuntimeError) as exc:
@@ -535,6 +535,8 @@ class HDF5Zoo(StoredZoo):
                 ds.read_direct(raw, source_sel=np.s_[int(rows[j])])
             except OSError as exc:
                 raise ZooFileError(f"tensor {name!r} of {mid}@{epoch} is corrupt: {exc}") from None
+            if self._source is not None:
+                self._check_received(raw, a, arch_row, j, f"tensor {name!r} of {mid}@{epoch}")
             out[name] = to_torch(raw, attr_text(ds, "stored_as", str(ds.dtype)))
         return out
 
@@ -592,9 +594,25 @@ class HDF5Zoo(StoredZoo):
                                dest_sel=np.s_[place : place + length])
         except OSError as exc:
             raise ZooFileError(f"tensor {name!r} is corrupt: {exc}") from None
+        if self._source is not None:
+            arch_rows = [r for _, r in located]
+            for place in first.values():
+                c = chosen[place]
+                self._check_received(buf[place], a, arch_rows[place], j,
+                                     f"tensor {name!r} of {c.member}@{c.epoch}")
         for place, source in copies:
             buf[place] = buf[source]
         return from_storage(buf, stored_as)
+
+    def _check_received(self, raw: np.ndarray, a: int, arch_row: int, j: int, what: str) -> None:
+        """A row read over the network must match its stored digest: a server or proxy
+        that sends other bytes than the file holds is caught here, not in a result."""
+        if row_digest(raw) != bytes(self._digest_table(a)[arch_row, j]):
+            raise NetworkError(f"{what} read from {self.path} does not match its stored "
+                               "digest: the bytes received are not the file's",
+                               hint="the file may have changed on the server, or the server "
+                                    "or a proxy is faulty; try again, or download the file "
+                                    "and run `zooscope zoo validate` on it")
 
     @_reads
     def predictions(self, checkpoints: Sequence[Checkpoint] | None = None) -> np.ndarray:
@@ -791,18 +809,22 @@ class HDF5Zoo(StoredZoo):
             self._source.close()
 
 
-def open_remote(url: str) -> HDF5Zoo:
+def open_remote(url: str, timeout: float | None = None) -> HDF5Zoo:
     """A zoo at a URL, read through a range-fetching file object: the open reads the
-    header and index, each tensor read fetches that tensor's chunks."""
+    header and index, each tensor read fetches that tensor's chunks and checks each row
+    against its stored digest."""
     from zooscope.remote import open_url
 
-    source = open_url(url)
+    source = open_url(url, timeout)
     try:
         handle = h5py.File(source, "r", locking=False, rdcc_nbytes=0)
     except OSError as exc:
         source.close()
         raise ZooFileError(f"{url} is not a readable HDF5 file ({str(exc).split('(')[0].strip()})",
                            hint="the file may be truncated or not a zoo at all") from None
+    except BaseException:
+        source.close()
+        raise
     return HDF5Zoo(url, handle, source)  # type: ignore[arg-type]
 
 

@@ -44,10 +44,10 @@ class HDF5Store(Store):
 
         return HDF5Zoo(path)
 
-    def open_url(self, url: str) -> HDF5Zoo:
+    def open_url(self, url: str, timeout: float | None = None) -> HDF5Zoo:
         from zooscope.stores.h5reader import open_remote
 
-        return open_remote(url)
+        return open_remote(url, timeout)
 
     def results_path(self, path: Path) -> Path:
         from zooscope.stores.h5results import results_path

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .rangeserver import RangeServer
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,24 @@ with zooscope.open_zoo(sys.argv[1]) as zoo:
     print(len(zoo.members()), stack.shape, len(frame), float(np.abs(stack).sum()))
 result = zooscope.analyze(sys.argv[1], "agreement", bootstrap=50)
 print(sorted(result.tables), sorted(result.figures))
+"""
+
+
+# http(s) URLs need no extra: the standard library reads them.
+READ_URL = """
+import sys
+import numpy as np
+import zooscope
+try:
+    import fsspec
+except ImportError:
+    pass
+else:
+    sys.exit("fsspec is installed in the light environment")
+with zooscope.open_zoo(sys.argv[1]) as remote, zooscope.open_zoo(sys.argv[2]) as local:
+    for name in remote.tensor_names():
+        assert np.array_equal(remote.tensor(name), local.tensor(name)), name
+    print(len(remote.tensor_names()), "tensors equal")
 """
 
 
@@ -72,6 +91,11 @@ def test_the_light_install_reads_zoos(light_env: Path, tiny_zoo: Path, tmp_path:
     first, second = done.stdout.splitlines()[-2:]
     assert first.startswith("4 (12, ")  # 4 members, 12 checkpoints of the first tensor
     assert second == "['groups', 'matrix', 'members', 'pairs', 'seed_pairs'] []"
+    with RangeServer(tmp_path) as server:
+        done = run(light_env, "python", "-c", READ_URL, f"{server.url}/tiny.h5", str(zoo),
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[1:] == ["tensors", "equal"]
     for args in (("zoo", "ls", str(zoo)), ("zoo", "validate", str(zoo)),
                  ("analyze", str(zoo), "--plugin", "agreement", "--set", "bootstrap=50"),
                  ("analyze", str(zoo), "--plugin", "weightstats")):

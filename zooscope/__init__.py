@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zooscope.errors import ConfigError, DataError, PluginError, ZooFileError, ZooscopeError
+from zooscope.errors import (
+    ConfigError,
+    DataError,
+    NetworkError,
+    PluginError,
+    ZooFileError,
+    ZooscopeError,
+)
 from zooscope.hookspecs import hookimpl
 from zooscope.version import __version__
 
@@ -18,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DataError",
+    "NetworkError",
     "PluginError",
     "ZooFileError",
     "ZooscopeError",
@@ -29,11 +37,12 @@ __all__ = [
 ]
 
 
-def open_zoo(path: Any) -> Zoo:
-    """Open a zoo file read-only. See :func:`zooscope.access.open_zoo`."""
+def open_zoo(path: Any, *, timeout: float | None = None) -> Zoo:
+    """Open a zoo read-only: a path or a URL (``timeout``: seconds to wait on the
+    network). See :func:`zooscope.access.open_zoo`."""
     from zooscope.access import open_zoo as _open_zoo
 
-    return _open_zoo(path)
+    return _open_zoo(path, timeout=timeout)
 
 
 def analyze(zoo: Any, analyzer: Any, members: Any = None, epochs: Any = None,

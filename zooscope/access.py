@@ -29,12 +29,14 @@ def store_for(path: Path) -> Store:
     )
 
 
-def open_zoo(path: str | Path) -> Zoo:
+def open_zoo(path: str | Path, *, timeout: float | None = None) -> Zoo:
     """Open a zoo read-only with the store that claims its file name: a local path, or
-    a URL (``https://``, ``s3://``, ``hf://``), read by fetching only what is read."""
+    a URL (``https://``, ``s3://``, ``hf://``), read by fetching only what is read.
+    ``timeout`` (seconds; default ``ZOOSCOPE_NETWORK_TIMEOUT`` or 30) bounds each wait
+    for a connection or for the next bytes of an answer from a URL."""
     if is_url(path):
         url = URL(path)
-        return store_for(Path(url.name)).open_url(url)
+        return store_for(Path(url.name)).open_url(url, timeout)
     path = Path(path)
     if _MANGLED_URL.match(str(path)):  # "https://x" through pathlib is "https:/x"
         raise ZooFileError(f"{str(path).replace(':/', '://', 1)} is a URL; the command line "

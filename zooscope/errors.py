@@ -29,6 +29,11 @@ class ZooFileError(ZooscopeError):
     """A zoo file that is missing, damaged, foreign or unsafe."""
 
 
+class NetworkError(ZooscopeError):
+    """A zoo at a URL that could not be read: no answer in time, a refused or broken
+    connection, or an answer that is not what was asked for."""
+
+
 class DataError(ZooscopeError):
     """A data source that is missing or does not have the expected shape."""
 

@@ -147,8 +147,9 @@ class Store(ABC):
     def open(self, path: Path) -> StoredZoo:
         """Open a zoo read-only."""
 
-    def open_url(self, url: str) -> StoredZoo:
-        """Open a zoo at a URL read-only, fetching only what is read."""
+    def open_url(self, url: str, timeout: float | None = None) -> StoredZoo:
+        """Open a zoo at a URL read-only, fetching only what is read; ``timeout`` bounds
+        each wait on the network (``zooscope.remote.network_timeout``)."""
         raise ZooFileError(f"the {self.name} store cannot read zoos at URLs")
 
     @abstractmethod
