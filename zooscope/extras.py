@@ -15,7 +15,7 @@ from zooscope.errors import ZooscopeError
 EXTRAS = {
     "train": "training zoos and rebuilding models",
     "analysis": "figures and the model-based analyzers",
-    "remote": "zoos at URLs",
+    "remote": "zoos at hf://, s3:// and other fsspec URLs",
 }
 
 
