@@ -301,7 +301,8 @@ class HDF5Zoo(StoredZoo):
         data = f.get("data")
         if data is not None and not isinstance(data, h5py.Group):
             raise ZooFileError(f"{path} is damaged: /data is not a group")
-        for name, kind in (("test_labels", "iu"), ("test_ids", "T"), ("test_contexts", "T"),
+        for name, kind in (("test_labels", "iu"), ("test_ids", "T"), ("test_texts", "T"),
+                           ("test_text_pairs", "T"), ("test_contexts", "T"),
                            ("test_answers", "T")):
             if data is None or name not in data:
                 continue

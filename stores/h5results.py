@@ -21,7 +21,8 @@ import filelock
 import h5py
 import numpy as np
 
-from zooscope.errors import ConfigError, ZooFileError
+from zooscope.errors import ZooFileError
+from zooscope.files import is_regular
 from zooscope.store import lock_path
 from zooscope.version import __version__
 from zooscope.zoo import canonical_json, check_safe_name
@@ -60,16 +61,63 @@ def _json(obj: h5py.HLObject, name: str, default: Any) -> Any:
         return default
 
 
-def _links_out(f: h5py.File) -> bool:
-    """Whether the file holds soft or external links (a results store never does)."""
-    found: list[bytes] = []
+def check_store(f: h5py.File, path: Path) -> None:
+    """Everything a results store is read for, checked before any of it is used: no links,
+    virtual or external datasets, the layout docs/format.md gives, and every dataset's
+    declared size held by the file. A ``ZooFileError`` says what is wrong."""
+    from zooscope.stores.h5checks import check_backed, check_safe_file
 
-    def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
-        if info.type != h5py.h5l.TYPE_HARD:
-            found.append(name)
-
-    f.id.links.visit(visit, info=True)
-    return bool(found)
+    check_safe_file(f, path)
+    analyses = f.get("analyses")
+    if analyses is None:
+        return
+    if not isinstance(analyses, h5py.Group):
+        raise ZooFileError(f"{path}: /analyses is not a group")
+    for name, group in analyses.items():
+        check_safe_name(name, "analysis")
+        if not isinstance(group, h5py.Group):
+            raise ZooFileError(f"{path}: {group.name} is not a group")
+        for key, g in group.items():
+            if not isinstance(g, h5py.Group):
+                raise ZooFileError(f"{path}: {g.name} is not a group")
+            if key.endswith(".writing"):
+                continue
+            check_safe_name(key, "analysis key")
+            for attr, kind in (("options", dict), ("inputs", list)):
+                if attr in g.attrs and not isinstance(_json(g, attr, None), kind):
+                    raise ZooFileError(f"{path}: {g.name}:{attr} is not a JSON "
+                                       f"{'object' if kind is dict else 'list'}")
+            for attr in ("summary", "created", "digest"):
+                if attr in g.attrs and not isinstance(g.attrs[attr], (str, bytes)):
+                    raise ZooFileError(f"{path}: {g.name}:{attr} is not text")
+            tables = g.get("tables")
+            if tables is not None:
+                if not isinstance(tables, h5py.Group):
+                    raise ZooFileError(f"{path}: {tables.name} is not a group")
+                for tname, tgroup in tables.items():
+                    check_safe_name(tname, "table")
+                    columns = _json(tgroup, "columns", None) \
+                        if isinstance(tgroup, h5py.Group) else None
+                    if not isinstance(columns, list) or \
+                            not all(isinstance(c, str) and c in tgroup for c in columns):
+                        raise ZooFileError(f"{path}: {tgroup.name} is not a table (a group "
+                                           "whose columns attribute lists its datasets)")
+                    for col in columns:
+                        ds = tgroup[col]
+                        if not isinstance(ds, h5py.Dataset) or ds.ndim < 1 or \
+                                ds.dtype.kind not in "iufbO":
+                            raise ZooFileError(f"{path}: {tgroup.name}/{col} is not a column "
+                                               "of numbers or text")
+                        check_backed(ds, ds.shape[0], path)
+            figures = g.get("figures")
+            if figures is not None:
+                if not isinstance(figures, h5py.Group):
+                    raise ZooFileError(f"{path}: {figures.name} is not a group")
+                for fname, ds in figures.items():
+                    check_safe_name(fname, "figure")
+                    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype != np.uint8:
+                        raise ZooFileError(f"{path}: {ds.name} is not a figure (bytes of a PNG)")
+                    check_backed(ds, ds.shape[0], path)
 
 
 def read_entries(root: h5py.Group, where: str) -> list[dict[str, Any]]:
@@ -127,6 +175,10 @@ class ResultsStore:
         store = cls(results_path(zoo_path), identity)
         if not store.path.exists():
             return store
+        if not is_regular(store.path):
+            store.note = (f"{store.path} is not a regular file; its results are not used "
+                          "(remove it; the next stored result then takes its place)")
+            return store
         try:
             with h5py.File(store.path, "r", locking=False) as f:
                 theirs = _text(f, "zoo_identity")
@@ -134,13 +186,15 @@ class ResultsStore:
                     store.note = (f"the results in {store.path} belong to an earlier zoo of this "
                                   f"name (created {_text(f, 'zoo_created', '?')}); they are not used")
                     return store
-                if _links_out(f):
-                    store.note = (f"{store.path} links outside itself; its results are not "
-                                  "used")
-                    return store
+                check_store(f, store.path)
                 store.entries = read_entries(f, "results")
-        except OSError as exc:
-            store.note = f"{store.path} cannot be read ({str(exc).split('(')[0].strip()}); not used"
+        except ZooFileError as exc:
+            reason = _reason(exc, store.path)
+            store.note = (f"{store.path} cannot be used ({reason}); its results are not "
+                          "used, and the next stored result replaces it")
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            store.note = (f"{store.path} cannot be read ({str(exc).split('(')[0].strip()}); its "
+                          "results are not used, and the next stored result replaces it")
         return store
 
     def group(self, f: h5py.File, name: str, key: str) -> h5py.Group | None:
@@ -232,18 +286,16 @@ def write_result(
         lock.release()
 
 
+def _reason(exc: ZooFileError, path: Path) -> str:
+    """A check's message without the store's path, for a note that names it already."""
+    text = exc.message.removeprefix(f"{path}: ").removeprefix(f"{path} ")
+    return text.removeprefix("is unsafe: ").removeprefix("is damaged: ")
+
+
 def _lock_wait() -> float:
-    text = os.environ.get("ZOOSCOPE_RESULTS_WAIT", "")
-    if not text:
-        return LOCK_WAIT
-    try:
-        wait = float(text)
-    except ValueError:
-        wait = -1.0
-    if not wait >= 0:  # also NaN
-        raise ConfigError(f"ZOOSCOPE_RESULTS_WAIT={text!r} is not a number of seconds",
-                          hint=f"unset it to wait {LOCK_WAIT:g} s")
-    return wait
+    from zooscope.environment import results_wait
+
+    return results_wait()
 
 
 def _write_store(
@@ -259,19 +311,24 @@ def _write_store(
         analyses = f.create_group("analyses")
         if path.exists():
             try:
+                if not is_regular(path):
+                    raise ZooFileError(f"{path}: not a regular file")
                 with h5py.File(path, "r", locking=False) as old:
                     if _text(old, "zoo_identity") != identity:
                         notes.append(f"replaced the results of an earlier zoo of this name "
                                      f"(created {_text(old, 'zoo_created', '?')}) in {path}")
-                    elif _links_out(old):
-                        notes.append(f"replaced {path}, which linked outside itself")
-                    elif "analyses" in old:
+                    else:
+                        check_store(old, path)  # nothing unchecked is carried over
+                    if _text(old, "zoo_identity") == identity and "analyses" in old:
                         for aname, group in old["analyses"].items():
                             for akey in group:
                                 if (aname, akey) != (name, key):
                                     dst = analyses.require_group(aname)
                                     old.copy(group[akey], dst, name=akey)
-            except OSError as exc:
+            except ZooFileError as exc:
+                notes.append(f"replaced {path}, which could not be used "
+                             f"({_reason(exc, path)})")
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 notes.append(f"replaced {path}, which could not be read "
                              f"({str(exc).split('(')[0].strip()})")
         g = analyses.require_group(name).create_group(key)

@@ -633,7 +633,7 @@ CONFIG_VALUE_CASES = [
          "config.json is not a model config (a regular file of at most 16,777,216 bytes)"),
     Case("zoo is a device", lambda tmp: ((tmp / "z.h5").symlink_to("/dev/zero"),
                                          ["zoo", "ls", str(tmp / "z.h5")])[1],
-         "z.h5 is not a readable HDF5 file"),
+         "z.h5 is not a regular file (a FIFO, a device or a socket)"),
     # -- absurd grids -------------------------------------------------------------------------
     Case("absurd grid", generate_with(BIG_GRID), "the grid has 4,000,000 members, more than "
          "[zoo] max_members = 10,000"),

@@ -19,7 +19,8 @@ PLUGIN_PACKAGES = ("zooscope.generators", "zooscope.plugins")
 LAYERS: list[tuple[str, ...]] = [
     # foundations: no zooscope imports
     ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic",
-     "zooscope.bootstrap"),
+     "zooscope.bootstrap", "zooscope.files", "zooscope.markdown"),
+    ("zooscope.environment",),
     ("zooscope.extras",),
     ("zooscope.remote",),
     # the reader interface

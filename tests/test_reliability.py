@@ -281,3 +281,142 @@ def test_analysis_storing_killed_at_random_moments_never_harms_the_zoo(tiny_zoo:
     save("k999", None)
     assert sorted(p.name for p in zoo.with_name("zoo_analysis").iterdir()) == [
         "results.h5", "results.h5.lock"]
+
+
+# -- kills aimed at the writes of `report` and `zoo export` --------------------------------
+
+#: Slows every fsync and rename in the process it is imported into (through
+#: sitecustomize) and marks the first of them in a file, so that a kill can be aimed at
+#: the moment outputs are written.
+SLOW_IO = """
+import os, time
+
+marker = os.environ.get("ZOOSCOPE_TEST_SLOW_IO")
+if marker:
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def _mark():
+        if not os.path.exists(marker):
+            with open(marker, "w"):
+                pass
+
+    def fsync(fd):
+        _mark()
+        time.sleep(0.05)
+        return real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        _mark()
+        time.sleep(0.15)
+        return real_replace(src, dst, **kwargs)
+
+    os.fsync, os.replace = fsync, replace
+"""
+
+
+def _aimed_kill(args: list[str], tmp: Path, rng: random.Random, window: float) -> bool:
+    """Run ``zooscope ARGS`` with slowed writes; once it starts writing, SIGKILL it after
+    a random part of ``window`` seconds. Returns whether it was killed before it ended."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_IO)
+    marker = tmp / "writing"
+    marker.unlink(missing_ok=True)
+    env = {**cli_env(), "ZOOSCOPE_TEST_SLOW_IO": str(marker),
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "zooscope", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and not marker.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, window))
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not killed:
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    return killed
+
+
+@pytest.mark.slow
+def test_report_killed_while_writing_leaves_the_old_page_or_the_new(tiny_zoo: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    zoo = tmp_path / "tiny.h5"
+    shutil.copy(tiny_zoo, zoo)
+    page = tmp_path / "tiny_analysis" / "report" / "report.html"
+    done = subprocess.run([sys.executable, "-m", "zooscope", "report", str(zoo), "--no-run",
+                           "--quiet"], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(14):
+        old = page.read_bytes()
+        kills += _aimed_kill(["report", str(zoo), "--no-run", "--quiet"], tmp_path, rng, 0.3)
+        now = page.read_bytes()
+        assert now == old or (now.rstrip().endswith(b"</html>") and len(now) > 1000), \
+            "a kill left a partial report"
+        assert not [p for p in page.parent.iterdir() if p.name != "report.html"
+                    and not p.name.endswith(".tmp")]
+    assert kills >= 10
+    # the next run clears what killed ones left
+    done = subprocess.run([sys.executable, "-m", "zooscope", "report", str(zoo), "--no-run",
+                           "--quiet"], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in page.parent.iterdir()] == ["report.html"]
+
+
+@pytest.mark.slow
+def test_export_killed_while_writing_leaves_no_half_folder(tiny_zoo: Path,
+                                                           tmp_path: Path) -> None:
+    import shutil
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        member = zoo.members()[0].id
+    reference = {}
+    for epoch in (1, 2):
+        out = tmp_path / f"reference-{epoch}"
+        done = subprocess.run([sys.executable, "-m", "zooscope", "zoo", "export", str(tiny_zoo),
+                               "--member", member, "--epoch", str(epoch), "--out", str(out)],
+                              capture_output=True, text=True, env=cli_env())
+        assert done.returncode == 0, done.stderr
+        reference[epoch] = {p.name: p.read_bytes() for p in out.iterdir()}
+    rng = random.Random(11)
+    kills = 0
+    target = tmp_path / "exported"
+
+    def export(epoch: int, *extra: str) -> list[str]:
+        return ["zoo", "export", str(tiny_zoo), "--member", member, "--epoch", str(epoch),
+                "--out", str(target), *extra]
+
+    for attempt in range(12):
+        # a first export into a new folder, or one with --force over an earlier one
+        force = attempt % 2 == 1
+        shutil.rmtree(target, ignore_errors=True)
+        if force:
+            done = subprocess.run([sys.executable, "-m", "zooscope", *export(1)],
+                                  capture_output=True, text=True, env=cli_env())
+            assert done.returncode == 0, done.stderr
+        args = export(2, "--force") if force else export(1)
+        kills += _aimed_kill(args, tmp_path, rng, 1.5)
+        if target.exists():
+            files = {p.name: p.read_bytes() for p in target.iterdir()}
+            if not force:
+                assert files == reference[1], "a first export left a half folder"
+            else:
+                assert set(files) == set(reference[1]), "files went missing"
+                for name, content in files.items():  # each file whole: the old or the new
+                    assert content in (reference[1][name], reference[2][name]), name
+        # the same command again completes, taking over what a killed run left
+        done = subprocess.run([sys.executable, "-m", "zooscope", *args], capture_output=True,
+                              text=True, env=cli_env())
+        if not force and done.returncode != 0:  # the killed run had finished its rename
+            assert "exists and is not an empty directory" in done.stderr
+        else:
+            assert done.returncode == 0, done.stderr
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == reference[2 if force else 1]
+        assert not list(tmp_path.glob(".*.exporting"))
+    assert kills >= 10

@@ -136,8 +136,10 @@ def test_a_results_store_linking_outside_itself_is_not_read(zoo_copy: Path, tmp_
         f["analyses/elsewhere"] = h5py.ExternalLink(str(tmp_path / "secret.h5"), "/")
     with zooscope.open_zoo(zoo_copy) as zoo:
         assert zoo.analyses() == []
-        assert zoo.results_notes() == [f"{store_of(zoo_copy)} links outside itself; its results "
-                                       "are not used"]
+        assert zoo.results_notes() == [
+            f"{store_of(zoo_copy)} cannot be used (it holds an external link "
+            "'analyses/elsewhere'); its results are not used, and the next stored result "
+            "replaces it"]
 
 
 def test_an_unwritable_results_store_still_gives_the_files(zoo_copy: Path, tmp_path: Path) -> None:

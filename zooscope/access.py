@@ -46,6 +46,9 @@ def open_zoo(path: str | Path, *, timeout: float | None = None) -> Zoo:
         raise ZooFileError(f"no zoo file at {path}")
     if path.is_dir():
         raise ZooFileError(f"{path} is a directory, not a zoo file")
+    if not path.is_file():  # opening a FIFO would wait for a writer forever
+        raise ZooFileError(f"{path} is not a regular file (a FIFO, a device or a socket)",
+                           hint="zoo files are regular files")
     return store_for(path).open(path)
 
 

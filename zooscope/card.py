@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from zooscope.config import DEFAULTS
+from zooscope.markdown import code, fence, paragraphs, text, yaml_scalar
 from zooscope.zoo import Zoo
 
 #: Hugging Face's size categories, by number of checkpoints (the zoo's rows).
@@ -21,15 +22,20 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
           (1_000_000, "100K<n<1M")]
 
 
-def _yaml_text(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid YAML scalar
-
-
 def _config(zoo: Zoo) -> dict[str, Any]:
     try:
         return tomllib.loads(zoo.config_text)
     except tomllib.TOMLDecodeError:
         return {}
+
+
+def _listed(values: Any) -> list[Any]:
+    return values if isinstance(values, list) else [values]
+
+
+def _cell_code(value: Any) -> str:
+    """A code span inside a table cell: a pipe would end the cell even there."""
+    return code(value).replace("|", "\\|")
 
 
 def _fmt(value: Any) -> str:
@@ -54,10 +60,10 @@ def _metric_summary(zoo: Zoo) -> tuple[list[str], list[list[str]]]:
     for m in members:
         if m.id in last:
             groups[tuple(_fmt(m.factors.get(k)) for k in varying)].append(last[m.id])
-    head = [*varying, "members", *metrics]
+    head = [text(h) for h in (*varying, "members", *metrics)]
     rows = []
     for config, cps in sorted(groups.items()):
-        cells = [*config, str(len(cps))]
+        cells = [*(text(c) for c in config), str(len(cps))]
         for name in metrics:
             values = [float(c.metrics[name]) for c in cps if name in c.metrics]
             values = [v for v in values if not math.isnan(v)]
@@ -92,13 +98,15 @@ def zoo_card(zoo: Zoo) -> str:
     backbones = sorted({str(m.factors.get("backbone")) for m in members if "backbone" in m.factors})
     size = next((label for limit, label in _SIZES if len(checkpoints) < limit), "n>1M")
     tags = ["zooscope", "model-zoo", "weight-space", str(info.get("generator"))]
-    lines = ["---", f"license: {licence}", f"pretty_name: {_yaml_text(name)}", "tags:",
-             *(f"- {_yaml_text(t)}" for t in tags), "size_categories:", f"- {size}", "---", "",
-             f"# {name}", ""]
+    # Everything the zoo holds is data here: YAML scalars quoted, Markdown escaped for
+    # where it goes, file names in code through repr.
+    lines = ["---", f"license: {yaml_scalar(licence)}", f"pretty_name: {yaml_scalar(name)}",
+             "tags:", *(f"- {yaml_scalar(t)}" for t in tags), "size_categories:",
+             f"- {yaml_scalar(size)}", "---", "", f"# {text(name)}", ""]
     description = zoo_table.get("description")
-    lines += [str(description).strip() if description else
+    lines += [paragraphs(str(description).strip()) if description else
               f"A model zoo of {len(members)} transformer models trained with the "
-              f"`{info.get('generator')}` generator over a grid of generating factors, "
+              f"{code(info.get('generator'))} generator over a grid of generating factors, "
               "every epoch recorded.", ""]
 
     status: dict[str, int] = defaultdict(int)
@@ -107,14 +115,16 @@ def zoo_card(zoo: Zoo) -> str:
     data = info.get("data") or {}
     lines += ["## Contents", "",
               f"- **members**: {len(members)} "
-              f"({', '.join(f'{n} {s}' for s, n in sorted(status.items()))})",
+              f"({', '.join(f'{n} {text(s)}' for s, n in sorted(status.items()))})",
               f"- **checkpoints**: {len(checkpoints)} (every member at every epoch, epoch 0 "
               "before training)",
-              f"- **generator**: `{info.get('generator')}` version {info.get('generator_version')}",
-              f"- **format**: zooscope zoo file, format {info.get('format')}; tensors stored as "
-              f"{info.get('storage_dtype')}, compression {info.get('compression')}",
-              f"- **created**: {info.get('created')}",
-              *([f"- **batch size**: {extra['auto_batch_size']}, the largest that fitted "
+              f"- **generator**: {code(info.get('generator'))} version "
+              f"{text(info.get('generator_version'))}",
+              f"- **format**: zooscope zoo file, format {text(info.get('format'))}; tensors "
+              f"stored as {text(info.get('storage_dtype'))}, compression "
+              f"{text(info.get('compression'))}",
+              f"- **created**: {text(info.get('created'))}",
+              *([f"- **batch size**: {text(extra['auto_batch_size'])}, the largest that fitted "
                  "(`batch_size = \"auto\"`)"]
                 if "auto_batch_size" in (extra := info.get("extra") or {}) else []), ""]
 
@@ -126,7 +136,8 @@ def zoo_card(zoo: Zoo) -> str:
             count = sum(1 for m in members if str(m.factors.get("backbone")) == b)
             if base == "scratch" or base.startswith("zoo://"):
                 revision = "-"
-            lines.append(f"| `{base}` | {revision or 'none pinned (the default branch then)'} "
+            lines.append(f"| {_cell_code(base)} | "
+                         f"{text(revision) or 'none pinned (the default branch then)'} "
                          f"| {count} |")
     else:
         lines.append("(recorded per member in the factors)")
@@ -135,24 +146,24 @@ def zoo_card(zoo: Zoo) -> str:
     lines += ["## Data", ""]
     for key in ("source", "validation_source", "test_source"):
         if data.get(key):
-            lines.append(f"- **{key.replace('_', ' ')}**: `{data[key]}`")
+            lines.append(f"- **{key.replace('_', ' ')}**: {code(data[key])}")
     sizes = data.get("sizes") or {}
     fingerprints = data.get("fingerprints") or {}
     if sizes or fingerprints:
         lines += ["", "| split | examples | fingerprint (SHA-256 of the examples) |", "|---|---|---|"]
         for split in sorted(set(sizes) | set(fingerprints)):
-            lines.append(f"| {split} | {sizes.get(split, '')} | `{fingerprints.get(split, '')}` |")
+            lines.append(f"| {text(split)} | {text(sizes.get(split, ''))} | "
+                         f"{_cell_code(fingerprints.get(split, ''))} |")
     lines.append("")
 
     grid = cfg.get("grid", {})
     lines += ["## Grid", "", "| factor | values |", "|---|---|"]
     if "seeds" in zoo_table:
-        lines.append(f"| seed | {', '.join(_fmt(s) for s in zoo_table['seeds'])} |")
+        lines.append(f"| seed | {', '.join(text(_fmt(s)) for s in _listed(zoo_table['seeds']))} |")
     for factor, values in grid.items():
-        shown = values if isinstance(values, list) else [values]
-        lines.append(f"| {factor} | {', '.join(_fmt(v) for v in shown)} |")
+        lines.append(f"| {text(factor)} | {', '.join(text(_fmt(v)) for v in _listed(values))} |")
     if "epochs" in zoo_table:
-        lines.append(f"| epochs | {zoo_table['epochs']} |")
+        lines.append(f"| epochs | {text(zoo_table['epochs'])} |")
     lines += ["", "The zoo config, verbatim, is the root attribute `config`.", ""]
 
     given = cfg.get("train", {})
@@ -180,7 +191,7 @@ def zoo_card(zoo: Zoo) -> str:
         settings["scratch backbone"] = ", ".join(
             f"{k} {v}" for k, v in {**DEFAULTS["scratch"], **scratch}.items())
     lines += ["## Training", "", "| setting | value |", "|---|---|",
-              *(f"| {k} | {_fmt(v)} |" for k, v in settings.items()),
+              *(f"| {k} | {text(_fmt(v))} |" for k, v in settings.items()),
               "", "Every member starts from its backbone and trains with its own seed; "
               "epoch 0 is the state before the first step.", ""]
 
@@ -191,35 +202,38 @@ def zoo_card(zoo: Zoo) -> str:
 
     versions = info.get("versions") or {}
     lines += ["## Environment", "", "| | |", "|---|---|",
-              *(f"| {k} | {v} |" for k, v in sorted(versions.items())), ""]
+              *(f"| {text(k)} | {text(v)} |" for k, v in sorted(versions.items())), ""]
 
     lines += ["## Licence", "",
-              f"- **weights**: {licence}"
+              f"- **weights**: {text(licence)}"
               + ("" if zoo_table.get("license") else " (no `[zoo] license` was given)"),
               f"- **embedded data** (the test split's texts and labels in `/data`): "
-              f"{data_licence or 'that of the data source above'}", ""]
+              f"{text(data_licence) if data_licence else 'that of the data source above'}", ""]
 
-    lines += ["## Reading it", "",
-              "With zooscope (`pip install zooscope`):", "",
-              "```python", "import zooscope", "",
-              f'zoo = zooscope.open_zoo("{zoo.path.name}")',
-              "zoo.members_frame()            # members and their factors",
-              "zoo.metrics()                  # every metric, long format",
-              'zoo.tensor("<tensor name>")    # one tensor across all checkpoints', "```", "",
+    file = zoo.path.name
+    lines += ["## Reading it", "", "With zooscope (`pip install zooscope`):", "",
+              *fence("\n".join([
+                  "import zooscope", "",
+                  f"zoo = zooscope.open_zoo({file!r})",
+                  "zoo.members_frame()            # members and their factors",
+                  "zoo.metrics()                  # every metric, long format",
+                  'zoo.tensor("<tensor name>")    # one tensor across all checkpoints']),
+                  "python"), "",
               "With plain h5py and numpy (the format is documented in zooscope's "
               "docs/format.md):", "",
-              "```python", "import json", "", "import h5py", "",
-              f'with h5py.File("{zoo.path.name}", "r") as f:',
-              '    ids = f["members/id"].asstr()[()]',
-              '    factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]',
-              '    index = f["checkpoints/index"][()]        # member, epoch, arch_row, ...',
-              '    columns = json.loads(f["checkpoints/metrics"].attrs["columns"])',
-              '    metrics = f["checkpoints/metrics"][: len(index)]',
-              "    # one tensor across every checkpoint of the first architecture",
-              '    arch = f["architectures/a0"]',
-              '    names = json.loads(arch.attrs["tensor_names"])',
-              '    rows = arch["rows"][:, names.index(names[-1])]',
-              '    mine = index[index["architecture"] == 0]',
-              '    stack = arch["tensors"][names[-1]][()][rows[mine["arch_row"]]]',
-              "```", ""]
+              *fence("\n".join([
+                  "import json", "", "import h5py", "",
+                  f'with h5py.File({file!r}, "r") as f:',
+                  '    ids = f["members/id"].asstr()[()]',
+                  '    factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]',
+                  '    index = f["checkpoints/index"][()]        # member, epoch, arch_row, ...',
+                  '    columns = json.loads(f["checkpoints/metrics"].attrs["columns"])',
+                  '    metrics = f["checkpoints/metrics"][: len(index)]',
+                  "    # one tensor across every checkpoint of the first architecture",
+                  '    arch = f["architectures/a0"]',
+                  '    names = json.loads(arch.attrs["tensor_names"])',
+                  '    rows = arch["rows"][:, names.index(names[-1])]',
+                  '    mine = index[index["architecture"] == 0]',
+                  '    stack = arch["tensors"][names[-1]][()][rows[mine["arch_row"]]]']),
+                  "python"), ""]
     return "\n".join(lines)

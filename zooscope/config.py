@@ -110,9 +110,9 @@ MAX_SEED = 2**32 - 1
 #: Factor values become HDF5 columns (int64, float64, bool or text).
 _FACTOR_TYPES = (str, int, float, bool)
 #: Factor names become dataset names in the zoo file (``members/table/<factor>``).
-_FACTOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_FACTOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 #: ``[train] device``: what torch.device accepts and this engine can train on.
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)\Z")
 MAX_THREADS = 1024
 #: A config is a page of TOML; a larger file is not one (and is stored in every zoo).
 MAX_CONFIG_BYTES = 2**20

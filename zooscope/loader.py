@@ -7,7 +7,6 @@ lives in ``zooscope.zoofile``.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,14 +93,14 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
     import torch
     from safetensors.torch import load_file
 
-    from zooscope.models import HEAD_FILE, load_tokenizer, skeleton
+    from zooscope.models import HEAD_FILE, head_description, load_tokenizer, skeleton
 
     if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
         raise ZooFileError(f"{directory} is not an exported checkpoint "
                            "(no config.json or model.safetensors)")
     files = {p.name: p.read_bytes() for p in directory.iterdir()
              if p.is_file() and p.suffix in (".json", ".txt") and p.name != PROVENANCE}
-    head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
+    head = head_description(files, str(directory))
     state: dict[str, torch.Tensor] = {}
     if head["kind"] in ("sequence-classification", "question-answering"):
         if not (directory / HEAD_WEIGHTS).exists():
@@ -116,8 +115,12 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
         state.update({prefix + k: v for k, v in load_file(directory / "model.safetensors").items()})
     else:
         state.update(load_file(directory / "model.safetensors"))
-    model = skeleton(files)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    model = skeleton(files, str(directory))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than the config says
+        raise ZooFileError(f"the files in {directory} do not fit the model they describe "
+                           f"({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
         raise ZooFileError(f"the files in {directory} do not fit the model they describe "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

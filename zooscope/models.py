@@ -325,32 +325,76 @@ def architecture_files(backbone: nn.Module, tokenizer: Any, head: dict[str, Any]
     return files
 
 
-def skeleton(files: dict[str, bytes]) -> nn.Module:
+#: Head kinds and the fields each needs, with their types.
+HEAD_KINDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "sequence-classification": {"num_labels": int, "hidden": int},
+    "question-answering": {"hidden": int},
+    "text-to-text": {"words": list, "targets": list},
+    "masked-lm": {},
+    "base-model": {},
+}
+
+
+def head_description(files: dict[str, bytes], where: str) -> dict[str, Any]:
+    """The checked head description (``zooscope_head.json``) among a model's files."""
+    raw = files.get(HEAD_FILE, b'{"kind": "base-model"}')
+    try:
+        head = json.loads(raw)
+    except (ValueError, RecursionError):
+        head = None
+    if not isinstance(head, dict) or not isinstance(head.get("kind"), str):
+        raise ZooFileError(f"{where}: {HEAD_FILE} is not a JSON object with a kind",
+                           hint="the file is damaged; export or import the checkpoint again")
+    fields = HEAD_KINDS.get(head["kind"])
+    if fields is None:
+        raise ZooFileError(f"{where}: unknown model kind {head['kind']!r} in {HEAD_FILE}",
+                           hint=f"known kinds: {', '.join(HEAD_KINDS)}")
+    for name, kind in fields.items():
+        value = head.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) \
+                or (kind is int and not 0 <= value <= 1 << 20):
+            raise ZooFileError(f"{where}: {HEAD_FILE} gives {name} = {value!r}, not a "
+                               f"{'count' if kind is int else 'list'}",
+                               hint="the file is damaged; export or import the checkpoint again")
+    for name in ("backbone_prefix", "head_prefix"):
+        if not isinstance(head.get(name, ""), str):
+            raise ZooFileError(f"{where}: {HEAD_FILE} gives {name} = {head[name]!r}, not text")
+    return head
+
+
+def skeleton(files: dict[str, bytes], where: str = "the zoo") -> nn.Module:
     """The (untrained) model the stored files describe; weights come from the zoo."""
     from transformers import AutoConfig, AutoModel
 
-    head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "config.json").write_bytes(files["config.json"])
-        config = AutoConfig.from_pretrained(tmp)
-    if head["kind"] == "sequence-classification":
-        return SequenceClassifier(base_model(config), head["num_labels"], head["hidden"])
-    if head["kind"] == "question-answering":
-        return QuestionAnswerer(base_model(config), head["hidden"])
-    if head["kind"] == "text-to-text":
-        from transformers import AutoModelForSeq2SeqLM
+    head = head_description(files, where)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "config.json").write_bytes(files["config.json"])
+            config = AutoConfig.from_pretrained(tmp)
+        if head["kind"] == "sequence-classification":
+            return SequenceClassifier(base_model(config), head["num_labels"], head["hidden"])
+        if head["kind"] == "question-answering":
+            return QuestionAnswerer(base_model(config), head["hidden"])
+        if head["kind"] == "text-to-text":
+            from transformers import AutoModelForSeq2SeqLM
 
-        return TextToText(AutoModelForSeq2SeqLM.from_config(config), head["words"],
-                          head["targets"], head.get("max_new_tokens"))
-    if head["kind"] == "masked-lm":
-        from transformers import AutoModelForMaskedLM
+            return TextToText(AutoModelForSeq2SeqLM.from_config(config), head["words"],
+                              head["targets"], head.get("max_new_tokens"))
+        if head["kind"] == "masked-lm":
+            from transformers import AutoModelForMaskedLM
 
-        return AutoModelForMaskedLM.from_config(config)
-    if head["kind"] == "base-model":
+            return AutoModelForMaskedLM.from_config(config)
         if head.get("add_pooling_layer") is False:
             return AutoModel.from_config(config, add_pooling_layer=False)
         return AutoModel.from_config(config)
-    raise ZooFileError(f"unknown model kind {head['kind']!r} in the zoo")
+    except (ValueError, TypeError, KeyError, RuntimeError, OverflowError, OSError,
+            RecursionError, MemoryError, ArithmeticError) as exc:
+        # transformers and torch check a config's values only as they build from them
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ZooFileError(f"{where}: config.json describes no model that can be built "
+                           f"({reason})",
+                           hint="the file is damaged or crafted; export or import the "
+                                "checkpoint again") from None
 
 
 def load_tokenizer(files: dict[str, bytes]) -> Any:
@@ -367,10 +411,14 @@ def rebuild(zoo: Zoo, member: Member | str, epoch: int) -> tuple[nn.Module, Any]
     files = zoo.model_files(member)
     if "config.json" not in files:
         raise ZooFileError("the zoo lacks the model files needed to rebuild this member")
-    model = skeleton(files)
+    model = skeleton(files, str(zoo.path))
     state = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in
              zoo.state_dict(member, epoch).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a stored tensor of another shape than the config says
+        raise ZooFileError(f"{zoo.path}: stored tensors do not fit the model its config.json "
+                           f"describes ({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
         raise ZooFileError(f"stored tensors do not fit the model (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")

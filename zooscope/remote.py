@@ -22,7 +22,6 @@ import gc
 import http.client
 import io
 import math
-import os
 import re
 import socket
 import ssl
@@ -35,6 +34,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+from zooscope.environment import env_seconds
 from zooscope.errors import ConfigError, NetworkError, ZooFileError, ZooscopeError
 from zooscope.extras import require
 
@@ -78,21 +78,11 @@ def is_url(location: Any) -> bool:
 
 def network_timeout(timeout: float | None = None) -> float:
     """``timeout`` if given, else ``ZOOSCOPE_NETWORK_TIMEOUT``, else 30 s; checked."""
-    where = "timeout"
     if timeout is None:
-        text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-        if not text:
-            return DEFAULT_TIMEOUT
-        where = TIMEOUT_VARIABLE
-        try:
-            timeout = float(text)
-        except ValueError:
-            raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds",
-                              hint=f"for example {TIMEOUT_VARIABLE}=60, or leave it unset "
-                                   f"for {DEFAULT_TIMEOUT:g} s") from None
+        return env_seconds(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, zero=False)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
             or not math.isfinite(timeout) or not 0 < timeout <= 86400:
-        raise ConfigError(f"{where} {timeout!r} is not a number of seconds between 0 and "
+        raise ConfigError(f"timeout {timeout!r} is not a number of seconds between 0 and "
                           "86400", hint=f"the default is {DEFAULT_TIMEOUT:g} s")
     return float(timeout)
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zooscope import markdown as md
 from zooscope.access import open_zoo
 from zooscope.analysis import figure_png, varying_factors
 from zooscope.errors import ZooscopeError
 from zooscope.progress import task
 from zooscope.results import run_analysis
-from zooscope.zoo import Zoo
+from zooscope.zoo import SAFE_NAME, Zoo
 
 #: The analyzers a report runs where their result is missing, in this order (predict
 #: reads weightstats). ``sparsify`` re-evaluates every model at ten sparsities, so a
@@ -356,7 +357,7 @@ def render_html(report: Report) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+    return md.text(_fmt(value))
 
 
 def _md_table(cols: Mapping[str, Sequence[Any]]) -> list[str]:
@@ -369,15 +370,17 @@ def _md_table(cols: Mapping[str, Sequence[Any]]) -> list[str]:
 
 
 def render_markdown(report: Report) -> tuple[str, dict[str, bytes]]:
-    """The page as Markdown, and its figures as files (name to PNG) to write beside it."""
+    """The page as Markdown, and its figures as files (name to PNG) to write beside it.
+    What the zoo and its results hold is escaped as text; the config sits in a fence
+    longer than any run of backticks in it."""
     files: dict[str, bytes] = {}
-    lines = [f"# Zoo report: {report.zoo.name}", "",
-             f"Written by zooscope on {report.created}. Tables show at most {MAX_ROWS} rows; "
-             "the analyses' CSV files beside the zoo hold all of them.", "", "## The zoo", "",
-             "| | |", "|---|---|"]
+    lines = [f"# Zoo report: {md.text(report.zoo.name)}", "",
+             f"Written by zooscope on {md.text(report.created)}. Tables show at most "
+             f"{MAX_ROWS} rows; the analyses' CSV files beside the zoo hold all of them.", "",
+             "## The zoo", "", "| | |", "|---|---|"]
     lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in report.card]
-    lines += ["", "The config, as given to `zooscope generate`:", "", "```toml",
-              report.config.rstrip("\n"), "```", "", "## Learning curves", ""]
+    lines += ["", "The config, as given to `zooscope generate`:", "",
+              *md.fence(report.config, "toml"), "", "## Learning curves", ""]
     if report.curves is not None:
         files["learning_curves.png"] = report.curves
         lines.append("![learning curves](learning_curves.png)")
@@ -387,15 +390,19 @@ def render_markdown(report: Report) -> tuple[str, dict[str, bytes]]:
     if not report.sections:
         lines.append("No analysis is stored for this zoo.")
     for s in report.sections:
-        lines += [f"### {s.name}", "", f"> {_reading(s)}", ""]
+        reading = md.paragraphs(_reading(s)).split("\n")
+        lines += [f"### {md.text(s.name)}", "", *(f"> {line}" for line in reading), ""]
         for fname, png in s.figures.items():
             file = f"{s.name}-{s.key[:8]}-{fname}.png"
+            if not SAFE_NAME.match(file):
+                continue  # a name a results store should never hold: not a file name here
             files[file] = png
-            lines += [f"![{s.name}: {fname}]({file})", ""]
+            lines += [f"![{md.text(s.name)}: {md.text(fname)}]({file})", ""]
         if s.table:
             more = f" (first {MAX_ROWS} of {s.rows} rows)" if s.rows > MAX_ROWS else ""
-            lines += [f"{s.title}{more}:", "", *_md_table(s.table), ""]
-        lines += [f"_{_caption(s)}_", ""]
+            lines += [f"{md.text(s.title)}{more}:", "", *_md_table(s.table), ""]
+        lines += [f"_{md.text(_caption(s))}_", ""]
     if report.skipped:
-        lines += ["### Not run", ""] + [f"- **{n}**: {why}" for n, why in report.skipped] + [""]
+        lines += ["### Not run", ""] + [f"- **{md.text(n)}**: {md.text(why)}"
+                                        for n, why in report.skipped] + [""]
     return "\n".join(lines), files

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,8 +19,10 @@ from typing import Any
 
 from zooscope.access import open_zoo, store_for
 from zooscope.analysis import Analyzer, Selection, figure_png, plotting
+from zooscope.environment import results_wait
 from zooscope.errors import ConfigError, PluginError, ZooFileError, ZooscopeError
 from zooscope.extras import missing_extra
+from zooscope.files import UnsafeFile, read_json_object, remove_leftovers, write_atomic
 from zooscope.zoo import Member, Zoo, canonical_json
 
 _FILTER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -114,13 +117,15 @@ def resolve_inputs(zoo: Zoo, analyzer: Analyzer) -> dict[str, dict[str, str]]:
 
 
 def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> None:
+    """A table as CSV, written whole or not at all (``zooscope.files.write_atomic``)."""
     names = list(columns)
     length = len(next(iter(columns.values()))) if columns else 0
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(names)
-        for i in range(length):
-            w.writerow([_cell(columns[n][i]) for n in names])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(names)
+    for i in range(length):
+        w.writerow([_cell(columns[n][i]) for n in names])
+    write_atomic(path, text.getvalue())
 
 
 def _cell(value: Any) -> Any:
@@ -160,6 +165,12 @@ RESULT_FILE = "result.json"
 def check_out_dir(out: Path, given: bool) -> None:
     """Refuse an output folder that cannot be used, before any work is done."""
     flag = "--out " if given else ""
+    if not given:
+        for folder in (out, out.parent):
+            if folder.is_symlink():
+                raise ZooFileError(f"{folder} is a link; results are written only into real "
+                                   "folders beside the zoo",
+                                   hint="remove the link, or give --out FOLDER")
     if out.exists() and not out.is_dir():
         raise ZooFileError(f"{flag}{out} is a file, not a folder",
                            hint="give a folder for the CSV and PNG files")
@@ -199,13 +210,20 @@ def _check_out_owner(target: Path, name: str, key: str, given: bool, force: bool
     record = target / RESULT_FILE
     if not target.is_dir():
         return []
-    if record.exists():
+    if os.path.lexists(record):
         try:
-            earlier = json.loads(record.read_text())
-            theirs = (str(earlier["analyzer"]), str(earlier["key"]))
-            files = [str(f) for f in earlier.get("files", [])]
-        except (OSError, ValueError, KeyError, TypeError):
-            theirs, files = ("?", "?"), []
+            earlier = read_json_object(record)
+        except UnsafeFile as exc:  # a link, a FIFO or device, huge, invalid or deep JSON
+            if not force:
+                raise ZooFileError(f"{record} cannot be used: it is {exc}",
+                                   hint="remove it (analyze writes it anew), or add --force "
+                                        "to replace it") from None
+            return []
+        except OSError as exc:
+            raise ZooFileError(f"{record} cannot be read ({exc.strerror or exc})") from None
+        theirs = (str(earlier.get("analyzer", "?")), str(earlier.get("key", "?")))
+        files = earlier.get("files", [])
+        files = [str(f) for f in files] if isinstance(files, list) else []
         if theirs == (name, key):
             return files
         # Without --out the folder is this analyzer's default one, replaced by a newer
@@ -261,6 +279,7 @@ def run_analysis(zoo_path: Path, analyzer: Analyzer, sets: Sequence[str], member
         matplotlib.use("Agg")
     options = analyzer.parse_options(sets)
     epoch_list = parse_epochs(epochs)
+    results_wait()  # a bad ZOOSCOPE_RESULTS_WAIT is an error now, not after the analysis
     given = out_dir is not None
     if out_dir is not None:
         check_out_dir(out_dir, given=True)
@@ -320,6 +339,7 @@ def _write_files(result: StoredAnalysis, target: Path, earlier_files: Sequence[s
     """The CSV and PNG files and ``result.json`` saying which result they are."""
     try:
         target.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
         for name in earlier_files:  # an earlier result's files that this one does not replace
             if SAFE_FILE.match(name):
                 (target / name).unlink(missing_ok=True)
@@ -329,7 +349,7 @@ def _write_files(result: StoredAnalysis, target: Path, earlier_files: Sequence[s
             result.files.append(path)
         for fname, png in result.figures.items():
             path = target / f"{fname}.png"
-            path.write_bytes(png)
+            write_atomic(path, png)
             result.files.append(path)
         record = {
             "analyzer": result.name, "key": result.key, "options": result.options,
@@ -339,13 +359,13 @@ def _write_files(result: StoredAnalysis, target: Path, earlier_files: Sequence[s
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "stored": result.stored, "files": [p.name for p in result.files],
         }
-        (target / RESULT_FILE).write_text(json.dumps(record, indent=1, default=_plain) + "\n")
+        write_atomic(target / RESULT_FILE, json.dumps(record, indent=1, default=_plain) + "\n")
     except OSError as exc:
         raise ZooFileError(f"cannot write the result's files to {target} "
                            f"({exc.strerror or exc})") from None
 
 
-SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}\.(csv|png)$")
+SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}\.(csv|png)\Z")
 
 
 def _plain(value: Any) -> Any:

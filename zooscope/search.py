@@ -115,6 +115,11 @@ def parse_distribution(factor: str, text: Any) -> Distribution:
                 not math.isfinite(value):
             raise ConfigError(f"{where} = {text!r}: {kind}'s bounds must be finite "
                               f"{'integers' if kind == 'int_uniform' else 'numbers'}")
+    if kind == "int_uniform" and max(abs(low), abs(high)) >= 1 << 62:
+        raise ConfigError(f"{where} = {text!r}: int_uniform's bounds must lie within ±2**62")
+    if kind == "uniform" and not math.isfinite(float(high) - float(low)):
+        raise ConfigError(f"{where} = {text!r}: the range is too wide to draw from "
+                          "(its width overflows a float)")
     ordered = low <= high if kind == "int_uniform" else low < high
     if not ordered:
         raise ConfigError(f"{where} = {text!r}: the lower bound must be below the upper")

@@ -25,7 +25,7 @@ STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", F
                  INTERRUPTED: "interrupted"}
 
 #: What a member id, tensor name or stored file name may contain: no path separators.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}\Z")
 
 
 def check_safe_name(name: str, what: str) -> str:

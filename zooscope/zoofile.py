@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from zooscope.access import open_stored, open_zoo, store_for
 from zooscope.errors import ZooFileError
 from zooscope.extras import require
+from zooscope.files import sync_folder
 from zooscope.store import ZooHeader, lock_path, memory_budget
 from zooscope.zoo import COMPLETE, RUNNING, STATUS_LABELS, Architecture, Member, check_safe_name
 
@@ -231,15 +233,17 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     A ``README.md`` says so; ``zooscope_export.json`` records where it came from.
     """
     require("torch", "train", "exporting a model")
-    import torch
-    from safetensors.torch import save_file
-
-    from zooscope.loader import HEAD_WEIGHTS, PROVENANCE, checkpoint_digest
-    from zooscope.models import HEAD_FILE
+    from zooscope.models import head_description
 
     out_dir = Path(out_dir)
     check_output_path(out_dir, directory=True)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
+    # Written into a hidden folder beside the target first, which says "incomplete"
+    # until it is renamed into place; a killed export's is removed by the next one.
+    partial = out_dir.with_name(f".{out_dir.name}.exporting")
+    if os.path.lexists(partial):
+        shutil.rmtree(partial) if partial.is_dir() and not partial.is_symlink() else partial.unlink()
+    if os.path.lexists(out_dir) and (not out_dir.is_dir() or out_dir.is_symlink()
+                                     or (any(out_dir.iterdir()) and not force)):
         raise ZooFileError(f"{out_dir} exists and is not an empty directory",
                            hint="choose a new directory, or add --force to overwrite its files")
     with open_zoo(zoo_path) as zoo:
@@ -248,51 +252,73 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
         if epoch not in [c.epoch for c in zoo.checkpoints(member)]:
             raise ZooFileError(f"member {member_id} has no checkpoint at epoch {epoch}",
                                hint="`zooscope zoo ls` shows each member's epochs")
+        head = head_description(files, str(zoo_path))
         state = zoo.state_dict(member, epoch)
-        head = json.loads(files.get(HEAD_FILE, b'{"kind": "base-model"}'))
         factors = dict(member.factors)
         zoo_name = zoo.info.get("name")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    root = out_dir.resolve()
-    written: list[Path] = []
-
-    def target(name: str) -> Path:
+    for name in files:
         check_safe_name(name, "file")
-        path = (root / name).resolve()
-        if path.parent != root:
-            raise ZooFileError(f"refusing to write {name!r} outside {root}")
-        return path
+    try:
+        partial.mkdir(parents=True)
+        written = _write_export(partial, files, head, state, factors, zoo_path, zoo_name,
+                                member_id, epoch)
+        if not os.path.lexists(out_dir) or not any(out_dir.iterdir()):
+            if os.path.lexists(out_dir):
+                out_dir.rmdir()
+            os.replace(partial, out_dir)
+        else:  # --force over an earlier export: each file replaced whole
+            for path in written:
+                os.replace(path, out_dir / path.name)
+            partial.rmdir()
+        sync_folder(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return [out_dir / path.name for path in written]
+
+
+def _write_export(root: Path, files: dict[str, bytes], head: dict[str, Any],
+                  state: dict[str, Any], factors: dict[str, Any], zoo_path: Path,
+                  zoo_name: Any, member_id: str, epoch: int) -> list[Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    from zooscope.loader import HEAD_WEIGHTS, PROVENANCE, checkpoint_digest
+
+    written: list[Path] = []
 
     def tensors(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: (v.float() if v.dtype == torch.bfloat16 else v).contiguous()
                 for k, v in state.items() if k.startswith(prefix)}
 
     for name, content in files.items():
-        target(name).write_bytes(content)
-        written.append(target(name))
+        (root / name).write_bytes(content)
+        written.append(root / name)
     has_head = head["kind"] in ("sequence-classification", "question-answering")
     if has_head:
         backbone = tensors(head.get("backbone_prefix", "backbone."))
-        save_file(tensors(head.get("head_prefix", "head.")), str(target(HEAD_WEIGHTS)))
-        written.append(target(HEAD_WEIGHTS))
+        save_file(tensors(head.get("head_prefix", "head.")), str(root / HEAD_WEIGHTS))
+        written.append(root / HEAD_WEIGHTS)
     elif head["kind"] == "text-to-text":  # a whole seq2seq model: transformers loads it as is
         backbone = tensors(head.get("backbone_prefix", "backbone."))
     else:
         backbone = tensors("")
-    save_file(backbone, str(target("model.safetensors")), metadata={"format": "pt"})
-    written.append(target("model.safetensors"))
+    save_file(backbone, str(root / "model.safetensors"), metadata={"format": "pt"})
+    written.append(root / "model.safetensors")
     # The zoo's file name and the checkpoint's content, not this machine's paths: the
     # export is meant to be shared, and the digest finds the checkpoint in any copy.
     provenance = {"zoo": Path(zoo_path).name, "zoo_name": zoo_name, "member": member_id,
                   "epoch": epoch, "factors": factors, "head": head["kind"],
                   "checkpoint_sha256": checkpoint_digest(state)}
-    target(PROVENANCE).write_text(json.dumps(provenance, indent=1))
-    written.append(target(PROVENANCE))
-    target("README.md").write_text(_model_card(provenance, head, has_head))
-    written.append(target("README.md"))
+    (root / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    written.append(root / PROVENANCE)
+    (root / "README.md").write_text(_model_card(provenance, head, has_head))
+    written.append(root / "README.md")
     for path in written:
         # Shared model files are readable by everyone, as pip and the hub leave them.
         path.chmod(0o644)
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
     return written
 
 

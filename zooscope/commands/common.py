@@ -69,6 +69,9 @@ class ZooscopeGroup(TyperGroup):
         previous = warnings.showwarning
         warnings.showwarning = show
         try:
+            from zooscope.environment import check_environment
+
+            check_environment()
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, _UsageException):
             raise

@@ -31,8 +31,12 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not I/N, e.g. 0/4") from None
+    from zooscope.environment import MAX_SHARDS
+
     if n < 1 or not 0 <= i < n:
         raise typer.BadParameter(f"{value!r}: need 0 ≤ I < N")
+    if n > MAX_SHARDS:
+        raise typer.BadParameter(f"{value!r}: at most {MAX_SHARDS:,} shards")
     return i, n
 
 
@@ -202,14 +206,14 @@ def _hub_offline(timeout: float = 3.0) -> str | None:
     its cache at once instead of retrying every download for ~20 s per backbone."""
     import os
     import socket
-    from urllib.parse import urlparse
+
+    from zooscope.environment import endpoint
 
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return "HF_HUB_OFFLINE is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
+    _, host, port = endpoint("HF_ENDPOINT", "https://huggingface.co")
     try:
-        socket.create_connection((host, endpoint.port or 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return None
     except OSError:
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -33,6 +33,7 @@ def report(
 
     Example: zooscope report demo.h5
     """
+    from zooscope.files import remove_leftovers, write_atomic
     from zooscope.report import build_report, render_html, render_markdown
     from zooscope.results import check_out_dir
 
@@ -44,17 +45,20 @@ def report(
     check_out_dir(target, given=out is not None)
     with reporter(quiet):
         page = build_report(zoo, plugin, run_missing=not no_run)
-    target.mkdir(parents=True, exist_ok=True)
+    # Each file is written whole and renamed into place: a kill leaves the previous
+    # report or the new one, and a link planted at its name is replaced, not followed.
     try:
+        target.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
         if format_ == "html":
             path = target / "report.html"
-            path.write_text(render_html(page), encoding="utf-8")
+            write_atomic(path, render_html(page))
         else:
             text, figures = render_markdown(page)
             for name, png in figures.items():
-                (target / name).write_bytes(png)
+                write_atomic(target / name, png)
             path = target / "report.md"
-            path.write_text(text, encoding="utf-8")
+            write_atomic(path, text)
     except OSError as exc:
         fail(f"cannot write the report to {target} ({exc.strerror or exc})")
     typer.echo(str(path))

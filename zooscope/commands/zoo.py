@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,6 +160,7 @@ def card(
     """
     from zooscope.access import open_zoo
     from zooscope.card import zoo_card
+    from zooscope.files import write_atomic
 
     with open_zoo(zoo) as z:
         text = zoo_card(z)
@@ -168,10 +170,10 @@ def card(
     target = out if out is not None else zoo.parent / "README.md"
     if target.is_dir():
         fail(f"{target} is a directory", hint="give a file name, e.g. --out README.md")
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:
         fail(f"{target} exists", hint="add --force to replace it, or choose another --out")
     try:
-        target.write_text(text)
+        write_atomic(target, text)  # whole or not at all; a link there is replaced
     except OSError as exc:
         fail(f"cannot write {target} ({exc.strerror or exc})")
     console.print(f"wrote the card of {zoo.name} to {target}")

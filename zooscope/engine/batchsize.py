@@ -35,12 +35,15 @@ def with_batch_size(cfg: ZooConfig, size: int) -> ZooConfig:
 
 def find_batch_size(cfg: ZooConfig, generator: Generator, task: TaskData, member: Member,
                     device: torch.device) -> int:
-    """The largest power of two up to ``max_batch_size`` with which one optimizer step on
-    the training split's longest batch fits on ``device``, for ``member`` (the zoo's
-    costliest: the largest backbone)."""
+    """The largest power of two up to ``max_batch_size`` and the training examples with
+    which one optimizer step on the training split's longest batch fits on ``device``,
+    for ``member`` (the zoo's costliest: the largest backbone)."""
     from accelerate.utils import find_executable_batch_size
 
     size = int(cfg.train["max_batch_size"])
+    train = (task.info.get("sizes") or {}).get("train")
+    if isinstance(train, int) and train > 0:
+        size = min(size, train)  # a batch larger than the data is never trained on
     start = 1 << (size.bit_length() - 1)  # a power of two
 
     def half() -> int:

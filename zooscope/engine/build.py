@@ -36,6 +36,7 @@ from zooscope.engine.stops import (
     set_status_quietly,
 )
 from zooscope.engine.tracking import MemberTrackers, check_trackers
+from zooscope.environment import MAX_SHARDS, world_size
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generator import Generator, TaskData
 from zooscope.lineage import expand_parents, verify_parents
@@ -174,7 +175,7 @@ def _header(cfg: ZooConfig, generator: Generator, task: TaskData,
 
 def _distributed_state() -> Any:
     """Accelerate's process state where a launcher started several processes, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         return None
     from accelerate import PartialState
 
@@ -206,8 +207,11 @@ def slurm_shard() -> tuple[int, int] | None:
         step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
     except ValueError:
         raise ConfigError("the SLURM_ARRAY_TASK_* variables are not integers") from None
+    if not 1 <= count <= MAX_SHARDS:
+        raise ConfigError(f"SLURM_ARRAY_TASK_COUNT={count} is not a task count from 1 to "
+                          f"{MAX_SHARDS:,}")
     index, off = divmod(task - low, max(step, 1))
-    if off or count < 1 or not 0 <= index < count:
+    if off or not 0 <= index < count:
         raise ConfigError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} array tasks "
                           f"from {low} in steps of {step}",
                           hint="submit with a plain range, e.g. sbatch --array=0-5, or give "

@@ -15,6 +15,7 @@ import torch
 
 from zooscope.config import ZooConfig
 from zooscope.errors import ZooFileError
+from zooscope.files import UnsafeFile, is_regular, read_json_object
 from zooscope.zoo import Member
 
 
@@ -62,10 +63,31 @@ class ResumeState:
         stem = self._stem(member, epoch)
         tensors_path = stem.with_name(stem.name + ".safetensors")
         meta_path = stem.with_name(stem.name + ".json")
-        if not (tensors_path.exists() and meta_path.exists()):
+        if not (os.path.lexists(tensors_path) and os.path.lexists(meta_path)):
             return False
+        from safetensors import SafetensorError
+
+        try:
+            self._restore(tensors_path, meta_path, optimizer, load_file)
+        except (SafetensorError, UnsafeFile, OSError, ValueError, TypeError, KeyError,
+                IndexError, RuntimeError, OverflowError, RecursionError, AttributeError) as exc:
+            # safetensors, torch and the RNGs each raise their own kinds for a damaged file
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() \
+                else type(exc).__name__
+            raise ZooFileError(
+                f"the resume state of member {member.id} at epoch {epoch} in {self.dir} is "
+                f"damaged ({reason})",
+                hint="restore that folder from a backup, or regenerate the zoo with --force; "
+                     "without its optimizer state the member cannot continue bitwise") from None
+        return True
+
+    @staticmethod
+    def _restore(tensors_path: Path, meta_path: Path, optimizer: torch.optim.Optimizer,
+                 load_file: Any) -> None:
+        if not is_regular(tensors_path):
+            raise UnsafeFile(f"{tensors_path.name} is not a regular file")
+        meta = read_json_object(meta_path, limit=64 << 20)
         tensors = load_file(str(tensors_path))
-        meta = json.loads(meta_path.read_text())
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("state."):
@@ -78,7 +100,6 @@ class ResumeState:
         random.setstate(_tuples(meta["python_rng"]))
         np_rng = meta["numpy_rng"]
         np.random.set_state((np_rng[0], np.asarray(np_rng[1], dtype=np.uint32), *np_rng[2:]))
-        return True
 
     def keep_only(self, member: Member, epoch: int | None) -> None:
         if not self.dir.exists():

@@ -1,0 +1,94 @@
+"""Settings read from environment variables, checked as config values are: a bad value
+is one error naming the variable, found before any work is done."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from zooscope.errors import ConfigError
+
+
+def env_seconds(name: str, default: float, *, zero: bool = True, most: float = 86400.0) -> float:
+    """Seconds from the variable ``name`` (``default`` when unset or empty): a finite
+    number from 0 (or above 0 where ``zero`` is false) up to ``most``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    low_ok = value >= 0 if zero else value > 0
+    if not (math.isfinite(value) and low_ok and value <= most):
+        lowest = "0" if zero else "more than 0"
+        raise ConfigError(f"{name}={text!r} is not a number of seconds from {lowest} to "
+                          f"{most:g}", hint=f"for example {name}=60, or unset it for "
+                                            f"{default:g} s")
+    return value
+
+
+#: Seconds an analysis waits for another one storing its result (``ZOOSCOPE_RESULTS_WAIT``).
+RESULTS_WAIT = 60.0
+
+
+def results_wait() -> float:
+    return env_seconds("ZOOSCOPE_RESULTS_WAIT", RESULTS_WAIT)
+
+
+#: The most shards a zoo is split into (``--shard I/N``, a SLURM array's task count).
+MAX_SHARDS = 100_000
+
+
+def world_size(launched: bool = True) -> int:
+    """The process count a launcher (torchrun, ``accelerate launch``) set in
+    ``WORLD_SIZE``: 1 where none did; a value no launcher sets is an error, and so is
+    more than one process without the variables a launcher sets beside it (unless
+    ``launched`` is false: only the value is checked)."""
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or not 1 <= int(text) <= 1 << 20:
+        raise ConfigError(f"WORLD_SIZE={text!r} is not a process count",
+                          hint="launchers (torchrun, accelerate launch) set it; unset it to "
+                               "run in one process")
+    size = int(text)
+    if size > 1 and launched:
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise ConfigError(f"WORLD_SIZE={size} but {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not set: no launcher "
+                              "started this process",
+                              hint="start it with torchrun or accelerate launch, or unset "
+                                   "WORLD_SIZE to run in one process")
+    return size
+
+
+def endpoint(name: str, default: str) -> tuple[str, str, int]:
+    """An http(s) endpoint from the variable ``name``: (scheme, host, port)."""
+    from urllib.parse import urlsplit
+
+    text = os.environ.get(name, "").strip() or default
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={text!r} is not an http(s) URL with a host and a valid "
+                          "port", hint=f"for example {name}={default}, or unset it")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_environment() -> None:
+    """Every zooscope setting in the environment, and those of libraries that fail
+    obscurely on a bad value (``HF_ENDPOINT``), checked before a command does anything."""
+    if os.environ.get("HF_ENDPOINT", "").strip():
+        endpoint("HF_ENDPOINT", "https://huggingface.co")
+    env_seconds("ZOOSCOPE_NETWORK_TIMEOUT", 30.0, zero=False)
+    results_wait()
+    world_size(launched=False)
+
+
+__all__ = ["check_environment", "MAX_SHARDS", "RESULTS_WAIT", "endpoint", "env_seconds", "results_wait",
+           "world_size"]
