@@ -488,6 +488,32 @@ CASES += [
 ]
 
 
+def _declared_test_data(name: str, command: str) -> Callable[[Path], list[str]]:
+    """A zoo whose test data declares 2**34 rows it does not hold."""
+    def setup(folder: Path) -> list[str]:
+        make_zoo(folder / "zoo.h5", members=2, epochs=1)
+        with h5py.File(folder / "zoo.h5", "r+") as f:
+            data = f.require_group("data")
+            if name in data:
+                del data[name]
+            data.create_dataset(name, shape=(2**34,), dtype=h5py.string_dtype(),
+                                chunks=(1024,))
+        zoo = str(folder / "zoo.h5")
+        return {"validate": ["zoo", "validate", zoo],
+                "merge": ["zoo", "merge", zoo, "--out", str(folder / "merged.h5")],
+                "ls": ["zoo", "ls", zoo]}[command]
+    return setup
+
+
+for _data in ("test_texts", "test_text_pairs", "test_ids"):
+    CASES += [
+        Hostile(f"{_data} of 2**34 rows: validate", _declared_test_data(_data, "validate"),
+                "declares", size=True),
+        Hostile(f"{_data} of 2**34 rows: merge", _declared_test_data(_data, "merge"),
+                "declares", size=True),
+    ]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile(case: Hostile, tmp_path: Path) -> None:
     code, out, err = run_hostile(case, tmp_path)
