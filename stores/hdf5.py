@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import zooscope
+from zooscope.hookspecs import hookimpl
 from zooscope.store import Store, ZooHeader
 from zooscope.zoo import Member
 
@@ -69,6 +69,6 @@ class HDF5Store(Store):
         return write_analysis(path, name, key, options, summary, tables, figures, inputs)
 
 
-@zooscope.hookimpl
+@hookimpl
 def zooscope_register_stores(register: Any) -> None:
     register(HDF5Store())

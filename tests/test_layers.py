@@ -201,3 +201,94 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     level = {name: i for i, layer in enumerate(LAYERS) for name in layer}
     assert "zooscope.registry" in targets
     assert level["zooscope.registry"] > level["zooscope.zoo"]
+
+
+#: The highest core layer a store may import: the plugin contracts. A store is a
+#: plugin that the core's zoo access reaches through the registry, so it stands below
+#: the registry, the access to zoos, the engine, the commands and the CLI.
+STORE_CEILING = "zooscope.hookspecs"
+#: What no plugin (generator, analyzer or store) may import: the engine, the commands
+#: and the command line run plugins; plugins never run them.
+ABOVE_PLUGINS = ("zooscope.engine", "zooscope.commands", "zooscope.cli", "zooscope.__main__")
+
+
+def _store_problems(name: str, path: Path) -> list[str]:
+    level = {n: i for i, layer in enumerate(LAYERS) for n in layer}
+    problems = [f"{path.name}:{line} imports {target} (a plugin)"
+                for line, target in imports(path, name) if plugin_of(target) is not None]
+    known = core_modules()
+    for line, target in imports(path, name):
+        if target == "zooscope.stores" or target.startswith("zooscope.stores.") \
+                or plugin_of(target) is not None or not target.startswith("zooscope"):
+            continue  # a store's own modules; plugins are caught above
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and level[target] > level[STORE_CEILING]:
+            problems.append(f"{path.name}:{line} imports {target} (layer {level[target]}, "
+                            f"above the stores' ceiling {STORE_CEILING})")
+    return problems
+
+
+def _plugin_problems(name: str, path: Path) -> list[str]:
+    return [f"{path.name}:{line} imports {target}" for line, target in imports(path, name)
+            if any(target == top or target.startswith(top + ".") for top in ABOVE_PLUGINS)]
+
+
+def _core_store_problems(name: str, path: Path) -> list[str]:
+    return [f"{path.name}:{line} imports {target} (a store)"
+            for line, target in imports(path, name)
+            if target == "zooscope.stores" or target.startswith("zooscope.stores.")]
+
+
+def test_stores_import_only_the_core_below_the_registry() -> None:
+    problems = [p for name, path in modules().items() if name.startswith("zooscope.stores")
+                for p in _store_problems(name, path)]
+    assert problems == []
+
+
+def test_no_plugin_imports_the_engine_the_commands_or_the_cli() -> None:
+    problems = [p for name, path in modules().items()
+                if plugin_of(name) is not None or name.startswith("zooscope.stores")
+                for p in _plugin_problems(name, path)]
+    assert problems == []
+
+
+def test_the_core_imports_no_store() -> None:
+    """The core reaches stores through the registry only, ``__init__`` included."""
+    problems = [p for name, path in core_modules().items()
+                for p in _core_store_problems(name, path)]
+    assert problems == []
+
+
+def test_each_rule_catches_a_planted_import(tmp_path: Path) -> None:
+    """None of the rules is vacuous: a planted import of each kind is found, at module
+    level, in a function body and under TYPE_CHECKING."""
+    plants = {
+        "a store importing a plugin": (_store_problems, "zooscope.stores.hdf5",
+                                       "from zooscope.plugins.agreement import Agreement"),
+        "a store importing a generator": (_store_problems, "zooscope.stores.h5reader",
+                                          "import zooscope.generators.squad"),
+        "a store importing the engine": (_store_problems, "zooscope.stores.h5writer",
+                                         "from zooscope.engine import build_zoo"),
+        "a store importing the registry": (_store_problems, "zooscope.stores.hdf5",
+                                           "from zooscope import registry"),
+        "a store importing the CLI": (_store_problems, "zooscope.stores.hdf5",
+                                      "from zooscope.cli import app"),
+        "a plugin importing the engine": (_plugin_problems, "zooscope.plugins.umap",
+                                          "from zooscope.engine.build import build_zoo"),
+        "a plugin importing the commands": (_plugin_problems, "zooscope.generators.squad",
+                                            "from zooscope.commands.common import fail"),
+        "a plugin importing the CLI": (_plugin_problems, "zooscope.plugins.agreement",
+                                       "import zooscope.cli"),
+        "__init__ importing a store": (_core_store_problems, "zooscope",
+                                       "from zooscope.stores.h5reader import HDF5Zoo"),
+        "the core importing a store": (_core_store_problems, "zooscope.access",
+                                       "from .stores import hdf5"),
+    }
+    for what, (rule, module, statement) in plants.items():
+        for form in (f"{statement}\n",
+                     f"def f():\n    {statement}\n",
+                     f"from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    {statement}\n"):
+            source = tmp_path / ("__init__.py" if module == "zooscope" else "planted.py")
+            source.write_text(form)
+            assert rule(module, source), f"{what} was not caught: {form!r}"
