@@ -158,3 +158,44 @@ def test_example_analyzer_runs_on_a_zoo(example_site: Path, zoo_copy: Path,
                    strict=True))
     assert got == pytest.approx(expected)
     assert (out / "final.csv").exists() and (out / "final.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hooks_are_called_through_pluggy_so_wrappers_apply(
+        register_plugin) -> None:  # type: ignore[no-untyped-def]
+    """A plugin's hook wrapper runs around the registration hook, the manager's call
+    monitoring sees the call, and a failing observer is named even when it fails in a
+    helper of its own."""
+    import zooscope
+    from zooscope import registry
+    from zooscope.errors import PluginError
+
+    calls: list[str] = []
+
+    class Watcher:
+        @zooscope.hookimpl(wrapper=True)
+        def zooscope_register_analyzers(self, register):  # type: ignore[no-untyped-def]
+            calls.append("before")
+            result = yield
+            calls.append("after")
+            return result
+
+        @zooscope.hookimpl(tryfirst=True)
+        def zooscope_member_finished(self, zoo, member):  # type: ignore[no-untyped-def]
+            def helper() -> None:
+                raise RuntimeError("observer broke")
+            helper()
+
+    register_plugin(Watcher(), "watcher")
+    monitored: list[str] = []
+    undo = registry.pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: monitored.append(name),
+        lambda outcome, name, impls, kwargs: None)
+    try:
+        assert "agreement" in registry.analyzers()
+    finally:
+        undo()
+    assert calls == ["before", "after"]
+    assert monitored == ["zooscope_register_analyzers"]
+    with pytest.raises(PluginError, match="plugin 'watcher' failed in zooscope_member_finished: "
+                                          "RuntimeError: observer broke"):
+        registry.notify("zooscope_member_finished", zoo="z.h5", member=None)

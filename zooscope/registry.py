@@ -82,13 +82,10 @@ def load_plugins() -> None:
             f"ZOOSCOPE_LOAD_PLUGINS names {name!r}, which no installed plugin package "
             f"provides (installed: {', '.join(sorted(installed)) or 'none'})"), stacklevel=2)
     wanted = {_normal(n) for n in wanted}
-    for ep in eps:
-        if ep.dist is None or _normal(ep.dist.name) not in wanted or pm.get_plugin(ep.name):
-            continue
-        plugin = ep.load()
-        pm.register(plugin, name=ep.name)
-        # Recorded like pluggy's own loader so `zooscope plugins` can show the version.
-        pm._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(ep.dist)))  # type: ignore[attr-defined]
+    for ep in eps:  # pluggy's own loader then skips them, and records the others' versions
+        if ep.dist is None or _normal(ep.dist.name) not in wanted:
+            pm.set_blocked(ep.name)
+    pm.load_setuptools_entrypoints("zooscope")
 
 
 def _normal(distribution: str) -> str:
@@ -97,47 +94,69 @@ def _normal(distribution: str) -> str:
     return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
+def _plugin_calling(hook: Any, frame: Any) -> str:
+    """The plugin whose implementation of ``hook`` is running in ``frame`` or a frame
+    it called from: the one that called a callback, or raised."""
+    owners = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
+    while frame is not None:
+        if frame.f_code in owners:
+            return owners[frame.f_code]
+        frame = frame.f_back
+    return "unknown"
+
+
 def _collect(hook_name: str) -> dict[str, Any]:
-    """Call one registration hook plugin by plugin and resolve name clashes."""
+    """Call one registration hook through pluggy and resolve name clashes, naming the
+    plugin behind each registered object."""
+    import sys
+
     load_plugins()
     found: dict[str, Any] = {}
     owner: dict[str, str] = {}
     kind = KINDS[hook_name]
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+    hook = getattr(pm.hook, hook_name)
 
-        def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
-            name = getattr(obj, "name", None)
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {_plugin!r} registered a {kind} without a name")
-            base = BASES[kind]
-            if not isinstance(obj, base):
-                raise PluginError(
-                    f"plugin {_plugin!r} registered the {kind} {name!r}, which is not a "
-                    f"{base.__module__}.{base.__name__}",
-                    hint=f"subclass {base.__name__} (docs/plugins.md)")
-            if name in found:
-                raise PluginError(
-                    f"two plugins register the {kind} {name!r}: {owner[name]!r} and {_plugin!r}",
-                    hint="uninstall one of them, or limit ZOOSCOPE_LOAD_PLUGINS to the one you want",
-                )
-            found[name] = obj
-            owner[name] = _plugin
+    def register(obj: Any) -> None:
+        plugin = _plugin_calling(hook, sys._getframe(1))
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin!r} registered a {kind} without a name")
+        base = BASES[kind]
+        if not isinstance(obj, base):
+            raise PluginError(
+                f"plugin {plugin!r} registered the {kind} {name!r}, which is not a "
+                f"{base.__module__}.{base.__name__}",
+                hint=f"subclass {base.__name__} (docs/plugins.md)")
+        if name in found:
+            first, second = sorted((owner[name], plugin))
+            raise PluginError(
+                f"two plugins register the {kind} {name!r}: {first!r} and {second!r}",
+                hint="uninstall one of them, or limit ZOOSCOPE_LOAD_PLUGINS to the one you want",
+            )
+        found[name] = obj
+        owner[name] = plugin
 
-        impl.function(register)
+    hook(register=register)
     return found
 
 
 def notify(hook_name: str, **kwargs: Any) -> None:
-    """Call an event hook plugin by plugin; a failing observer is reported by name."""
+    """Call an event hook through pluggy; a failing observer is reported by name."""
     load_plugins()
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        try:
-            impl.function(**{name: kwargs[name] for name in impl.argnames})
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}",
-                hint="uninstall or fix that plugin; the zoo itself is intact",
-            ) from exc
+    hook = getattr(pm.hook, hook_name)
+    try:
+        hook(**kwargs)
+    except PluginError:
+        raise
+    except Exception as exc:
+        tb, last = exc.__traceback__, None
+        while tb is not None:
+            last, tb = tb.tb_frame, tb.tb_next
+        raise PluginError(
+            f"plugin {_plugin_calling(hook, last)!r} failed in {hook_name}: "
+            f"{type(exc).__name__}: {exc}",
+            hint="uninstall or fix that plugin; the zoo itself is intact",
+        ) from exc
 
 
 def generators() -> dict[str, Any]:
@@ -199,6 +218,8 @@ def plugin_table(include_builtins: bool = False) -> list[dict[str, Any]]:
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     rows = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None or pm.is_blocked(name):  # left out by ZOOSCOPE_LOAD_PLUGINS
+            continue
         builtin = name in DEFAULT_PLUGINS
         if builtin and not include_builtins:
             continue
