@@ -65,8 +65,9 @@ class TextClassificationGenerator(Generator):
         "label_column": ConfigKey((str,), help="the column holding the class label"),
         "text_pair_column": ConfigKey((str,), help="the column holding the second text of a "
                                       "sentence pair (BoolQ's passage)"),
-        "train_examples": ConfigKey((int,), 0, "a fixed training-set size: the first N rows of "
-                                    "the source train, the rest unused; needs validation_source",
+        "train_examples": ConfigKey((int,), 0, "a fixed training-set size: N rows of the "
+                                    "source drawn with the split seed train, the rest of the "
+                                    "source is the test split, validation_source the dev set",
                                     minimum=0),
     }, "train": {
         "t5": ConfigKey((str,), "encoder", "how a T5 backbone classifies: encoder (its encoder, "

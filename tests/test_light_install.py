@@ -34,6 +34,10 @@ with zooscope.open_zoo(sys.argv[1]) as zoo:
     frame = zoo.metrics()
     print(len(zoo.members()), stack.shape, len(frame), float(np.abs(stack).sum()))
 result = zooscope.analyze(sys.argv[1], "agreement", bootstrap=50)
+try:
+    zooscope.load_model(sys.argv[1], member=zooscope.open_zoo(sys.argv[1]).members()[0].id)
+except zooscope.ZooscopeError as exc:
+    print(f"load_model: {exc} | {exc.hint}")
 print(sorted(result.tables), sorted(result.figures))
 """
 
@@ -88,7 +92,9 @@ def test_the_light_install_reads_zoos(light_env: Path, tiny_zoo: Path, tmp_path:
     shutil.copy(tiny_zoo, zoo)
     done = run(light_env, "python", "-c", READ, str(zoo), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    first, second = done.stdout.splitlines()[-2:]
+    first, loading, second = done.stdout.splitlines()[-3:]
+    assert loading == ("load_model: rebuilding a model needs torch, which is not installed | "
+                       "pip install 'zooscope[train]'")
     assert first.startswith("4 (12, ")  # 4 members, 12 checkpoints of the first tensor
     assert second == "['groups', 'matrix', 'members', 'pairs', 'seed_pairs'] []"
     with RangeServer(tmp_path) as server:

@@ -151,3 +151,12 @@ def test_dry_run_offline_says_so_in_one_line() -> None:
     assert "│ id" not in result.stdout and "12 members" in result.stdout
     # Nothing else on stderr: no download was tried, so no retry warnings.
     assert "estimated size on disk: unknown while the hub is offline" in result.stdout
+
+
+def test_a_selection_of_no_member_lists_the_values_the_zoo_has(tiny_zoo: Path) -> None:
+    done = run_cli("analyze", str(tiny_zoo), "--plugin", "agreement", "--members",
+                   "learning_rate=2e-5,seed=0", env=NARROW)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: --members 'learning_rate=2e-5,seed=0' selects no member",
+        "hint: the zoo's values: learning_rate 0.0003, 0.001; seed 0, 1"]

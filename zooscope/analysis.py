@@ -83,6 +83,10 @@ def require_metrics(zoo: Zoo, *columns: str) -> None:
     """Refuse, naming what the zoo has, a metric column (``validation_accuracy``) it lacks."""
     for column in columns:
         if column not in zoo.metric_columns:
+            if not zoo.metric_columns:
+                raise ZooFileError(f"this zoo records no {column!r}: it records no metrics at "
+                                   "all (an imported zoo has none until its checkpoints are "
+                                   "evaluated)")
             raise ZooFileError(f"this zoo records no {column!r} (it has "
                                f"{', '.join(zoo.metric_columns)})",
                                hint="choose another metric with --set metric=NAME")

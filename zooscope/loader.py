@@ -49,8 +49,12 @@ def load_model(source: str | Path, member: str | None = None,
     predictions stored in the zoo: a classifier returns ``(loss, logits)``.
     """
     from zooscope.access import open_zoo
+    from zooscope.extras import require
     from zooscope.remote import is_url
     from zooscope.zoo import Zoo
+
+    for module in ("torch", "transformers", "safetensors"):
+        require(module, "train", "rebuilding a model")
 
     if isinstance(source, Zoo):
         return _from_zoo(source, member, epoch)

@@ -58,9 +58,26 @@ def parse_members(zoo: Zoo, spec: str | None) -> list[Member]:
             raise ConfigError(f"no member {sorted(unknown)[0]!r} in the zoo",
                               hint="`zooscope zoo ls` lists members")
     if not members:
-        raise ConfigError(f"--members {spec!r} selects no member",
-                          hint="filter by factors, e.g. --members learning_rate=0.001,seed=0")
+        raise ConfigError(f"--members {spec!r} selects no member", hint=_values_hint(zoo, wanted))
     return members
+
+
+def _values_hint(zoo: Zoo, wanted: Mapping[str, Any]) -> str:
+    """What the zoo holds of the factors a selection filtered on (or of all of them)."""
+    members = zoo.members()
+    keys = [k for k in wanted if k != "id"] or sorted({k for m in members for k in m.factors})
+    parts = []
+    for key in keys[:4]:
+        values = sorted((json.loads(v) for v in
+                         {canonical_json(m.factors.get(key)) for m in members}),
+                        key=lambda v: (0, v, "") if isinstance(v, int | float)
+                        and not isinstance(v, bool) else (1, 0, str(v)))
+        shown = values[:8]
+        more = f", ... ({len(values)} values)" if len(values) > 8 else ""
+        parts.append(f"{key} " + ", ".join(
+            f"{v:g}" if isinstance(v, float) else str(v) for v in shown) + more)
+    return "the zoo's values: " + "; ".join(parts) if parts else \
+        "`zooscope zoo ls` lists the members"
 
 
 def check_factor_names(zoo: Zoo, wanted: Mapping[str, Any]) -> None:
