@@ -321,6 +321,23 @@ def test_auto_batch_size_picks_the_largest_that_fits_and_records_it(
     assert max(tried, default=0) <= 16  # no probe: the recorded size is kept
 
 
+def test_auto_batch_size_never_exceeds_the_training_examples(tmp_path: Path) -> None:
+    """max_batch_size far above the data: the largest power of two up to the 320
+    training examples is tried first, and a batch larger than the data is never recorded
+    as the largest that fitted."""
+    import zooscope
+    from zooscope.config import load_config
+    from zooscope.engine import build_zoo
+
+    text = (TINY_CONFIG.replace("batch_size = 32", 'batch_size = "auto"\nmax_batch_size = 1048576')
+            .replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 2", "epochs = 1")
+            .replace("learning_rate = [3e-4, 1e-3]", "learning_rate = [1e-3]"))
+    out = tmp_path / "auto.h5"
+    build_zoo(load_config(write_config(tmp_path, text)), out)
+    with zooscope.open_zoo(out) as zoo:
+        assert zoo.info["extra"] == {"auto_batch_size": 256}  # 320 training examples
+
+
 def test_a_batch_size_that_is_neither_a_number_nor_auto_is_refused(tmp_path: Path) -> None:
     text = TINY_CONFIG.replace("batch_size = 32", 'batch_size = "large"')
     done = run_cli("generate", str(write_config(tmp_path, text)), "--dry-run")
