@@ -173,6 +173,7 @@ class ResultsStore:
     @classmethod
     def load(cls, zoo_path: Path, identity: str) -> ResultsStore:
         store = cls(results_path(zoo_path), identity)
+        _clear_leftovers(store.path)
         if not store.path.exists():
             return store
         if not is_regular(store.path):
@@ -282,6 +283,28 @@ def write_result(
             finally:
                 os.close(fd)
         return notes
+    finally:
+        lock.release()
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Remove the temporary stores of killed saves (each as large as the store) when
+    no save is running: readers clear them too, not only the next save."""
+    try:
+        stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if is_regular(p)]
+    except OSError:
+        return
+    if not stale:
+        return
+    lock = filelock.FileLock(lock_path(path), fallback_to_soft=False)
+    try:
+        lock.acquire(timeout=0)
+    except (filelock.Timeout, OSError):
+        return  # a save is running (its file is no leftover), or the folder is read-only
+    try:
+        for leftover in stale:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     finally:
         lock.release()
 

@@ -760,3 +760,15 @@ def test_a_bad_timeout_variable_in_the_environment_is_a_config_error(
             env_seconds("ZOOSCOPE_X", 5.0)
     monkeypatch.setenv("ZOOSCOPE_X", "2.5")
     assert env_seconds("ZOOSCOPE_X", 5.0) == 2.5
+
+
+def test_a_killed_saves_leftover_is_removed_by_the_next_reader(tmp_path: Path) -> None:
+    zoo = analysed_zoo(tmp_path)
+    leftover = _store(tmp_path).with_name(".results.h5.4242.tmp")
+    leftover.write_bytes(bytes(1 << 20))
+    import zooscope
+
+    with zooscope.open_zoo(zoo) as z:
+        assert [a["name"] for a in z.analyses()] == ["weightstats"]
+    assert not leftover.exists()
+    assert _store(tmp_path).exists()
