@@ -321,3 +321,21 @@ def test_search_zoo_stores_drawn_factors_and_predict_regresses_them(tmp_path: Pa
     rows = set(zip(scores["target"], scores["metric"], strict=True))
     assert ("learning_rate", "r2") in rows and ("batch_size", "accuracy") in rows
     assert ("learning_rate", "accuracy") not in rows
+
+
+def test_resume_of_a_complete_zoo_leaves_its_bytes_and_mtime(tiny_zoo: Path,
+                                                              tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import shutil
+
+    zoo = tmp_path / "tiny.h5"
+    shutil.copy2(tiny_zoo, zoo)
+    config = write_config(tmp_path)
+    os.utime(zoo, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = hashlib.sha256(zoo.read_bytes()).hexdigest()
+    done = run_cli("generate", str(config), "--out", str(zoo), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert zoo.stat().st_mtime_ns == 1_000_000_000_000_000_000
+    assert hashlib.sha256(zoo.read_bytes()).hexdigest() == before
+    assert "0 members trained, 4 already complete" in " ".join(done.stderr.split())

@@ -43,7 +43,7 @@ from zooscope.lineage import expand_parents, verify_parents
 from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
 from zooscope.store import Store, ZooHeader, ZooWriter, lock_path
-from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, Member
+from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, STATUS_LABELS, Member
 
 
 @dataclass
@@ -316,6 +316,12 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
                 log: Callable[[str], None], state: Any, dist: Any = None) -> BuildResult:
     if resume and path.exists():
         members = stored_ids(path, members)
+        if dist is None and _complete(path, cfg, members):
+            # Nothing to train: the zoo is not even opened for writing, so its bytes
+            # and modification time stay as they are.
+            log(f"0 members trained, 0 shared a longer run's checkpoints, {len(members)} "
+                "already complete")
+            return BuildResult(path=path, skipped=len(members))
     resume_state = ResumeState(path)
     device = training_device(cfg, state)
     accelerator = make_accelerator(cfg, device)
@@ -403,6 +409,27 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
     log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
         f"{result.skipped} already complete")
     return result
+
+
+def _complete(path: Path, cfg: ZooConfig, members: list[Member]) -> bool:
+    """Whether every member is complete, with all its epochs committed, and nothing
+    half-written waits in the file."""
+    from zooscope.access import open_stored
+
+    try:
+        with open_stored(path) as zoo:
+            if zoo.uncommitted_rows():
+                return False
+            stored = {m.id: m for m in zoo.members()}
+            for m in members:
+                if m.id not in stored or stored[m.id].status != STATUS_LABELS[COMPLETE]:
+                    return False
+                epochs = [c.epoch for c in zoo.checkpoints(m.id)]
+                if epochs != list(range(cfg.epochs_of(m) + 1)):
+                    return False
+    except ZooscopeError:
+        return False  # the writer's own checks say what is wrong
+    return True
 
 
 def store_card(writer: ZooWriter, path: Path) -> None:
