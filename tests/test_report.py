@@ -99,6 +99,15 @@ def test_no_run_shows_only_what_is_stored(zoo_copy: Path, tmp_path: Path) -> Non
     text = (tmp_path / "r" / "report.html").read_text()
     assert "No analysis is stored for this zoo." in text
     assert not zoo_copy.with_name("copy_analysis").exists()  # nothing was run or stored
+    notes = " ".join(result.stderr.split())
+    assert "note: agreement not run: not stored, and --no-run runs nothing" in notes
+    assert f"0 analyses on the page; open {tmp_path / 'r' / 'report.html'} in a browser" in notes
+    result = run_cli("report", str(zoo_copy), "--no-run", "--format", "md", "--out",
+                     str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert "in a Markdown viewer (its figures are the PNG files beside it)" in " ".join(
+        result.stderr.split())
+    assert "agreement" in (tmp_path / "m" / "report.md").read_text().split("### Not run")[1]
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

@@ -85,7 +85,12 @@ def build_report(zoo_path: Path, plugins: Sequence[str] | None = None,
     with open_zoo(zoo_path) as zoo:
         card, config = zoo_card(zoo, zoo_path)
         curves = learning_curves(zoo)
-        sections = [_section(zoo, a) for a in _ordered(zoo.analyses(), names)]
+        stored = zoo.analyses()
+        sections = [_section(zoo, a) for a in _ordered(stored, names)]
+    if not run_missing:
+        have = {a["name"] for a in stored}
+        skipped += [(n, "not stored, and --no-run runs nothing") for n in names
+                    if n not in have]
     return Report(zoo=zoo_path, card=card, config=config,
                   curves=figure_png(curves) if curves is not None else None,
                   sections=sections, skipped=skipped,

@@ -66,5 +66,9 @@ def report(
         for name, why in page.skipped:
             err_console.print(f"note: {name} not run: {why}", markup=False, highlight=False,
                               soft_wrap=True)
-        err_console.print(f"{len(page.sections)} analyses on the page; open {path} in a browser",
-                          markup=False, highlight=False, soft_wrap=True)
+        viewer = "a browser" if format_ == "html" else \
+            "a Markdown viewer (its figures are the PNG files beside it)"
+        count = len(page.sections)
+        err_console.print(f"{count} {'analysis' if count == 1 else 'analyses'} on the page; "
+                          f"open {path} in {viewer}", markup=False, highlight=False,
+                          soft_wrap=True)
