@@ -160,3 +160,16 @@ def test_a_selection_of_no_member_lists_the_values_the_zoo_has(tiny_zoo: Path) -
     assert done.stderr.splitlines() == [
         "error: --members 'learning_rate=2e-5,seed=0' selects no member",
         "hint: the zoo's values: learning_rate 0.0003, 0.001; seed 0, 1"]
+
+
+def test_no_line_ends_in_spaces(tiny_zoo: Path, tmp_path: Path) -> None:
+    """Titles, captions and summaries are wrapped between words without the trailing
+    spaces a terminal library pads them with."""
+    for args in (("zoo", "ls", str(tiny_zoo)), ("plugins", "--all"),
+                 ("analyze", str(tiny_zoo), "--plugin", "agreement", "--out",
+                  str(tmp_path / "a"))):
+        done = run_cli(*args, env=NARROW)
+        assert done.returncode == 0, done.stderr
+        padded = [ln for ln in (done.stdout + done.stderr).splitlines() if ln != ln.rstrip()]
+        assert padded == [], args
+        _fits(done.stdout)

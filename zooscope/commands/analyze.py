@@ -14,6 +14,7 @@ from zooscope.commands.common import (
     fail,
     fmt,
     print_json,
+    print_prose,
     reporter,
     rich_table,
 )
@@ -87,7 +88,7 @@ def analyze(
         rows = [{c: cols[c][i] for c in cols} for i in range(min(n, 30))]
         console.print(rich_table(rows, title=f"{result.name}: {title}"
                                  + (f" (first 30 of {n} rows; all in the CSV)" if n > 30 else "")))
-    console.print(result.summary)
+    print_prose(result.summary)
     for note in result.notes:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if quiet and (result.stored or result.reused):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -159,7 +159,7 @@ def _is_prose(cells: list[str]) -> bool:
 
 
 def rich_table(rows: list[dict[str, Any]], title: str | None = None,
-               columns: list[str] | None = None, width: int | None = None) -> Table:
+               columns: list[str] | None = None, width: int | None = None) -> Group:
     """A table that fits the terminal (``width``, default the console's).
 
     Identifiers, numbers and names never wrap and words never break; a column of
@@ -205,8 +205,7 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
             if spare > 0 and natural[c] > widths[c]:
                 widths[c] += 1
                 spare -= 1
-    table = Table(title=title, title_justify="left", caption="; ".join(n for n in notes if n) or None,
-                  caption_justify="left")
+    table = Table()
     for col, header in headers.items():
         if col in prose:
             table.add_column(header, overflow="fold", width=widths[col])
@@ -214,7 +213,31 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
             table.add_column(header, no_wrap=True, width=widths[col])
     for i in range(len(rows)):
         table.add_row(*(Text(cells[c][i]) for c in headers))
-    return table
+    # Title and caption as lines of their own, wrapped between words: rich would pad
+    # them to the table's width with trailing spaces.
+    caption = "; ".join(n for n in notes if n)
+    return Group(*(Text(line) for line in prose_lines(title or "", width)), table,
+                 *(Text(line) for line in prose_lines(caption, width)))
+
+
+def prose_lines(text: str, width: int | None = None) -> list[str]:
+    """``text`` wrapped between words at ``width`` (the terminal's), without the trailing
+    spaces rich leaves where it wraps; paragraphs kept."""
+    import textwrap
+
+    width = width or console.width
+    out: list[str] = []
+    for paragraph in text.splitlines():
+        out += textwrap.wrap(paragraph, width=width, break_long_words=False,
+                             break_on_hyphens=False) or [""]
+    return out
+
+
+def print_prose(text: str, to: Console | None = None) -> None:
+    """Prose on stdout (or ``to``), wrapped as ``prose_lines`` wraps it."""
+    target = to or console
+    for line in prose_lines(text, target.width):
+        target.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def reporter(quiet: bool = False) -> Any:
