@@ -163,3 +163,20 @@ def test_a_full_disk_says_so_and_resume_completes(tmp_path: Path,
         assert [m.status for m in zoo.members()] == ["complete", "complete"]
         assert [c.epoch for c in zoo.checkpoints()] == [0, 1, 2, 0, 1, 2]
         assert np.isfinite(zoo.predictions()).all()
+
+
+def test_an_epoch_line_shows_the_split_the_run_is_judged_on(tmp_path: Path) -> None:
+    """Validation metrics by default; the overfit check judges training accuracy, and its
+    epoch lines show that."""
+    from zooscope.progress import _metric_text
+
+    metrics = {"train_loss": 0.1, "train_accuracy": 1.0, "validation_accuracy": 0.5,
+               "test_accuracy": 0.4}
+    assert _metric_text(metrics) == "validation_accuracy=0.5"
+    assert _metric_text(metrics, "train") == "train_loss=0.1 train_accuracy=1"
+    assert _metric_text({"test_loss": 0.5}) == "test_loss=0.5"
+    from .conftest import run_cli, write_config
+
+    done = run_cli("generate", str(write_config(tmp_path)), "--overfit")
+    lines = [ln for ln in done.stderr.splitlines() if " epoch " in ln]
+    assert lines and all("train_accuracy=" in ln and "validation_" not in ln for ln in lines)

@@ -35,6 +35,9 @@ class Task:
 class Reporter:
     """Receives progress; this base class shows nothing (library use, ``--quiet``)."""
 
+    #: The split whose metrics each epoch shows: what the run is judged on.
+    split = "validation"
+
     # -- generation ----------------------------------------------------------------------
     def zoo_start(self, units: int) -> None:
         """A zoo with ``units`` member-epochs to train begins."""
@@ -120,9 +123,10 @@ class ZooClock:
         return self.elapsed() / self.done * max(0, self.units - self.done)
 
 
-def _metric_text(metrics: Mapping[str, float]) -> str:
-    """The validation metrics (or all, where a task has none) as ``name=value``."""
-    shown = {k: v for k, v in metrics.items() if k.startswith("validation_")} or dict(metrics)
+def _metric_text(metrics: Mapping[str, float], split: str = "validation") -> str:
+    """The metrics of ``split`` (the validation split; the training split for the
+    overfit check, which judges it), or all where it has none, as ``name=value``."""
+    shown = {k: v for k, v in metrics.items() if k.startswith(f"{split}_")} or dict(metrics)
     return " ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
@@ -161,7 +165,7 @@ class LineReporter(Reporter):
         eta = clock(remaining) if remaining is not None else "-"
         source = "" if trained else " (shared)"
         self._write(f"member {self.member_index}/{self.member_count} {member.id} "
-                    f"epoch {epoch}/{self.epochs}{source} {_metric_text(metrics)} "
+                    f"epoch {epoch}/{self.epochs}{source} {_metric_text(metrics, self.split)} "
                     f"elapsed {clock(self.clock.elapsed())} zoo ETA {eta}")
 
     def member_done(self, member: Member, skipped: bool = False) -> None:
@@ -261,9 +265,10 @@ class BarReporter(Reporter):
         self.progress.advance(self._epochs, 1)
         if trained:
             self.progress.advance(self._zoo, 1)
-        acc = metrics.get("validation_accuracy")
+        acc = metrics.get(f"{self.split}_accuracy")
         if acc is not None:
-            self.progress.update(self._steps, description=f"steps (val acc {acc:.3f})")
+            label = "val" if self.split == "validation" else self.split
+            self.progress.update(self._steps, description=f"steps ({label} acc {acc:.3f})")
 
     def task(self, description: str, total: int | None) -> Task:
         return _BarTask(self._start(), description, total)

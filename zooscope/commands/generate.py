@@ -252,6 +252,7 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
     cfg.train.update(max_train_examples=examples, max_eval_examples=examples, eval_train=True,
                      share_epochs=False, batch_size=1, dropout=0.0)
     with tempfile.TemporaryDirectory() as tmp, reporter(quiet) as bars:
+        bars.split = "train"  # each epoch shows what the check judges
         path = Path(tmp) / "overfit.h5"
         build_zoo(cfg, path, progress=bars)
         rows = final_metrics(path)
