@@ -43,7 +43,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 #: Small reads (HDF5's metadata: headers, indexes, chunk B-trees) fetch the aligned block
 #: around them, kept in a small LRU cache; reads of a block or more (tensor chunks) fetch
 #: exactly their bytes. Measured by ``bench/bench_remote.py``: at 16 KiB a zoo opens and
-#: lists in 6 requests (94 kB); smaller blocks take more requests for the same metadata,
+#: lists in 5 requests (82 kB); smaller blocks take more requests for the same metadata,
 #: larger ones fetch more bytes around each small tensor's chunk.
 BLOCK_SIZE = 1 << 14
 #: Blocks kept for small reads.
