@@ -141,3 +141,19 @@ def test_revisions_pin_hub_backbones_and_datasets(tmp_path: Path,
     with pytest.raises(DataError):
         load_table("google/boolq@v1.0:validation")
     assert seen["google/boolq"] == {"split": "validation", "revision": "v1.0"}
+
+
+def test_the_card_states_the_scratch_model_as_built_and_epochs_as_a_setting(
+        tiny_zoo: Path) -> None:
+    """The vocabulary is the trained tokenizer's (smaller than the 200 asked for), and
+    the epochs are a training setting, not a factor of the grid."""
+    import json
+
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        built = json.loads(zoo.model_files(zoo.members()[0])["config.json"])["vocab_size"]
+        card = zoo_card(zoo)
+    assert built < 200
+    assert f"vocab_size {built}," in card and "vocab_size 200" not in card
+    grid = card.split("## Grid", 1)[1].split("##", 1)[0]
+    training = card.split("## Training", 1)[1].split("##", 1)[0]
+    assert "| epochs |" not in grid and "| epochs | 2 |" in training

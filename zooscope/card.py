@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from zooscope.config import DEFAULTS
+from zooscope.errors import ZooscopeError
 from zooscope.markdown import code, fence, paragraphs, text, yaml_scalar
 from zooscope.zoo import Zoo
 
@@ -27,6 +28,22 @@ def _config(zoo: Zoo) -> dict[str, Any]:
         return tomllib.loads(zoo.config_text)
     except tomllib.TOMLDecodeError:
         return {}
+
+
+def _built(zoo: Zoo, members: list[Any]) -> dict[str, Any]:
+    """The sizes of the scratch model as built (its stored config.json): the vocabulary is
+    the trained tokenizer's, which can be smaller than the one asked for."""
+    member = next((m for m in members if m.factors.get("backbone") == "scratch"), None)
+    if member is None:
+        return {}
+    try:
+        built = json.loads(zoo.model_files(member).get("config.json", b"{}"))
+    except (ZooscopeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(built, dict):
+        return {}
+    return {k: built[k] for k in DEFAULTS["scratch"] if k in built
+            and isinstance(built[k], int | float | str) and not isinstance(built[k], bool)}
 
 
 def _listed(values: Any) -> list[Any]:
@@ -162,14 +179,13 @@ def zoo_card(zoo: Zoo) -> str:
         lines.append(f"| seed | {', '.join(text(_fmt(s)) for s in _listed(zoo_table['seeds']))} |")
     for factor, values in grid.items():
         lines.append(f"| {text(factor)} | {', '.join(text(_fmt(v)) for v in _listed(values))} |")
-    if "epochs" in zoo_table:
-        lines.append(f"| epochs | {text(zoo_table['epochs'])} |")
     lines += ["", "The zoo config, verbatim, is the root attribute `config`.", ""]
 
     given = cfg.get("train", {})
     train = {**DEFAULTS["train"], **given}
     extra = info.get("extra") or {}
     settings = {
+        **({"epochs": zoo_table["epochs"]} if "epochs" in zoo_table else {}),
         "batch size": extra.get("auto_batch_size", train["batch_size"]),
         "optimizer": given.get("optimizer", "the generator's default"),
         "learning-rate schedule": train["lr_schedule"],
@@ -187,9 +203,8 @@ def zoo_card(zoo: Zoo) -> str:
         if train[key] != DEFAULTS["train"][key]:
             settings[label] = extra.get(key, train[key])
     if "scratch" in backbones:
-        scratch = cfg.get("scratch", {})
-        settings["scratch backbone"] = ", ".join(
-            f"{k} {v}" for k, v in {**DEFAULTS["scratch"], **scratch}.items())
+        scratch = {**DEFAULTS["scratch"], **cfg.get("scratch", {}), **_built(zoo, members)}
+        settings["scratch backbone"] = ", ".join(f"{k} {v}" for k, v in scratch.items())
     lines += ["## Training", "", "| setting | value |", "|---|---|",
               *(f"| {k} | {text(_fmt(v))} |" for k, v in settings.items()),
               "", "Every member starts from its backbone and trains with its own seed; "
