@@ -78,6 +78,17 @@ def test_export_is_shareable_and_says_how_to_load_it(tiny_zoo: Path, tmp_path: P
     card = (out / "README.md").read_text()
     assert "zooscope.load_model(" in card and "zooscope_head.safetensors" in card
     assert f"member {c.member}, epoch {c.epoch}" in card
+    # The head's tensors under their own names, as docs/index.md says: the zoo's prefix
+    # is dropped in the file and put back by load_model.
+    from safetensors.numpy import load_file
+
+    head = json.loads((out / "zooscope_head.json").read_text())
+    with zooscope.open_zoo(tiny_zoo) as zoo:
+        state = zoo.state_dict(c.member, c.epoch)
+    saved = load_file(str(out / "zooscope_head.safetensors"))
+    assert sorted(saved) == sorted(k[len(head["head_prefix"]):] for k in state
+                                   if k.startswith(head["head_prefix"]))
+    assert sorted(saved)[0] == "0.bias"
 
 
 def test_export_then_import_keeps_the_head(tiny_zoo: Path, tmp_path: Path) -> None:
