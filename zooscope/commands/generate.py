@@ -65,7 +65,7 @@ def generate(
     Example: zooscope generate zoos/demo.toml --out demo.h5
     """
     from zooscope.config import load_config
-    from zooscope.engine import part_path, slurm_shard
+    from zooscope.environment import part_path, slurm_shard
 
     from_slurm = shard == "auto" or (shard is None and slurm_shard() is not None)
     if from_slurm:
@@ -75,6 +75,8 @@ def generate(
                                      "SLURM_ARRAY_TASK_COUNT, as a SLURM job array sets them")
     else:
         shard_t = parse_shard(shard)
+    if out is not None and shard_t is None and not (dry_run or overfit):
+        _check_target(out, resume, force)  # before the config's checks import transformers
     cfg = load_config(config)
     target = out or Path(f"{cfg.name}.h5")
     if shard_t is not None and (from_slurm or out is None):
@@ -84,6 +86,8 @@ def generate(
             err_console.print(f"shard {shard_t[0]}/{shard_t[1]}"
                               f"{' (SLURM array task)' if from_slurm else ''}: writing {target}",
                               soft_wrap=True)
+    if not (dry_run or overfit):
+        _check_target(target, resume, force)
     if dry_run:
         _dry_run(cfg, shard_t, json_)
         return
@@ -275,6 +279,18 @@ def _overfit(cfg, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-
                  "head or learning rate")
     if not quiet:
         err_console.print(f"ok: every backbone fits {examples} examples ({column} = 1)")
+
+
+def _check_target(target: Path, resume: bool, force: bool) -> None:
+    """The common mistakes with the output, answered before torch and the data load;
+    the engine checks the output fully."""
+    from zooscope.errors import ConfigError, ZooFileError
+
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other")
+    if target.exists() and not (resume or force):
+        raise ZooFileError(f"{target} already exists",
+                           hint="add --resume to continue it, or --force to replace it")
 
 
 def _summary(result, target: Path, json_: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]

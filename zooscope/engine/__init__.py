@@ -11,11 +11,10 @@ from zooscope.engine.build import (
     final_metrics,
     member_costs,
     member_list,
-    part_path,
     shard_members,
-    slurm_shard,
 )
 from zooscope.engine.stops import DiskFull, Interrupted
+from zooscope.environment import part_path, slurm_shard
 
 __all__ = ["BuildResult", "DiskFull", "Interrupted", "build_zoo", "final_metrics", "member_costs",
            "member_list", "part_path", "shard_members", "slurm_shard"]

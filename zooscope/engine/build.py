@@ -36,7 +36,7 @@ from zooscope.engine.stops import (
     set_status_quietly,
 )
 from zooscope.engine.tracking import MemberTrackers, check_trackers
-from zooscope.environment import MAX_SHARDS, world_size
+from zooscope.environment import part_path, world_size
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generator import Generator, TaskData
 from zooscope.lineage import expand_parents, verify_parents
@@ -192,35 +192,6 @@ def final_metrics(path: Path) -> list[dict[str, Any]]:
             cps = zoo.checkpoints(m)
             rows.append({"id": m.id, **m.factors, **(cps[-1].metrics if cps else {})})
         return rows
-
-
-def slurm_shard() -> tuple[int, int] | None:
-    """This task's shard of a SLURM job array (``SLURM_ARRAY_TASK_ID`` counted from
-    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of
-    ``SLURM_ARRAY_TASK_COUNT``), or None outside an array."""
-    env = os.environ
-    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
-        return None
-    try:
-        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
-        low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
-    except ValueError:
-        raise ConfigError("the SLURM_ARRAY_TASK_* variables are not integers") from None
-    if not 1 <= count <= MAX_SHARDS:
-        raise ConfigError(f"SLURM_ARRAY_TASK_COUNT={count} is not a task count from 1 to "
-                          f"{MAX_SHARDS:,}")
-    index, off = divmod(task - low, max(step, 1))
-    if off or not 0 <= index < count:
-        raise ConfigError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} array tasks "
-                          f"from {low} in steps of {step}",
-                          hint="submit with a plain range, e.g. sbatch --array=0-5, or give "
-                               "--shard I/N")
-    return index, count
-
-
-def part_path(out: Path, index: int, count: int) -> Path:
-    return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
 
 
 def build_zoo(
