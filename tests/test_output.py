@@ -220,3 +220,17 @@ def test_a_missing_config_or_an_existing_out_is_refused_before_torch_loads(
                               capture_output=True, text=True, env=cli_env())
         assert done.stdout.split() == ["exit", "1", "False", "False"], (args, done.stderr)
         assert message in done.stderr
+
+
+def test_a_dry_run_says_why_it_gives_no_size(tmp_path: Path) -> None:
+    text = TINY_CONFIG.replace('generator = "sst2"', 'generator = "mlm"').replace(
+        'source = "synthetic:sentiment:400"', 'source = "corpus.txt"')
+    (tmp_path / "corpus.txt").write_text("a few words of text\n\n" * 50)
+    config = tmp_path / "mlm.toml"
+    config.write_text(text)
+    done = run_cli("generate", str(config), "--dry-run", env=NARROW)
+    assert done.returncode == 0, done.stderr
+    assert " ".join(done.stdout.split()).endswith(
+        "estimated size on disk: unknown; the mlm generator gives no estimate before its "
+        "models are built")
+    assert all(ln == ln.rstrip() for ln in done.stdout.splitlines()[-2:])

@@ -16,6 +16,7 @@ from zooscope.commands.common import (
     grid_order,
     order_factors,
     print_json,
+    print_prose,
     reporter,
     rich_table,
 )
@@ -196,6 +197,9 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                       f"({cfg.store['dtype']}, identical tensors stored once)")
     elif offline:
         console.print("estimated size on disk: unknown while the hub is offline")
+    else:
+        print_prose(f"estimated size on disk: unknown; the {cfg.generator} generator gives "
+                    "no estimate before its models are built")
 
 
 def _is_hub_id(cfg, name: str) -> bool:  # type: ignore[no-untyped-def]
