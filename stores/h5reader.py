@@ -569,7 +569,8 @@ class HDF5Zoo(StoredZoo):
         if name not in names:
             raise ZooFileError(f"no tensor {name!r} in this zoo", hint="Zoo.tensor_names() lists them")
         j = names.index(name)
-        rows = self._rows(a)[[r for _, r in located], j]
+        arch_rows = [r for _, r in located]
+        rows = self._rows(a)[arch_rows, j]
         ds = self._dataset(a, name)
         stored_as = attr_text(ds, "stored_as", str(ds.dtype))
         # Each stored row is read once, straight into the first place it goes: runs of
@@ -596,7 +597,6 @@ class HDF5Zoo(StoredZoo):
         except OSError as exc:
             raise ZooFileError(f"tensor {name!r} is corrupt: {exc}") from None
         if self._source is not None:
-            arch_rows = [r for _, r in located]
             for place in first.values():
                 c = chosen[place]
                 self._check_received(buf[place], a, arch_rows[place], j,

@@ -12,7 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from zooscope.errors import ZooFileError
-from zooscope.files import is_regular
+from zooscope.files import is_regular, sync_folder
 from zooscope.store import lock_path
 from zooscope.version import __version__
 from zooscope.zoo import canonical_json, check_safe_name
@@ -61,83 +61,93 @@ def _json(obj: h5py.HLObject, name: str, default: Any) -> Any:
         return default
 
 
+def _results(root: h5py.Group, prefix: str) -> Iterator[tuple[str, str, h5py.Group]]:
+    """Each result under ``root/analyses`` as (analyzer, key, group), skipping an older
+    zoo's half-written ones; anything there that is not a group is an error that starts
+    with ``prefix``."""
+    analyses = root.get("analyses")
+    if analyses is None:
+        return
+    if not isinstance(analyses, h5py.Group):
+        raise ZooFileError(f"{prefix}/analyses is not a group")
+    for name, group in analyses.items():
+        if not isinstance(group, h5py.Group):
+            raise ZooFileError(f"{prefix}{group.name} is not a group")
+        for key, g in group.items():
+            if not isinstance(g, h5py.Group):
+                raise ZooFileError(f"{prefix}{g.name} is not a group")
+            if not key.endswith(".writing"):
+                yield name, key, g
+
+
 def check_store(f: h5py.File, path: Path) -> None:
     """Everything a results store is read for, checked before any of it is used: no links,
     virtual or external datasets, the layout docs/format.md gives, and every dataset's
     declared size held by the file. A ``ZooFileError`` says what is wrong."""
-    from zooscope.stores.h5checks import check_backed, check_safe_file
+    from zooscope.stores.h5checks import check_safe_file
 
     check_safe_file(f, path)
-    analyses = f.get("analyses")
-    if analyses is None:
-        return
-    if not isinstance(analyses, h5py.Group):
-        raise ZooFileError(f"{path}: /analyses is not a group")
-    for name, group in analyses.items():
+    for name, key, g in _results(f, f"{path}: "):
         check_safe_name(name, "analysis")
-        if not isinstance(group, h5py.Group):
-            raise ZooFileError(f"{path}: {group.name} is not a group")
-        for key, g in group.items():
-            if not isinstance(g, h5py.Group):
-                raise ZooFileError(f"{path}: {g.name} is not a group")
-            if key.endswith(".writing"):
-                continue
-            check_safe_name(key, "analysis key")
-            for attr, kind in (("options", dict), ("inputs", list)):
-                if attr in g.attrs and not isinstance(_json(g, attr, None), kind):
-                    raise ZooFileError(f"{path}: {g.name}:{attr} is not a JSON "
-                                       f"{'object' if kind is dict else 'list'}")
-            for attr in ("summary", "created", "digest"):
-                if attr in g.attrs and not isinstance(g.attrs[attr], (str, bytes)):
-                    raise ZooFileError(f"{path}: {g.name}:{attr} is not text")
-            tables = g.get("tables")
-            if tables is not None:
-                if not isinstance(tables, h5py.Group):
-                    raise ZooFileError(f"{path}: {tables.name} is not a group")
-                for tname, tgroup in tables.items():
-                    check_safe_name(tname, "table")
-                    columns = _json(tgroup, "columns", None) \
-                        if isinstance(tgroup, h5py.Group) else None
-                    if not isinstance(columns, list) or \
-                            not all(isinstance(c, str) and c in tgroup for c in columns):
-                        raise ZooFileError(f"{path}: {tgroup.name} is not a table (a group "
-                                           "whose columns attribute lists its datasets)")
-                    for col in columns:
-                        ds = tgroup[col]
-                        if not isinstance(ds, h5py.Dataset) or ds.ndim < 1 or \
-                                ds.dtype.kind not in "iufbO":
-                            raise ZooFileError(f"{path}: {tgroup.name}/{col} is not a column "
-                                               "of numbers or text")
-                        check_backed(ds, ds.shape[0], path)
-            figures = g.get("figures")
-            if figures is not None:
-                if not isinstance(figures, h5py.Group):
-                    raise ZooFileError(f"{path}: {figures.name} is not a group")
-                for fname, ds in figures.items():
-                    check_safe_name(fname, "figure")
-                    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype != np.uint8:
-                        raise ZooFileError(f"{path}: {ds.name} is not a figure (bytes of a PNG)")
-                    check_backed(ds, ds.shape[0], path)
+        check_safe_name(key, "analysis key")
+        for attr, kind in (("options", dict), ("inputs", list)):
+            if attr in g.attrs and not isinstance(_json(g, attr, None), kind):
+                raise ZooFileError(f"{path}: {g.name}:{attr} is not a JSON "
+                                   f"{'object' if kind is dict else 'list'}")
+        for attr in ("summary", "created", "digest"):
+            if attr in g.attrs and not isinstance(g.attrs[attr], (str, bytes)):
+                raise ZooFileError(f"{path}: {g.name}:{attr} is not text")
+        _check_tables(g, path)
+        _check_figures(g, path)
+
+
+def _check_tables(g: h5py.Group, path: Path) -> None:
+    from zooscope.stores.h5checks import check_backed
+
+    tables = g.get("tables")
+    if tables is None:
+        return
+    if not isinstance(tables, h5py.Group):
+        raise ZooFileError(f"{path}: {tables.name} is not a group")
+    for tname, tgroup in tables.items():
+        check_safe_name(tname, "table")
+        columns = _json(tgroup, "columns", None) if isinstance(tgroup, h5py.Group) else None
+        if not isinstance(columns, list) or \
+                not all(isinstance(c, str) and c in tgroup for c in columns):
+            raise ZooFileError(f"{path}: {tgroup.name} is not a table (a group whose columns "
+                               "attribute lists its datasets)")
+        for col in columns:
+            ds = tgroup[col]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim < 1 or ds.dtype.kind not in "iufbO":
+                raise ZooFileError(f"{path}: {tgroup.name}/{col} is not a column of numbers "
+                                   "or text")
+            check_backed(ds, ds.shape[0], path)
+
+
+def _check_figures(g: h5py.Group, path: Path) -> None:
+    from zooscope.stores.h5checks import check_backed
+
+    figures = g.get("figures")
+    if figures is None:
+        return
+    if not isinstance(figures, h5py.Group):
+        raise ZooFileError(f"{path}: {figures.name} is not a group")
+    for fname, ds in figures.items():
+        check_safe_name(fname, "figure")
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype != np.uint8:
+            raise ZooFileError(f"{path}: {ds.name} is not a figure (bytes of a PNG)")
+        check_backed(ds, ds.shape[0], path)
 
 
 def read_entries(root: h5py.Group, where: str) -> list[dict[str, Any]]:
     """The analyses under ``root/analyses``: name, key, options, summary, created, inputs, digest."""
     out: list[dict[str, Any]] = []
-    if "analyses" not in root:
-        return out
-    for name, group in root["analyses"].items():
-        if not isinstance(group, h5py.Group):
-            raise ZooFileError(f"{root.file.filename} is damaged: {group.name} is not a group")
-        for key, g in group.items():
-            if not isinstance(g, h5py.Group):
-                raise ZooFileError(f"{root.file.filename} is damaged: {g.name} is not a group")
-            if key.endswith(".writing"):
-                continue  # an older zoo's half-written result
-            out.append({
-                "name": name, "key": key, "options": _json(g, "options", {}),
-                "summary": _text(g, "summary"), "created": _text(g, "created"),
-                "inputs": _json(g, "inputs", []), "digest": _text(g, "digest"), "where": where,
-            })
+    for name, key, g in _results(root, f"{root.file.filename} is damaged: "):
+        out.append({
+            "name": name, "key": key, "options": _json(g, "options", {}),
+            "summary": _text(g, "summary"), "created": _text(g, "created"),
+            "inputs": _json(g, "inputs", []), "digest": _text(g, "digest"), "where": where,
+        })
     return out
 
 
@@ -276,12 +286,7 @@ def write_result(
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        sync_folder(path.parent)  # make the rename itself durable
         return notes
     finally:
         lock.release()

@@ -29,6 +29,15 @@ def env_seconds(name: str, default: float, *, zero: bool = True, most: float = 8
     return value
 
 
+#: Seconds to wait on the network for a connection or the next bytes of an answer.
+NETWORK_TIMEOUT = 30.0
+NETWORK_TIMEOUT_VARIABLE = "ZOOSCOPE_NETWORK_TIMEOUT"
+
+
+def network_timeout_setting() -> float:
+    return env_seconds(NETWORK_TIMEOUT_VARIABLE, NETWORK_TIMEOUT, zero=False)
+
+
 #: Seconds an analysis waits for another one storing its result (``ZOOSCOPE_RESULTS_WAIT``).
 RESULTS_WAIT = 60.0
 
@@ -115,10 +124,11 @@ def check_environment() -> None:
     obscurely on a bad value (``HF_ENDPOINT``), checked before a command does anything."""
     if os.environ.get("HF_ENDPOINT", "").strip():
         endpoint("HF_ENDPOINT", "https://huggingface.co")
-    env_seconds("ZOOSCOPE_NETWORK_TIMEOUT", 30.0, zero=False)
+    network_timeout_setting()
     results_wait()
     world_size(launched=False)
 
 
-__all__ = ["MAX_SHARDS", "RESULTS_WAIT", "check_environment", "endpoint", "env_seconds",
+__all__ = ["MAX_SHARDS", "NETWORK_TIMEOUT", "NETWORK_TIMEOUT_VARIABLE", "RESULTS_WAIT",
+           "check_environment", "endpoint", "env_seconds", "network_timeout_setting",
            "part_path", "results_wait", "slurm_shard", "world_size"]

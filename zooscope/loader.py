@@ -97,7 +97,13 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
     import torch
     from safetensors.torch import load_file
 
-    from zooscope.models import HEAD_FILE, head_description, load_tokenizer, skeleton
+    from zooscope.models import (
+        HEAD_FILE,
+        head_description,
+        load_tokenizer,
+        load_weights,
+        skeleton,
+    )
 
     if not (directory / "config.json").exists() or not (directory / "model.safetensors").exists():
         raise ZooFileError(f"{directory} is not an exported checkpoint "
@@ -120,13 +126,5 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
     else:
         state.update(load_file(directory / "model.safetensors"))
     model = skeleton(files, str(directory))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape than the config says
-        raise ZooFileError(f"the files in {directory} do not fit the model they describe "
-                           f"({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
-    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-        raise ZooFileError(f"the files in {directory} do not fit the model they describe "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.eval()
+    load_weights(model, state, str(directory))
     return model, load_tokenizer({k: v for k, v in files.items() if k != HEAD_FILE})

@@ -414,13 +414,19 @@ def rebuild(zoo: Zoo, member: Member | str, epoch: int) -> tuple[nn.Module, Any]
     model = skeleton(files, str(zoo.path))
     state = {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in
              zoo.state_dict(member, epoch).items()}
+    load_weights(model, state, str(zoo.path))
+    return model, load_tokenizer(files)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model`` exactly (position ids aside) and set it to eval mode;
+    a tensor of another shape, a missing or a left-over one is an error naming ``where``."""
+    problem = f"{where}: the tensors do not fit the model its config.json describes"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a stored tensor of another shape than the config says
-        raise ZooFileError(f"{zoo.path}: stored tensors do not fit the model its config.json "
-                           f"describes ({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
+    except RuntimeError as exc:  # a tensor of another shape than the config says
+        raise ZooFileError(f"{problem} ({str(exc).strip().splitlines()[-1].strip()[:200]})") \
+            from None
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-        raise ZooFileError(f"stored tensors do not fit the model (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+        raise ZooFileError(f"{problem} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
-    return model, load_tokenizer(files)

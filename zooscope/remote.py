@@ -34,7 +34,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from zooscope.environment import env_seconds
+from zooscope.environment import (
+    NETWORK_TIMEOUT,
+    NETWORK_TIMEOUT_VARIABLE,
+    network_timeout_setting,
+)
 from zooscope.errors import ConfigError, NetworkError, ZooFileError, ZooscopeError
 from zooscope.extras import require
 
@@ -49,8 +53,8 @@ BLOCK_SIZE = 1 << 14
 #: Blocks kept for small reads.
 CACHED_BLOCKS = 64
 #: Seconds to wait for a connection or for the next bytes of an answer.
-DEFAULT_TIMEOUT = 30.0
-TIMEOUT_VARIABLE = "ZOOSCOPE_NETWORK_TIMEOUT"
+DEFAULT_TIMEOUT = NETWORK_TIMEOUT
+TIMEOUT_VARIABLE = NETWORK_TIMEOUT_VARIABLE
 #: An answer must arrive within the timeout plus its size at this rate (bytes per
 #: second), so a server that trickles bytes fails instead of holding a read forever.
 MIN_RATE = 64 * 1024
@@ -79,7 +83,7 @@ def is_url(location: Any) -> bool:
 def network_timeout(timeout: float | None = None) -> float:
     """``timeout`` if given, else ``ZOOSCOPE_NETWORK_TIMEOUT``, else 30 s; checked."""
     if timeout is None:
-        return env_seconds(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, zero=False)
+        return network_timeout_setting()
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
             or not math.isfinite(timeout) or not 0 < timeout <= 86400:
         raise ConfigError(f"timeout {timeout!r} is not a number of seconds between 0 and "
@@ -111,9 +115,6 @@ class RangeFile(io.RawIOBase):
         self.blocks: OrderedDict[int, bytes] = OrderedDict(source.first_blocks(self.block_size))
         self.size = source.size
         self.pos = 0
-        #: Requests made and bytes received, for benchmarks.
-        self.requests = source.requests
-        self.received = source.received
 
     def readable(self) -> bool:
         return True
@@ -166,7 +167,6 @@ class RangeFile(io.RawIOBase):
                                f"{len(data)} bytes instead of {end - start}",
                                hint="the server or a proxy between is faulty; try again, "
                                     "or download the file")
-        self.requests, self.received = self.source.requests, self.source.received
         return data
 
     def close(self) -> None:
@@ -243,12 +243,11 @@ class HTTPRanges:
         self.target = urlsplit(url)
         if not self.target.hostname:
             raise ZooFileError(f"{url} names no host")
-        self.requests = self.received = 0
+        self._proxy = _proxy(self.target)
         self._conn: http.client.HTTPConnection | None = None
         self._clock = _Clock()
         self._etag: str | None = None
         self.size = -1
-        self._first = b""
 
     def first_blocks(self, block_size: int) -> Iterator[tuple[int, bytes]]:
         """Learn the file's size from a first range (the blocks HDF5 reads first)."""
@@ -286,6 +285,7 @@ class HTTPRanges:
                 hint="open the address it redirects to, if you trust that host")
         self.close()
         self.target = there
+        self._proxy = _proxy(there)
 
     def _get(self, headers: dict[str, str], deadline: float,
              size: int) -> tuple[int, http.client.HTTPMessage, bytes]:
@@ -299,7 +299,6 @@ class HTTPRanges:
                 url_or_path, extra = self._proxied(path)
                 conn.request("GET", url_or_path, headers={**headers, **extra})
                 reply = conn.getresponse()
-                self.requests += 1
                 if reply.status >= 300:  # no body wanted: a fresh connection for the next
                     self.close()
                     return reply.status, reply.headers, b""
@@ -312,7 +311,6 @@ class HTTPRanges:
                     got += len(chunk)
                     if got > size:  # more than asked for: an answer to another question
                         break
-                self.received += got
                 reply.close()  # read to its end: the connection serves the next request
                 if got != size or reply.will_close:
                     self.close()
@@ -385,16 +383,14 @@ class HTTPRanges:
     def _connection(self, deadline: float) -> http.client.HTTPConnection:
         left = max(min(self.timeout, deadline - time.monotonic()), 0.001)
         if self._conn is None:
-            proxy = _proxy(self.target)
+            proxy, target = self._proxy, self.target
             if proxy is None:
-                self._conn = _connect(self.target.scheme, self.target.hostname or "",
-                                      self.target.port, left)
-            elif self.target.scheme == "https":
-                self._conn = _connect(proxy.scheme, proxy.hostname or "", proxy.port, left)
-                self._conn.set_tunnel(self.target.hostname or "", self.target.port or 443,
-                                      headers=_proxy_auth(proxy))
+                self._conn = _connect(target.scheme, target.hostname or "", target.port, left)
             else:
                 self._conn = _connect(proxy.scheme, proxy.hostname or "", proxy.port, left)
+                if target.scheme == "https":  # through the proxy's CONNECT tunnel
+                    self._conn.set_tunnel(target.hostname or "", target.port or 443,
+                                          headers=_proxy_auth(proxy))
         self._conn.timeout = left
         if self._conn.sock is not None:
             self._conn.sock.settimeout(left)
@@ -407,7 +403,7 @@ class HTTPRanges:
         extra = {"User-Agent": _user_agent()}
         if self.target.username is not None:
             extra["Authorization"] = _basic(self.target.username, self.target.password)
-        proxy = _proxy(self.target)
+        proxy = self._proxy
         if proxy is not None and self.target.scheme == "http":
             netloc = self.target.hostname or ""
             if self.target.port:
@@ -500,7 +496,6 @@ class FsspecRanges:
     def __init__(self, url: str, timeout: float) -> None:
         fsspec = require("fsspec", "remote")
         self.url, self.timeout = url, timeout
-        self.requests = self.received = 0
         scheme = url.split("://", 1)[0].lower()
         options: dict[str, Any] = {}
         if scheme in ("s3", "s3a"):
@@ -549,10 +544,7 @@ class FsspecRanges:
 
     def fetch(self, start: int, end: int) -> bytes:
         end = min(end, self.size)
-        data = self._call("cat_file", end - start, self.path, start=start, end=end)
-        self.requests += 1
-        self.received += len(data)
-        return bytes(data)
+        return bytes(self._call("cat_file", end - start, self.path, start=start, end=end))
 
     def close(self) -> None:
         pass

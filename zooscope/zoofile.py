@@ -240,8 +240,10 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     # Written into a hidden folder beside the target first, which says "incomplete"
     # until it is renamed into place; a killed export's is removed by the next one.
     partial = out_dir.with_name(f".{out_dir.name}.exporting")
-    if os.path.lexists(partial):
-        shutil.rmtree(partial) if partial.is_dir() and not partial.is_symlink() else partial.unlink()
+    if partial.is_dir() and not partial.is_symlink():
+        shutil.rmtree(partial)
+    elif os.path.lexists(partial):
+        partial.unlink()
     if os.path.lexists(out_dir) and (not out_dir.is_dir() or out_dir.is_symlink()
                                      or (any(out_dir.iterdir()) and not force)):
         raise ZooFileError(f"{out_dir} exists and is not an empty directory",

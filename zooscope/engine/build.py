@@ -57,6 +57,10 @@ class BuildResult:
     #: False on the other processes of a multi-process run; only the main one reports.
     main: bool = True
 
+    def summary(self) -> str:
+        return (f"{self.trained} members trained, {self.shared} shared a longer run's "
+                f"checkpoints, {self.skipped} already complete")
+
 
 def shard_members(members: Sequence[Member], index: int, count: int,
                   costs: dict[str, float] | None = None) -> list[Member]:
@@ -290,9 +294,9 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
         if dist is None and _complete(path, cfg, members):
             # Nothing to train: the zoo is not even opened for writing, so its bytes
             # and modification time stay as they are.
-            log(f"0 members trained, 0 shared a longer run's checkpoints, {len(members)} "
-                "already complete")
-            return BuildResult(path=path, skipped=len(members))
+            result = BuildResult(path=path, skipped=len(members))
+            log(result.summary())
+            return result
     resume_state = ResumeState(path)
     device = training_device(cfg, state)
     accelerator = make_accelerator(cfg, device)
@@ -377,8 +381,7 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
             reporter.member_done(member)
         if dist is None or dist.is_main_process:
             store_card(writer, path)
-    log(f"{result.trained} members trained, {result.shared} shared a longer run's checkpoints, "
-        f"{result.skipped} already complete")
+    log(result.summary())
     return result
 
 
