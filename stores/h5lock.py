@@ -10,7 +10,7 @@ from pathlib import Path
 import filelock
 import h5py
 
-from zooscope.errors import ZooFileError
+from zooscope.errors import UnfinishedWrite, ZooFileError
 from zooscope.store import lock_path
 
 
@@ -98,6 +98,13 @@ def open_for_reading(path: Path, wait: float = 10.0) -> h5py.File:
             if time.monotonic() < deadline and WriterLock.held(path):
                 time.sleep(0.05)
                 continue
+            if not WriterLock.held(path):
+                # Killed outside SWMR mode (adding an architecture): only resuming,
+                # which clears the write flag first, opens it.
+                raise UnfinishedWrite(
+                    f"{path} is not a readable HDF5 file ({text.split('(')[0].strip()})",
+                    hint="its writer was killed while adding to the file's structure; "
+                         "`zooscope generate --resume` reopens it") from None
         raise ZooFileError(
             f"{path} is not a readable HDF5 file ({text.split('(')[0].strip()})",
             hint="the file may be truncated or not a zoo at all",

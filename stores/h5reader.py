@@ -99,6 +99,8 @@ class HDF5Zoo(StoredZoo):
 
     def __init__(self, path: Path, handle: h5py.File | None = None, source: Any = None) -> None:
         self.path = path
+        #: Where the results store sits: beside this file, or beside the folder of parts.
+        self.results_base = path
         self.f = handle if handle is not None else open_for_reading(path)
         #: The file object a remote zoo is read through (closed with the zoo).
         self._source = source
@@ -746,7 +748,7 @@ class HDF5Zoo(StoredZoo):
         if "_results_store" not in self.__dict__:
             self._results_store = (ResultsStore(Path(os.devnull), zoo_identity(self.f))
                                    if self._source is not None
-                                   else ResultsStore.load(self.path, zoo_identity(self.f)))
+                                   else ResultsStore.load(self.results_base, zoo_identity(self.f)))
         return self._results_store
 
     def results_notes(self) -> list[str]:
@@ -832,12 +834,13 @@ def open_remote(url: str, timeout: float | None = None) -> HDF5Zoo:
 def write_analysis(
     path: Path, name: str, key: str, options: Mapping[str, Any], summary: str,
     tables: Mapping[str, Mapping[str, np.ndarray]], figures: Mapping[str, bytes],
-    inputs: Sequence[Mapping[str, Any]] = (),
+    inputs: Sequence[Mapping[str, Any]] = (), identity_of: Path | None = None,
 ) -> list[str]:
-    """Store a result in the zoo's results store; the zoo itself is only read."""
-    f = open_for_reading(path)
+    """Store a result in the zoo's results store; the zoo itself is only read (the file
+    ``identity_of`` where the zoo is a folder of parts: its first part)."""
+    f = open_for_reading(identity_of or path)
     try:
-        check_format(f, path)
+        check_format(f, identity_of or path)
         identity, created = zoo_identity(f), attr_text(f, "created", "")
     finally:
         f.close()

@@ -23,7 +23,7 @@ import numpy as np
 
 from zooscope.errors import ZooFileError
 from zooscope.files import is_regular, sync_folder
-from zooscope.store import lock_path
+from zooscope.store import analysis_folder, lock_path
 from zooscope.version import __version__
 from zooscope.zoo import canonical_json, check_safe_name
 
@@ -33,10 +33,14 @@ RESULTS_NAME = "results.h5"
 LOCK_WAIT = 60.0
 _STR = h5py.string_dtype()
 
+#: The folder inside a zoo of parts (``NAME.zoo/analysis``) for its analyses.
+ANALYSIS = "analysis"
 
 def results_path(zoo_path: Path) -> Path:
     """Where the results of the zoo at ``zoo_path`` are stored."""
-    return zoo_path.with_name(f"{zoo_path.stem}_analysis") / RESULTS_NAME
+    if zoo_path.is_dir():  # a zoo of parts keeps its results inside its folder
+        return zoo_path / ANALYSIS / RESULTS_NAME
+    return analysis_folder(zoo_path) / RESULTS_NAME
 
 
 def zoo_identity(f: h5py.File) -> str:

@@ -42,7 +42,9 @@ from zooscope.stores.h5lock import WriterLock, open_for_reading
 from zooscope.stores.h5reader import HDF5Zoo
 from zooscope.stores.superblock import clear_write_flags
 from zooscope.zoo import (
+    PENDING,
     RUNNING,
+    STATUS_LABELS,
     Architecture,
     Member,
     check_safe_name,
@@ -163,40 +165,8 @@ class HDF5Writer(ZooWriter):
             return
         self._leave_swmr()
         try:
-            key = f"a{len(self.arch_keys)}"
-            g = self.f["architectures"].create_group(key)
-            g.attrs["fingerprint"] = fingerprint(arch)
-            g.attrs["name"] = arch.key
+            key = add_architecture(self.f, arch, self.storage_dtype, self.compression)
             names = list(arch.shapes)
-            for name in names:
-                check_safe_name(name, "tensor")
-            g.attrs["tensor_names"] = json.dumps(names)
-            g.attrs["shapes"] = json.dumps({k: list(v) for k, v in arch.shapes.items()})
-            files = g.create_group("files")
-            for fname, content in arch.files.items():
-                check_safe_name(fname, "file")
-                files.create_dataset(fname, data=np.frombuffer(content, dtype=np.uint8))
-            tensors = g.create_group("tensors")
-            filters = compression_filter(self.compression)
-            for name, shape in arch.shapes.items():
-                dtype = arch.dtypes.get(name, "float")  # non-float tensors keep their dtype
-                stored = (
-                    np.dtype(dtype)
-                    if dtype != "float"
-                    else np.dtype("uint16" if self.storage_dtype == "bfloat16" else self.storage_dtype)
-                )
-                tensors.create_dataset(
-                    name, shape=(0, *shape), maxshape=(None, *shape), dtype=stored,
-                    chunks=(1, *[max(d, 1) for d in shape]) if shape else (1,),
-                    **filters,
-                )
-                if dtype == "float":
-                    tensors[name].attrs["stored_as"] = self.storage_dtype
-            t = len(names)
-            g.create_dataset("rows", shape=(0, t), maxshape=(None, t), dtype="<i8",
-                             chunks=(64, max(t, 1)))
-            g.create_dataset("digests", shape=(0, t), maxshape=(None, t), dtype="S32",
-                             chunks=(64, max(t, 1)))
             self.arch_keys.append(key)
             self._names[key] = names
             self._digests[key] = [{} for _ in names]
@@ -299,6 +269,11 @@ class HDF5Writer(ZooWriter):
         compression) by copying each stored chunk as it is: no decoding, no conversion,
         no digest recomputed; rows this zoo already holds are pointed at. False where the
         zoos differ in how they store tensors (the caller then writes the state dict)."""
+        holder = getattr(source, "part_holding", None)
+        if holder is not None:  # a zoo of parts: the part file holding the checkpoint
+            source = holder(member, checkpoint.epoch)
+        if not isinstance(source, HDF5Zoo):  # another store's zoo: decoded and written
+            return False
         if (attr_text(source.f, "storage_dtype", "float32"), attr_text(source.f, "compression",
                                                                        "none")) != (
                 self.storage_dtype, self.compression):
@@ -417,7 +392,54 @@ class HDF5Writer(ZooWriter):
         self._lock.release()
 
 
-def create_zoo(path: Path, header: ZooHeader, members: Sequence[Member]) -> HDF5Writer:
+def add_architecture(f: h5py.File, arch: Architecture, storage_dtype: str,
+                     compression: str) -> str:
+    """Record an architecture (docs/format.md, ``/architectures/a{k}``) in an open file;
+    its key."""
+    key = f"a{len(f['architectures'])}"
+    g = f["architectures"].create_group(key)
+    g.attrs["fingerprint"] = fingerprint(arch)
+    g.attrs["name"] = arch.key
+    names = list(arch.shapes)
+    for name in names:
+        check_safe_name(name, "tensor")
+    g.attrs["tensor_names"] = json.dumps(names)
+    g.attrs["shapes"] = json.dumps({k: list(v) for k, v in arch.shapes.items()})
+    files = g.create_group("files")
+    for fname, content in arch.files.items():
+        check_safe_name(fname, "file")
+        files.create_dataset(fname, data=np.frombuffer(content, dtype=np.uint8))
+    tensors = g.create_group("tensors")
+    filters = compression_filter(compression)
+    for name, shape in arch.shapes.items():
+        dtype = arch.dtypes.get(name, "float")  # non-float tensors keep their dtype
+        stored = (
+            np.dtype(dtype)
+            if dtype != "float"
+            else np.dtype("uint16" if storage_dtype == "bfloat16" else storage_dtype)
+        )
+        tensors.create_dataset(
+            name, shape=(0, *shape), maxshape=(None, *shape), dtype=stored,
+            chunks=(1, *[max(d, 1) for d in shape]) if shape else (1,),
+            **filters,
+        )
+        if dtype == "float":
+            tensors[name].attrs["stored_as"] = storage_dtype
+    t = len(names)
+    g.create_dataset("rows", shape=(0, t), maxshape=(None, t), dtype="<i8",
+                     chunks=(64, max(t, 1)))
+    g.create_dataset("digests", shape=(0, t), maxshape=(None, t), dtype="S32",
+                     chunks=(64, max(t, 1)))
+    return key
+
+
+def create_zoo(path: Path, header: ZooHeader, members: Sequence[Member],
+               architectures: Sequence[Architecture] = (),
+               started: Mapping[str, int] | None = None) -> HDF5Writer:
+    """Create a zoo file whole: written beside as ``NAME.creating``, then renamed. It
+    holds ``architectures`` and, for the members in ``started``, the index of the
+    architecture each uses and each member's status, so that a part continuing a zoo
+    (``h5parts``) needs no change outside SWMR mode before its first checkpoint."""
     if header.storage_dtype not in STORAGE_DTYPES:
         raise ZooFileError(f"unknown storage dtype {header.storage_dtype!r}",
                            hint=f"choose one of {', '.join(STORAGE_DTYPES)}")
@@ -429,6 +451,16 @@ def create_zoo(path: Path, header: ZooHeader, members: Sequence[Member]) -> HDF5
         tmp = path.with_name(path.name + ".creating")
         with h5py.File(tmp, "w", libver="latest") as f:
             write_header(f, header, members)
+            for arch in architectures:
+                add_architecture(f, arch, header.storage_dtype, header.compression)
+            codes = {label: code for code, label in STATUS_LABELS.items()}
+            if any(m.status != STATUS_LABELS[PENDING] for m in members):
+                f["members/status"][:] = np.array([codes.get(m.status, PENDING)
+                                                   for m in members], dtype=np.int8)
+            if started:
+                f["members/architecture"][:] = np.array(
+                    [started.get(m.id, -1) for m in members],
+                    dtype=f["members/architecture"].dtype)
         os.replace(tmp, path)
         return HDF5Writer(path, lock)
     except BaseException:

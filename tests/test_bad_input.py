@@ -1031,19 +1031,21 @@ def test_a_start_that_fails_before_any_checkpoint_leaves_no_file(register_plugin
     register_plugin(Plugin(), "failing-generators")
     base = TINY_CONFIG.replace('source = "synthetic:sentiment:400"\n', "").replace(
         "seeds = [0, 1]", "seeds = [0]").replace("[3e-4, 1e-3]", "[1e-3]")
-    for name, kept in (("fails-first", False), ("fails-later", True)):
-        folder = tmp_path / name
+    for name, kept, suffix in (("fails-first", False, ".h5"), ("fails-later", True, ".h5"),
+                               ("fails-first", False, ".zoo"), ("fails-later", True, ".zoo")):
+        folder = tmp_path / (name + suffix)
         folder.mkdir()
         (folder / "zoo.toml").write_text(base.replace('"sst2"', f'"{name}"'))
-        result = runner.invoke(app, ["generate", str(folder / "zoo.toml"), "--out",
-                                     str(folder / "out.h5")])
+        out = folder / f"out{suffix}"
+        result = runner.invoke(app, ["generate", str(folder / "zoo.toml"), "--out", str(out)])
         assert result.exit_code == 1
         assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
             f"error: evaluation {1 if name == 'fails-first' else 2} failed"]
         left = sorted(p.name for p in folder.iterdir())
         if kept:  # epoch 0 is committed: the zoo stays, to resume
-            assert left == ["out.h5", "out.h5.lock", "out.h5.state", "zoo.toml"]
-            with zooscope.open_zoo(folder / "out.h5") as zoo:
+            assert left == (["out.h5", "out.h5.lock", "out.h5.state", "zoo.toml"]
+                            if suffix == ".h5" else ["out.zoo", "zoo.toml"])
+            with zooscope.open_zoo(out) as zoo:
                 assert [c.epoch for c in zoo.checkpoints()] == [0]
-        else:
+        else:  # a folder of parts goes too, with its index and locks
             assert left == ["zoo.toml"]

@@ -569,7 +569,7 @@ def _saved_state(tmp_path: Path) -> tuple[object, object, Member, Path]:
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    state = ResumeState(tmp_path / "z.h5")
+    state = ResumeState(tmp_path / "z.h5.state")
     state.save(member, 1, optimizer)
     return state, optimizer, member, state.dir / f"{member.id}.e1"
 

@@ -25,7 +25,7 @@ def store_for(path: Path) -> Store:
             return store
     known = sorted({s for st in stores().values() for s in st.suffixes})
     raise ZooFileError(
-        f"no store reads {path.name!r}", hint=f"zoo files end in {', '.join(known)}"
+        f"no store reads {path.name!r}", hint=f"zoos end in {', '.join(known)}"
     )
 
 
@@ -44,12 +44,16 @@ def open_zoo(path: str | Path, *, timeout: float | None = None) -> Zoo:
                            hint="download it, or open it from Python: zooscope.open_zoo(url)")
     if not path.exists():
         raise ZooFileError(f"no zoo file at {path}")
-    if path.is_dir():
-        raise ZooFileError(f"{path} is a directory, not a zoo file")
-    if not path.is_file():  # opening a FIFO would wait for a writer forever
+    store = store_for(path) if path.suffix else None
+    if path.is_dir() and (store is None or not store.folders):
+        raise ZooFileError(f"{path} is a directory, not a zoo file",
+                           hint="a zoo is a file (NAME.h5) or a folder of parts (NAME.zoo)")
+    if store is not None and store.folders and not path.is_dir():
+        raise ZooFileError(f"{path} is not a folder; a {store.name} zoo is a folder")
+    if not path.is_dir() and not path.is_file():  # a FIFO would wait for a writer forever
         raise ZooFileError(f"{path} is not a regular file (a FIFO, a device or a socket)",
                            hint="zoo files are regular files")
-    return store_for(path).open(path)
+    return (store or store_for(path)).open(path)
 
 
 def open_stored(path: str | Path) -> StoredZoo:

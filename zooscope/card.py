@@ -235,10 +235,16 @@ def zoo_card(zoo: Zoo) -> str:
                   'zoo.tensor("<tensor name>")    # one tensor across all checkpoints']),
                   "python"), "",
               "With plain h5py and numpy (the format is documented in zooscope's "
-              "docs/format.md):", "",
+              "docs/format.md)" + (
+                  ": the folder's `zoo.json` lists its parts, each a zoo file of the same "
+                  "format holding some of the checkpoints." if zoo.parts() else ":"), "",
               *fence("\n".join([
-                  "import json", "", "import h5py", "",
-                  f'with h5py.File({file!r}, "r") as f:',
+                  *(["import json", "from pathlib import Path", "", "import h5py", "",
+                     f"folder = Path({file!r})",
+                     'for part in json.loads((folder / "zoo.json").read_text())["parts"]:',
+                     '  with h5py.File(folder / part, "r") as f:']
+                    if zoo.parts() else
+                    ["import json", "", "import h5py", "", f'with h5py.File({file!r}, "r") as f:']),
                   '    ids = f["members/id"].asstr()[()]',
                   '    factors = [json.loads(s) for s in f["members/factors"].asstr()[()]]',
                   '    index = f["checkpoints/index"][()]        # member, epoch, arch_row, ...',

@@ -18,7 +18,7 @@ app = typer.Typer(
     cls=ZooscopeGroup,
     name="zooscope",
     help="Build and study model zoos: populations of transformer models over a grid of "
-    "generating factors, recorded at every epoch in one HDF5 file.",
+    "generating factors, recorded at every epoch in one HDF5 file or a folder of them.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,

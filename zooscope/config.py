@@ -32,7 +32,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "zoo": {
         "name": (str,), "generator": (str,), "backbone": (str,), "seeds": (list,),
         "epochs": (int,), "strategy": (str,), "description": (str,), "max_members": (int,),
-        "license": (str,), "data_license": (str,),
+        "license": (str,), "data_license": (str,), "max_part_size": (int, str),
     },
     "grid": {},  # any factor name; values are non-empty lists
     "search": {},  # samples, seed, and any factor name with a distribution (zooscope.search)
@@ -64,7 +64,7 @@ REQUIRED = {"zoo": ("name", "generator"), "grid": ()}
 OWNABLE = ("data", "train")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "zoo": {"seeds": [0], "epochs": 1, "strategy": "members", "backbone": "bert-base-uncased",
-            "max_members": 10_000},
+            "max_members": 10_000, "max_part_size": "45GB"},
     "train": {
         "batch_size": 32, "eval_batch_size": 256, "optimizer": "adamw", "dropout": 0.1,
         "lr_schedule": "constant", "max_seq_len": 512, "head": {"hidden": 1, "activation": "relu"},
@@ -146,6 +146,29 @@ class ConfigKey:
             raise ConfigError(f"{where} holds a NUL character")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*\Z", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(where: str, value: Any) -> int:
+    """A size in bytes from a number or a text such as ``"45GB"``, ``"500 MB"`` or
+    ``"2GiB"`` (k, M, G, T are powers of 1000; Ki, Mi, Gi, Ti powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        unit = match.group(2).lower().removesuffix("b") if match else None
+        if match is None or unit not in _UNITS:
+            raise ConfigError(f"{where} = {value!r} is not a size",
+                              hint='give bytes, or a number with a unit: "45GB", "500MB"')
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 64 << 10:
+        raise ConfigError(f"{where} = {value!r} is less than 64 KiB",
+                          hint='give a unit: "45GB", "500MB"')
+    return size
+
+
 @dataclass
 class ZooConfig:
     """A validated zoo config: the tables with defaults filled in, and the text it came from."""
@@ -175,6 +198,11 @@ class ZooConfig:
     @property
     def generator(self) -> str:
         return str(self.zoo["generator"])
+
+    @property
+    def max_part_size(self) -> int:
+        """``[zoo] max_part_size`` in bytes: where a zoo of parts starts its next part."""
+        return parse_size("[zoo] max_part_size", self.zoo["max_part_size"])
 
     def resolve(self, value: str) -> str:
         """A path in the config, relative to the config file's folder; hub ids stay as they are.
@@ -421,6 +449,7 @@ def parse_config(text: str, path: Path | None = None) -> ZooConfig:
                           hint="choose where the zoo goes with --out")
     _check_positive("[zoo] epochs", zoo["epochs"])
     _check_positive("[zoo] max_members", zoo["max_members"])
+    parse_size("[zoo] max_part_size", zoo["max_part_size"])
     seeds = zoo["seeds"]
     if not seeds:
         raise ConfigError("[zoo] seeds is empty", hint="give at least one seed, e.g. seeds = [0]")

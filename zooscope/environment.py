@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 from zooscope.errors import ConfigError
 
@@ -115,10 +114,6 @@ def slurm_shard() -> tuple[int, int] | None:
     return index, count
 
 
-def part_path(out: Path, index: int, count: int) -> Path:
-    return out.with_name(f"{out.stem}.part{index}of{count}{out.suffix}")
-
-
 def check_environment() -> None:
     """Every zooscope setting in the environment, and those of libraries that fail
     obscurely on a bad value (``HF_ENDPOINT``), checked before a command does anything."""
@@ -131,4 +126,4 @@ def check_environment() -> None:
 
 __all__ = ["MAX_SHARDS", "NETWORK_TIMEOUT", "NETWORK_TIMEOUT_VARIABLE", "RESULTS_WAIT",
            "check_environment", "endpoint", "env_seconds", "network_timeout_setting",
-           "part_path", "results_wait", "slurm_shard", "world_size"]
+           "results_wait", "slurm_shard", "world_size"]

@@ -29,6 +29,11 @@ class ZooFileError(ZooscopeError):
     """A zoo file that is missing, damaged, foreign or unsafe."""
 
 
+class UnfinishedWrite(ZooFileError):
+    """A zoo its killed writer left in a state that only resuming it opens (the store
+    clears what the writer left when it reopens the zoo for writing)."""
+
+
 class NetworkError(ZooscopeError):
     """A zoo at a URL that could not be read: no answer in time, a refused or broken
     connection, or an answer that is not what was asked for."""

@@ -32,6 +32,9 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private; a side file is as readable as any file written
+        # under the user's umask (a zoo shared within a lab is read by others).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -42,6 +45,12 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             os.unlink(tmp)
         raise
     sync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sync_folder(folder: Path) -> None:

@@ -62,7 +62,8 @@ def load_model(source: str | Path, member: str | None = None,
         with open_zoo(source) as zoo:
             return _from_zoo(zoo, member, epoch)
     path = Path(source)
-    if path.is_dir():
+    # A folder is an exported checkpoint, or a zoo of parts (which a store claims).
+    if path.is_dir() and ((path / PROVENANCE).exists() or not _zoo_folder(path)):
         if member is not None or epoch is not None:
             raise ZooFileError(f"{path} is an exported checkpoint: it holds one member at one "
                                "epoch", hint="give member and epoch only with a zoo file")
@@ -71,6 +72,15 @@ def load_model(source: str | Path, member: str | None = None,
         raise ZooFileError(f"no zoo file or exported model at {path}")
     with open_zoo(path) as zoo:
         return _from_zoo(zoo, member, epoch)
+
+
+def _zoo_folder(path: Path) -> bool:
+    from zooscope.access import store_for
+
+    try:
+        return store_for(path).folders
+    except ZooFileError:
+        return False
 
 
 def _from_zoo(zoo: Any, member: str | None, epoch: int | None) -> tuple[Any, Any]:

@@ -104,6 +104,16 @@ def open_url(url: str, timeout: float | None = None) -> RangeFile:
         raise
 
 
+def read_bytes(url: str, timeout: float | None = None, limit: int = 1 << 20) -> bytes:
+    """The whole of a small file at ``url`` (a zoo folder's index), at most ``limit``
+    bytes; a larger one is refused before it is read."""
+    with open_url(url, timeout) as source:
+        if source.size > limit:
+            raise ZooFileError(f"{url} holds {source.size:,} bytes; at most {limit:,} expected",
+                               hint="it is not what zooscope wrote there")
+        return source._range(0, source.size) if source.size else b""
+
+
 class RangeFile(io.RawIOBase):
     """The file object HDF5 reads: aligned, LRU-cached blocks for small reads, exact
     ranges for large ones, every answer of exactly the length asked for."""

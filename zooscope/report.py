@@ -183,7 +183,9 @@ def _range(epochs: list[int]) -> str:
 
 
 def _size(path: Path) -> str:
-    n = float(path.stat().st_size)
+    from zooscope.access import store_for
+
+    n = float(store_for(path).size(path))
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

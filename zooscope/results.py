@@ -214,7 +214,9 @@ def default_out_dir(zoo_path: Path, analyzer: Analyzer, options: Mapping[str, An
                     members: str | None, epochs: str | None, key: str) -> Path:
     """``ZOO_analysis/NAME/`` for the default options over the whole zoo, else
     ``ZOO_analysis/NAME-KEY/``: results of different selections never share a folder."""
-    base = zoo_path.with_name(f"{zoo_path.stem}_analysis")
+    from zooscope.access import store_for
+
+    base = store_for(zoo_path).analysis_dir(zoo_path)
     defaults = {o.name: o.default for o in analyzer.options}
     if dict(options) == defaults and not members and (not epochs or epochs == "all"):
         return base / analyzer.name

@@ -122,6 +122,9 @@ class Zoo(ABC):
     """A zoo opened read-only. Use as a context manager or call ``close()``."""
 
     path: Path
+    #: The metrics every checkpoint records (``test_accuracy``, ``train_loss``...), in
+    #: the order the zoo stores them.
+    metric_columns: list[str]
 
     # -- zoo level -------------------------------------------------------------------
     @property
@@ -136,6 +139,11 @@ class Zoo(ABC):
 
     def card(self) -> str | None:
         """The zoo card stored at generation (Markdown), or None for zoos without one."""
+        return None
+
+    def parts(self) -> list[str] | None:
+        """The file names of a zoo stored as a folder of parts (docs/format.md), in the
+        order its index lists them; None for a zoo of one file."""
         return None
 
     @abstractmethod
@@ -204,15 +212,16 @@ class Zoo(ABC):
     def model_files(self, member: Member | str) -> dict[str, bytes]:
         """config.json and tokenizer files needed to rebuild the member's model offline."""
 
-    @abstractmethod
+    # -- stored analysis results (stores that keep none keep these defaults) ------------
     def analyses(self) -> list[dict[str, Any]]:
         """Analyses stored for the zoo (beside it, or inside a zoo written before results
         moved out): name, key, options, summary, created, and the stored results each read
         (``inputs``) with a digest of its content (``digest``) where the store records them."""
+        return []
 
-    @abstractmethod
     def analysis_tables(self, name: str, key: str) -> dict[str, dict[str, np.ndarray]]:
         """The tables of one stored analysis: table name to column name to values."""
+        raise ZooFileError(f"no stored analysis {name}/{key}")
 
     @abstractmethod
     def tensor_shape(self, name: str, member: Member | str | None = None) -> tuple[int, ...]:
@@ -231,9 +240,9 @@ class Zoo(ABC):
         file without reading the tensors."""
         raise ZooFileError(f"{self.path} records no tensor digests")
 
-    @abstractmethod
     def analysis_figures(self, name: str, key: str) -> dict[str, bytes]:
         """The PNG figures of one stored analysis."""
+        raise ZooFileError(f"no stored analysis {name}/{key}")
 
     def results_notes(self) -> list[str]:
         """Why results stored beside the zoo are not served (they belong to another zoo)."""

@@ -20,7 +20,7 @@ from zooscope.access import open_stored, open_zoo, store_for
 from zooscope.errors import ZooFileError
 from zooscope.extras import require
 from zooscope.files import sync_folder
-from zooscope.store import ZooHeader, lock_path, memory_budget
+from zooscope.store import ZooHeader, memory_budget
 from zooscope.zoo import COMPLETE, RUNNING, STATUS_LABELS, Architecture, Member, check_safe_name
 
 _STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
@@ -80,6 +80,7 @@ def validate_zoo(path: Path, on_checkpoint: Callable[[], None] = lambda: None) -
         report.checkpoints = len(checkpoints)
         writing = store_for(Path(path)).being_written(Path(path))
         report.problems += zoo.check_structure()
+        report.notes += zoo.structure_notes()
         for member in zoo.members():
             if member.status == "running" and not writing:
                 # A process killed outright cannot record that it stopped; the lock tells.
@@ -146,16 +147,19 @@ def _shapes_against_config(arch: Architecture) -> list[str]:
 
 # -- merge ------------------------------------------------------------------------------------
 def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] | None = None,
-               on_checkpoint: Callable[[], None] = lambda: None) -> int:
+               on_checkpoint: Callable[[], None] = lambda: None,
+               max_part_size: int | None = None) -> int:
     """Join shards of one zoo into ``out``; returns the number of checkpoints copied.
 
     Shards must come from the same config and must not share a member with
-    checkpoints. Written to a temporary file first, so a failed merge leaves no
-    half zoo at ``out``.
+    checkpoints. Written to a temporary zoo first, so a failed merge leaves no
+    half zoo at ``out``. Where ``out`` is a zoo of parts (``NAME.zoo``), each part
+    holds at most ``max_part_size`` bytes (the reverse of a merge: a split).
     """
     if not parts:
         raise ZooFileError("nothing to merge: give at least one shard")
-    check_output_path(out)
+    store = store_for(out)
+    check_output_path(out, directory=store.folders)
     zoos = [open_stored(p) for p in parts]
     try:
         first = zoos[0]
@@ -174,15 +178,14 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                                            f"and {p}", hint="shards must not overlap")
                     owner[m.id] = p
         header: ZooHeader = first.header()
-        store = store_for(out)
-        tmp = out.with_name(f".{out.name}.merging{out.suffix}")
+        tmp = store.temporary(out)
         if store.being_written(tmp):
             raise ZooFileError(f"another merge into {out} is running",
                                hint="wait for it to finish, or stop it first")
-        # What a killed merge left: its half-written file and its lock file.
-        _remove_merge_files(tmp)
+        # What a killed merge left: its half-written zoo and its lock file.
+        store.remove_new(tmp)
         copied = 0
-        writer = store.create(tmp, header, list(members.values()))
+        writer = store.create(tmp, header, list(members.values()), max_part_size=max_part_size)
         try:
             with writer:
                 for z in zoos:
@@ -204,21 +207,15 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                             copied += 1
                             on_checkpoint()
                         writer.set_status(m, _STATUS_CODES.get(m.status, RUNNING))
-            os.replace(tmp, out)
+            store.replace(tmp, out)
         except BaseException:
-            _remove_merge_files(tmp)
+            store.remove_new(tmp)
             raise
-        _remove_merge_files(tmp)
+        store.remove_new(tmp)
         return copied
     finally:
         for z in zoos:
             z.close()
-
-
-def _remove_merge_files(tmp: Path) -> None:
-    """A merge's temporary zoo and its lock file, once no merge holds that lock."""
-    tmp.unlink(missing_ok=True)
-    lock_path(tmp).unlink(missing_ok=True)
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from zooscope.commands.common import (
 
 
 def analyze(
-    zoo: Annotated[Path | None, typer.Argument(help="A zoo file (.h5).", show_default=False)] = None,
+    zoo: Annotated[Path | None, typer.Argument(help="A zoo: a file (.h5) or a folder of "
+                                               "parts (.zoo).", show_default=False)] = None,
     plugin: Annotated[str, typer.Option("--plugin", "-p", help="The analyzer to run "
                                         "(`zooscope plugins --all` lists them).")] = "agreement",
     set_: Annotated[list[str] | None, typer.Option("--set", help="An analyzer option, "

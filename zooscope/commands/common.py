@@ -32,7 +32,8 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no status "
                                            "lines on stderr; results and errors only.")]
-ZooPath = Annotated[Path, typer.Argument(help="A zoo file (.h5).", show_default=False)]
+ZooPath = Annotated[Path, typer.Argument(help="A zoo: a file (.h5) or a folder of parts "
+                                                "(.zoo).", show_default=False)]
 
 
 def debug() -> bool:

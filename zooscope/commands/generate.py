@@ -43,8 +43,9 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 
 def generate(
     config: Annotated[Path, typer.Argument(help="A zoo config (.toml).", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="The zoo file to write "
-                                              "(default: NAME.h5 from the config).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The zoo to write: a file "
+                                              "(NAME.h5) or a folder of parts (NAME.zoo); "
+                                              "default NAME.h5, NAME.zoo for a shard.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted zoo.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing zoo.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="Train only shard I of N, "
@@ -65,8 +66,9 @@ def generate(
 
     Example: zooscope generate zoos/demo.toml --out demo.h5
     """
+    from zooscope.access import store_for
     from zooscope.config import load_config
-    from zooscope.environment import part_path, slurm_shard
+    from zooscope.environment import slurm_shard
 
     from_slurm = shard == "auto" or (shard is None and slurm_shard() is not None)
     if from_slurm:
@@ -79,15 +81,18 @@ def generate(
     if out is not None and shard_t is None and not (dry_run or overfit):
         _check_target(out, resume, force)  # before the config's checks import transformers
     cfg = load_config(config)
-    target = out or Path(f"{cfg.name}.h5")
-    if shard_t is not None and (from_slurm or out is None):
-        # Every task of an array runs the same command: each writes its own part.
-        target = part_path(target, *shard_t)
-        if not (dry_run or overfit or quiet):
-            err_console.print(f"shard {shard_t[0]}/{shard_t[1]}"
-                              f"{' (SLURM array task)' if from_slurm else ''}: writing {target}",
-                              soft_wrap=True)
-    if not (dry_run or overfit):
+    # The tasks of an array write one zoo of parts (NAME.zoo) unless told otherwise.
+    target = out or Path(f"{cfg.name}.zoo" if shard_t is not None else f"{cfg.name}.h5")
+    store = store_for(target)
+    if shard_t is not None and not store.parts and (from_slurm or out is None):
+        # Every task of an array runs the same command: each writes its own file.
+        target = store.shard_path(target, *shard_t)
+    if shard_t is not None and not (dry_run or overfit or quiet):
+        where = f"writing its parts into {target}" if store.parts else f"writing {target}"
+        err_console.print(f"shard {shard_t[0]}/{shard_t[1]}"
+                          f"{' (SLURM array task)' if from_slurm else ''}: {where}",
+                          soft_wrap=True)
+    if not (dry_run or overfit) and not (shard_t is not None and store.parts):
         _check_target(target, resume, force)
     if dry_run:
         _dry_run(cfg, shard_t, json_)

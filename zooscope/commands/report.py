@@ -41,7 +41,9 @@ def report(
         fail("missing the zoo file to report on", hint="zooscope report ZOO.h5", code=2)
     if format_ not in ("html", "md"):
         fail(f"--format {format_!r} is neither html nor md", code=2)
-    target = out if out is not None else zoo.with_name(f"{zoo.stem}_analysis") / "report"
+    from zooscope.access import store_for
+
+    target = out if out is not None else store_for(zoo).analysis_dir(zoo) / "report"
     check_out_dir(target, given=out is not None)
     with reporter(quiet):
         page = build_report(zoo, plugin, run_missing=not no_run)

@@ -186,7 +186,8 @@ def merge(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
     json_: JsonOption = False,
 ) -> None:
-    """Join shards written by separate processes or SLURM tasks into one zoo.
+    """Join shards written by separate processes or SLURM tasks into one zoo; a zoo of
+    parts (NAME.zoo) given alone becomes one file.
 
     Example: zooscope zoo merge part0.h5 part1.h5 --out zoo.h5
     """
@@ -210,6 +211,49 @@ def merge(
         print_json({"zoo": str(out), "shards": len(shards), "checkpoints": n})
         return
     console.print(f"merged {len(shards)} shards, {n} checkpoints, into {out}")
+
+
+@app.command()
+def split(
+    zoo: ZooPath,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The zoo of parts to write "
+                                      "(a new folder NAME.zoo).")],
+    max_part_size: Annotated[str, typer.Option("--max-part-size", help="The most bytes a "
+                                               "part holds: \"45GB\" (the default, under the "
+                                               "Hugging Face Hub's 50 GB per file), "
+                                               "\"500MB\", or bytes.")] = "45GB",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing zoo.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Write a zoo as a folder of parts, each a zoo file under a size limit (the reverse
+    of `zoo merge`); no checkpoint is split.
+
+    Example: zooscope zoo split sst2.h5 --out sst2.zoo --max-part-size 45GB
+    """
+    from zooscope.access import open_zoo, store_for
+    from zooscope.config import parse_size
+    from zooscope.errors import ZooFileError
+    from zooscope.zoofile import merge_zoos
+
+    limit = parse_size("--max-part-size", max_part_size)
+    if not store_for(out).parts:
+        raise ZooFileError(f"{out} is not a folder of parts",
+                           hint=f"give --out a name ending in .zoo, e.g. {out.stem}.zoo")
+    if out.exists() and not force:
+        raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
+    if out.resolve() == zoo.resolve():
+        raise ZooFileError("the output must not be the zoo being split")
+    with reporter():
+        with open_zoo(zoo) as whole:
+            total = len(whole.checkpoints())
+        copied = task("copying checkpoints", total=total)
+        n = merge_zoos([zoo], out, on_checkpoint=copied.advance, max_part_size=limit)
+    with open_zoo(out) as parts:
+        count = len(parts.parts() or [out])
+    if json_:
+        print_json({"zoo": str(out), "parts": count, "checkpoints": n})
+        return
+    console.print(f"wrote {n} checkpoints into {count} parts in {out}")
 
 
 @app.command("export")

@@ -14,7 +14,7 @@ from zooscope.engine.build import (
     shard_members,
 )
 from zooscope.engine.stops import DiskFull, Interrupted
-from zooscope.environment import part_path, slurm_shard
+from zooscope.environment import slurm_shard
 
 __all__ = ["BuildResult", "DiskFull", "Interrupted", "build_zoo", "final_metrics", "member_costs",
-           "member_list", "part_path", "shard_members", "slurm_shard"]
+           "member_list", "shard_members", "slurm_shard"]

@@ -88,12 +88,13 @@ def find_batch_size(cfg: ZooConfig, generator: Generator, task: TaskData, member
 
 def resolve_auto(cfg: ZooConfig, generator: Generator, task: TaskData, members: list[Member],
                  costs: dict[str, float], device: torch.device, out: Path,
-                 resume: bool, log: Any = print) -> ZooConfig:
+                 resume: bool, log: Any = print, store: Any = None) -> ZooConfig:
     """The config with ``batch_size = "auto"`` replaced by the chosen size (the config
     itself where it gives a number)."""
     if cfg.train["batch_size"] != "auto":
         return cfg
-    chosen = recorded_batch_size(out) if resume and out.is_file() else None
+    exists = store.exists(out) if store is not None else out.is_file()
+    chosen = recorded_batch_size(out) if resume and exists else None
     if chosen is None:
         largest = max(members, key=lambda m: (costs.get(m.id, 0.0), m.id))
         chosen = find_batch_size(cfg, generator, task, largest, device)

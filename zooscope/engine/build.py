@@ -36,13 +36,13 @@ from zooscope.engine.stops import (
     set_status_quietly,
 )
 from zooscope.engine.tracking import MemberTrackers, check_trackers
-from zooscope.environment import part_path, world_size
+from zooscope.environment import world_size
 from zooscope.errors import ConfigError, ZooFileError, ZooscopeError
 from zooscope.generator import Generator, TaskData
 from zooscope.lineage import expand_parents, verify_parents
 from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
-from zooscope.store import Store, ZooHeader, ZooWriter, lock_path
+from zooscope.store import Store, ZooHeader, ZooWriter
 from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, STATUS_LABELS, Member
 
 
@@ -213,15 +213,27 @@ def build_zoo(
     store: Store = store_for(out)
     check_device(cfg)
     state = _distributed_state()
+    # A store of folders takes every writer's parts into one zoo: each writes its slot.
+    slot = None
+    if store.parts:
+        several = state is not None and cfg.zoo["strategy"] == "members"
+        if shard is not None and several:
+            slot = _combined_slot(shard, state)
+        elif shard is not None:
+            slot = f"s{shard[0]}of{shard[1]}"
+        elif several:
+            slot = f"s{state.process_index}of{state.num_processes}"
     if state is None or state.is_main_process or cfg.zoo["strategy"] == "members":
         # Under ddp the main process creates the zoo: a slower rank must not find it
         # there and stop with "already exists" while the others wait for it.
-        check_output(out, resume, force)
-        if force and store.being_written(out):
+        check_output(out, resume, force, store, slot)
+        if force and store.being_written(out) and slot is None:
             # Before anything is replaced: the live writer's zoo and resume state stay.
             raise ZooFileError(f"{out} is being written by another process",
                                hint="wait for it to finish, or stop it first, then --force")
-        if resume and out.is_file():
+        if (resume or slot is not None) and store.exists(out) and \
+                (slot is None or _has_parts(store, out)):
+            # Every slot of a folder holds members of the same config.
             check_resumable(cfg, out)
     check_trackers(cfg)
     task = generator.prepare(cfg)  # bad data fails here, before any file is touched
@@ -229,31 +241,33 @@ def build_zoo(
         candidates = member_list(cfg, generator, task)
         cfg = resolve_auto(cfg, generator, task, candidates,
                            member_costs(cfg, task, candidates),
-                           training_device(cfg, state), out, resume, log)
-    members = member_list(cfg, generator, task)
+                           training_device(cfg, state), out, resume, log, store)
+    members = every = member_list(cfg, generator, task)
     if shard is not None:
         members = shard_members(members, *shard, costs=member_costs(cfg, task, members))
     verify_parents(members, cfg.path.parent if cfg.path is not None else None)
     if state is not None and cfg.zoo["strategy"] == "members":
         if cfg.train["num_threads"] == 0 and state.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // state.num_processes))
-        path = part_path(out, state.process_index, state.num_processes)
+        path = out if store.parts else \
+            store.shard_path(out, state.process_index, state.num_processes)
         with state.split_between_processes(members) as mine:
             result = _build_into(cfg, generator, task, store, path, list(mine), resume,
                                  force, progress if state.is_main_process else Reporter(), log,
-                                 state)
+                                 state, slot=slot, every=every)
         state.wait_for_everyone()
-        if state.is_main_process:
+        if state.is_main_process and not store.parts:
             from zooscope.zoofile import merge_zoos
 
-            parts = [part_path(out, i, state.num_processes) for i in range(state.num_processes)]
-            if out.exists() and force:
-                out.unlink()
+            parts = [store.shard_path(out, i, state.num_processes)
+                     for i in range(state.num_processes)]
+            if store.exists(out) and force:
+                store.remove_new(out, lock=False)
             merge_zoos(parts, out, all_members=members)
             for p in parts:
-                p.unlink()
                 # The part's writer lock outlives its writer by design; the part is gone.
-                lock_path(p).unlink(missing_ok=True)
+                store.remove_new(p)
+        if state.is_main_process:
             result.path = out
             result.members = final_metrics(out)
             result.trained = len(result.members) - result.skipped - result.shared
@@ -267,11 +281,28 @@ def build_zoo(
     if state is not None:  # strategy "ddp": every process trains every member together
         result = _build_into(cfg, generator, task, store, out, members, resume, force,
                              progress if state.is_main_process else Reporter(), log, state,
-                             dist=state)
+                             dist=state, slot=slot, every=every)
         result.main = state.is_main_process
         return result
     return _build_into(cfg, generator, task, store, out, members, resume, force, progress,
-                       log, state)
+                       log, state, slot=slot, every=every)
+
+
+def _combined_slot(shard: tuple[int, int], state: Any) -> str:
+    """One slot for process ``i`` of ``n`` in task ``I`` of ``N``: the writer's index
+    among all ``N * n`` writers."""
+    index = shard[0] * state.num_processes + state.process_index
+    return f"s{index}of{shard[1] * state.num_processes}"
+
+
+def _has_parts(store: Store, out: Path) -> bool:
+    try:
+        from zooscope.access import open_zoo
+
+        open_zoo(out).close()
+    except ZooscopeError:
+        return False
+    return True
 
 
 def member_list(cfg: ZooConfig, generator: Generator | None = None,
@@ -288,8 +319,9 @@ def member_list(cfg: ZooConfig, generator: Generator | None = None,
 
 def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Store,
                 path: Path, members: list[Member], resume: bool, force: bool, progress: Any,
-                log: Callable[[str], None], state: Any, dist: Any = None) -> BuildResult:
-    if resume and path.exists():
+                log: Callable[[str], None], state: Any, dist: Any = None,
+                slot: str | None = None, every: list[Member] | None = None) -> BuildResult:
+    if resume and store.exists(path, slot):
         members = stored_ids(path, members)
         if dist is None and _complete(path, cfg, members):
             # Nothing to train: the zoo is not even opened for writing, so its bytes
@@ -297,21 +329,23 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
             result = BuildResult(path=path, skipped=len(members))
             log(result.summary())
             return result
-    resume_state = ResumeState(path)
+    resume_state = ResumeState(store.state_dir(path, slot))
     device = training_device(cfg, state)
     accelerator = make_accelerator(cfg, device)
     writer: ZooWriter
-    discard = DiscardIfNothingCommitted(path, resume_state.dir)
+    discard = DiscardIfNothingCommitted(store, path, slot, resume_state.dir)
     if dist is not None and not dist.is_main_process:
         dist.wait_for_everyone()  # the main process has created or reopened the zoo
         writer = _Follower(path)
     else:
-        if resume and path.exists():
-            writer = store.resume(path)
+        if resume and store.exists(path, slot):
+            writer = store.resume(path, slot=slot, max_part_size=cfg.max_part_size)
         else:
             discard.state_existed = resume_state.dir.exists()
-            discard.lock_existed = discard.lock.exists()
-            writer = store.create(path, _header(cfg, generator, task, accelerator), members)
+            discard.lock_existed = store.side_paths(path, slot)[0].exists()
+            writer = store.create(path, _header(cfg, generator, task, accelerator), members,
+                                  slot=slot, max_part_size=cfg.max_part_size,
+                                  order=every or members)
             discard.created = True
             store_card(writer, path)
             # Only now, holding the zoo's lock: a live writer's resume state is never touched.

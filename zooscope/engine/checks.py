@@ -8,29 +8,31 @@ from pathlib import Path
 import torch
 
 from zooscope.config import ZooConfig
-from zooscope.engine.resume import ResumeState
 from zooscope.errors import ConfigError, ZooFileError
-from zooscope.store import lock_path
+from zooscope.store import Store
 from zooscope.zoofile import check_output_path
 
 
-def check_output(out: Path, resume: bool, force: bool) -> None:
+def check_output(out: Path, resume: bool, force: bool, store: Store,
+                 slot: str | None = None) -> None:
+    """The output can be written: of the right kind, and replaced or continued only where
+    asked (with ``slot``: that writer's part of a zoo folder)."""
     if resume and force:
         raise ConfigError("--resume and --force contradict each other")
-    check_output_path(out)
+    check_output_path(out, directory=store.folders)
     if resume and out.is_symlink():
         # Resuming writes in place: through a link, into a file outside this folder.
         raise ZooFileError(f"{out} is a link to {os.readlink(out)}; resume the zoo itself",
                            hint="zooscope generate CONFIG --out TARGET --resume")
-    if out.exists() and not (resume or force):
-        raise ZooFileError(f"{out} already exists",
-                           hint="add --resume to continue it, or --force to replace it")
-    for side in (lock_path(out), out.with_name(out.name + ".creating")):
+    if store.exists(out, slot) and not (resume or force):
+        what = f"{out} already holds the parts of {slot}" if slot else f"{out} already exists"
+        raise ZooFileError(what, hint="add --resume to continue it, or --force to replace it")
+    for side in store.side_paths(out, slot):
         if side.is_symlink() or (side.exists() and not side.is_file()):
             raise ZooFileError(f"{side} is not a plain file; zooscope keeps its side files "
                                "beside the zoo and never follows links",
                                hint="remove it, then run again")
-    state = ResumeState(out).dir
+    state = store.state_dir(out, slot)
     if state.is_symlink() or (state.exists() and not state.is_dir()):
         raise ZooFileError(f"{state} is not a folder; zooscope keeps the resume state there "
                            "and never follows links", hint="remove it, then run again")

@@ -14,21 +14,23 @@ import numpy as np
 import torch
 
 from zooscope.config import ZooConfig
-from zooscope.errors import ZooFileError
+from zooscope.errors import UnfinishedWrite, ZooFileError
 from zooscope.files import UnsafeFile, is_regular, read_json_object
 from zooscope.zoo import Member
 
 
 class ResumeState:
-    """Optimizer and RNG state of unfinished members, in ``ZOO.state/`` next to the zoo.
+    """Optimizer and RNG state of unfinished members, in a folder the store names
+    (``NAME.h5.state/`` beside a zoo file).
 
     Written before the checkpoint it belongs to is committed, so the newest committed
     checkpoint always has its state; dropped once the member completes. safetensors
     and JSON only: nothing here can execute code when loaded.
     """
 
-    def __init__(self, zoo_path: Path) -> None:
-        self.dir = zoo_path.with_name(zoo_path.name + ".state")
+    def __init__(self, state_dir: Path) -> None:
+        #: The folder the zoo's store keeps it in (``Store.state_dir``).
+        self.dir = state_dir
 
     def _stem(self, member: Member, epoch: int) -> Path:
         return self.dir / f"{member.id}.e{epoch}"
@@ -126,7 +128,7 @@ def _tuples(value: Any) -> Any:
 #: Config keys that say how to run, not what the zoo is: they may change on --resume.
 RUN_KEYS = {("train", "num_threads"), ("train", "device"), ("zoo", "description"),
             ("zoo", "max_members"), ("train", "log_with"), ("zoo", "license"),
-            ("zoo", "data_license")}
+            ("zoo", "data_license"), ("zoo", "max_part_size")}
 
 
 def check_resumable(cfg: ZooConfig, out: Path) -> None:
@@ -139,12 +141,8 @@ def check_resumable(cfg: ZooConfig, out: Path) -> None:
 
     try:
         zoo = open_zoo(out)
-    except ZooFileError as exc:
-        if "not a readable HDF5 file" in exc.message:
-            # A writer killed while outside SWMR mode leaves a file only resuming (which
-            # clears its write flag) can open; the store checks it then.
-            return
-        raise
+    except UnfinishedWrite:
+        return  # only resuming opens it; the store checks it then
     with zoo:
         stored_text = zoo.config_text
         stored_generator = zoo.info["generator"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscope.errors import ZooFileError, ZooscopeError
-from zooscope.store import ZooWriter, lock_path
+from zooscope.store import Store, ZooWriter
 from zooscope.zoo import Member
 
 
@@ -66,13 +66,12 @@ class DiscardIfNothingCommitted:
     Exits after the writer has closed (it comes first in the ``with``); a Ctrl-C keeps
     the zoo, as its message promises a resume."""
 
-    def __init__(self, path: Path, state_dir: Path) -> None:
-        self.path = path
+    def __init__(self, store: Store, path: Path, slot: str | None, state_dir: Path) -> None:
+        self.store, self.path, self.slot = store, path, slot
         self.state_dir = state_dir
         self.created = False
         self.state_existed = True
-        self.lock = lock_path(path)
-        self.lock_existed = True
+        self.lock_existed = store.side_paths(path, slot)[0].exists()
 
     def __enter__(self) -> DiscardIfNothingCommitted:
         return self
@@ -90,12 +89,10 @@ class DiscardIfNothingCommitted:
                     return
         except ZooscopeError:
             return  # unreadable: leave it for the user to look at
-        self.path.unlink(missing_ok=True)
-        if not self.lock_existed:
-            # The writer's lock file (docs/format.md) outlives its writer by design; one
-            # made for a zoo that no longer exists is left over from this run alone.
-            self.lock.unlink(missing_ok=True)
         if not self.state_existed and self.state_dir.is_dir():
             for p in self.state_dir.iterdir():
                 p.unlink()
             self.state_dir.rmdir()
+        # The writer's lock file (docs/format.md) outlives its writer by design; one
+        # made for a zoo that no longer exists is left over from this run alone.
+        self.store.remove_new(self.path, self.slot, lock=not self.lock_existed)
