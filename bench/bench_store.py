@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
 from zooscope.access import open_zoo
-from zooscope.store import ZooHeader
+from zooscope.record import ZooRecord
 from zooscope.stores.hdf5 import HDF5Store
 from zooscope.zoo import Architecture, Member
 
@@ -31,7 +31,7 @@ def state_dict(config: BertConfig, seed: int) -> dict[str, torch.Tensor]:
 
 def new_zoo(path: Path, sd: dict[str, torch.Tensor], members: int) -> tuple:
     ms = [Member.from_factors({"seed": i}) for i in range(members)]
-    header = ZooHeader(name="bench", config_text="", generator="bench", generator_version="1",
+    header = ZooRecord(name="bench", config_text="", generator="bench", generator_version="1",
                        metric_columns=["test_loss"])
     arch = Architecture(key="bert", files={"config.json": b"{}"},
                         shapes={k: tuple(v.shape) for k, v in sd.items()},

@@ -23,6 +23,7 @@ from zooscope.config import ConfigKey
 from zooscope.errors import ConfigError, DataError
 from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
+from zooscope.record import TestSet
 
 if TYPE_CHECKING:
     import numpy as np
@@ -207,11 +208,11 @@ class SquadGenerator(Generator):
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "exact_match", "f1")]
         test = list(splits["test"])
         return TaskData(splits=splits, info=info, metric_columns=columns,
-                        predictions={"kind": "span", "shape": [len(test), 2]},
-                        test_ids=[r["id"] for r in test],
-                        test_texts=[r["question"] for r in test],
-                        test_contexts=[r["context"] for r in test],
-                        test_answers=[r["answers"] for r in test])
+                        test=TestSet(predictions={"kind": "span", "shape": [len(test), 2]},
+                                     ids=[r["id"] for r in test],
+                                     texts=[r["question"] for r in test],
+                                     contexts=[r["context"] for r in test],
+                                     answers=[r["answers"] for r in test]))
 
     # -- features ----------------------------------------------------------------------------
     def _encode(self, cfg: ZooConfig, tok: Any, rows: Sequence[dict[str, Any]],

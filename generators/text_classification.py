@@ -27,6 +27,7 @@ from zooscope.data import (
 from zooscope.errors import ConfigError, DataError, ZooFileError
 from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
+from zooscope.record import TestSet, ZooRecord
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,31 +237,30 @@ class TextClassificationGenerator(Generator):
         columns = [f"{s}_{m}" for s in SPLITS for m in ("loss", "accuracy")]
         test = splits["test"]
         return TaskData(splits=splits, info=info, metric_columns=columns,
-                        predictions={"kind": "class", "shape": [len(test["ids"])]},
-                        test_labels=test["labels"].astype(np.int32), test_ids=list(test["ids"]),
-                        test_texts=list(test["texts"]),
-                        test_text_pairs=None if test["pairs"] is None else list(test["pairs"]),
+                        test=TestSet(
+                            predictions={"kind": "class", "shape": [len(test["ids"])]},
+                            labels=test["labels"].astype(np.int32), ids=list(test["ids"]),
+                            texts=list(test["texts"]),
+                            text_pairs=None if test["pairs"] is None else list(test["pairs"])),
                         cache={"num_labels": len(names)})
 
-    def stored_task(self, cfg: ZooConfig, header: Any) -> TaskData | None:
+    def stored_task(self, cfg: ZooConfig, record: ZooRecord) -> TaskData | None:
         """The test split from the zoo's stored inputs and labels, checked against the
         test fingerprint the zoo recorded."""
         import numpy as np
 
-        texts, labels, ids = header.test_texts, header.test_labels, header.test_ids
-        names = (header.data or {}).get("label_names")
-        if texts is None or labels is None or ids is None or not names:
+        kept = record.test
+        names = (record.data or {}).get("label_names")
+        if kept.texts is None or kept.labels is None or kept.ids is None or not names:
             return None
-        test = {"ids": list(ids), "texts": list(texts), "pairs": header.test_text_pairs,
-                "labels": labels.astype(np.int64)}
-        want = (header.data.get("fingerprints") or {}).get("test")
+        test = {"ids": list(kept.ids), "texts": list(kept.texts), "pairs": kept.text_pairs,
+                "labels": kept.labels.astype(np.int64)}
+        want = (record.data.get("fingerprints") or {}).get("test")
         if want and fingerprint(test["ids"], _joined(test), test["labels"]) != want:
             raise ZooFileError("the zoo's stored test inputs do not match its test "
                                "fingerprint", hint="zooscope zoo validate ZOO")
-        return TaskData(splits={"test": test}, info=dict(header.data),
-                        metric_columns=list(header.metric_columns),
-                        predictions=header.predictions, test_labels=labels, test_ids=test["ids"],
-                        test_texts=test["texts"], test_text_pairs=test["pairs"],
+        return TaskData(splits={"test": test}, info=dict(record.data),
+                        metric_columns=list(record.metric_columns), test=kept,
                         cache={"num_labels": len(names)})
 
     # -- models ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import xxhash
 
 from zooscope.errors import ZooFileError
-from zooscope.store import ZooHeader
+from zooscope.record import ZooRecord
 from zooscope.version import __version__
 from zooscope.zoo import (
     PENDING,
@@ -224,18 +224,18 @@ def source_commit() -> str | None:
     return text if done.returncode == 0 and len(text) == 40 else None
 
 
-def write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) -> None:
+def write_header(f: h5py.File, record: ZooRecord, members: Sequence[Member]) -> None:
     f.attrs["zooscope_format"] = FORMAT_VERSION
-    f.attrs["name"] = header.name
-    f.attrs["config"] = header.config_text
-    f.attrs["generator"] = header.generator
-    f.attrs["generator_version"] = header.generator_version
+    f.attrs["name"] = record.name
+    f.attrs["config"] = record.config_text
+    f.attrs["generator"] = record.generator
+    f.attrs["generator_version"] = record.generator_version
     f.attrs["versions"] = json.dumps(library_versions())
-    f.attrs["data"] = json.dumps(header.data)
+    f.attrs["data"] = json.dumps(record.data)
     f.attrs["created"] = utc_now()
-    f.attrs["storage_dtype"] = header.storage_dtype
-    f.attrs["compression"] = header.compression
-    f.attrs["extra"] = json.dumps(header.extra)
+    f.attrs["storage_dtype"] = record.storage_dtype
+    f.attrs["compression"] = record.compression
+    f.attrs["extra"] = json.dumps(record.extra)
     create_card(f)
     g = f.create_group("members")
     n = len(members)
@@ -265,29 +265,26 @@ def write_header(f: h5py.File, header: ZooHeader, members: Sequence[Member]) -> 
     f.create_group("architectures")
     c = f.create_group("checkpoints")
     c.create_dataset("index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE, chunks=(256,))
-    k = len(header.metric_columns)
+    k = len(record.metric_columns)
     # A chunk dimension must be ≥ 1, so a zoo without metrics leaves the width open.
     m = c.create_dataset("metrics", shape=(0, k), maxshape=(None, k or None), dtype="<f8",
                          chunks=(256, max(k, 1)))
-    m.attrs["columns"] = json.dumps(list(header.metric_columns))
-    if header.predictions is not None:
-        shape = tuple(header.predictions["shape"])
+    m.attrs["columns"] = json.dumps(list(record.metric_columns))
+    test = record.test
+    if test.predictions is not None:
+        shape = tuple(test.predictions["shape"])
         p = c.create_dataset("predictions", shape=(0, *shape), maxshape=(None, *shape),
                              dtype="<i4", chunks=(1, *[max(d, 1) for d in shape]))
-        p.attrs["kind"] = header.predictions["kind"]
+        p.attrs["kind"] = test.predictions["kind"]
     d = f.create_group("data")
-    if header.test_labels is not None:
-        d.create_dataset("test_labels", data=np.asarray(header.test_labels))
-    if header.test_ids is not None:
-        d.create_dataset("test_ids", data=np.array(header.test_ids, dtype=object), dtype=STR_DTYPE)
-    for name in ("test_texts", "test_text_pairs"):
-        values = getattr(header, name)
+    if test.labels is not None:
+        d.create_dataset("test_labels", data=np.asarray(test.labels))
+    for name in ("ids", "texts", "text_pairs", "contexts"):
+        values = getattr(test, name)
         if values is not None:
-            d.create_dataset(name, data=np.array(values, dtype=object), dtype=STR_DTYPE)
-    if header.test_contexts is not None:
-        d.create_dataset("test_contexts", data=np.array(header.test_contexts, dtype=object),
-                         dtype=STR_DTYPE)
-    if header.test_answers is not None:
+            d.create_dataset(f"test_{name}", data=np.array(values, dtype=object),
+                             dtype=STR_DTYPE)
+    if test.answers is not None:
         d.create_dataset("test_answers", data=np.array(
-            [json.dumps(a, ensure_ascii=False) for a in header.test_answers], dtype=object),
+            [json.dumps(a, ensure_ascii=False) for a in test.answers], dtype=object),
             dtype=STR_DTYPE)

@@ -25,7 +25,8 @@ import numpy as np
 
 from zooscope.errors import ZooFileError, ZooscopeError
 from zooscope.files import UnsafeFile, read_json_object, remove_leftovers, write_atomic
-from zooscope.store import StoredZoo, ZooHeader, ZooWriter
+from zooscope.record import ZooRecord
+from zooscope.store import StoredZoo, ZooWriter
 from zooscope.stores.h5layout import fingerprint
 from zooscope.zoo import (
     PENDING,
@@ -392,8 +393,8 @@ class PartsZoo(StoredZoo):
     def uncommitted_rows(self) -> int:
         return sum(z.uncommitted_rows() for z in self._parts())
 
-    def header(self) -> ZooHeader:
-        return self._part(0).header()
+    def record(self) -> ZooRecord:
+        return self._part(0).record()
 
     # -- results: kept beside the folder, as beside a zoo file -------------------------------
     def results_notes(self) -> list[str]:
@@ -461,11 +462,11 @@ class PartsWriter(ZooWriter):
     checkpoint listed; ``--resume`` adds a part the kill left out of the index.
     """
 
-    def __init__(self, folder: Path, slot: str | None, header: ZooHeader,
+    def __init__(self, folder: Path, slot: str | None, record: ZooRecord,
                  members: Sequence[Member], max_part_size: int, lock: Any) -> None:
         self.path = folder
         self.slot = slot
-        self.header = header
+        self.record = record
         self.members = list(members)
         self._by_id = {m.id: m for m in self.members}
         self.max_part_size = int(max_part_size)
@@ -496,7 +497,7 @@ class PartsWriter(ZooWriter):
         members = [Member(id=m.id, factors=m.factors, lineage=m.lineage,
                           status=STATUS_LABELS[self._status[m.id]]) for m in self.members]
         position = {key: k for k, key in enumerate(self._archs)}
-        writer = create_zoo(self.path / name, self.header, members, list(self._archs.values()),
+        writer = create_zoo(self.path / name, self.record, members, list(self._archs.values()),
                             {mid: position[key] for mid, key in self._member_arch.items()})
         try:
             register_part(self.path, name, self._index_fields())
@@ -506,7 +507,7 @@ class PartsWriter(ZooWriter):
         self._current, self._current_name, self._written = writer, name, 0
 
     def _index_fields(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.header.name,
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.record.name,
                 "members": [], "max_part_size": self.max_part_size}
 
     def _resume_part(self, name: str) -> None:
@@ -582,7 +583,7 @@ class PartsWriter(ZooWriter):
     def write_checkpoint(self, member: Member, epoch: int, step: int, wall_time: float,
                          state_dict: Mapping[str, Any], metrics: Mapping[str, float],
                          predictions: np.ndarray | None) -> None:
-        width = 2 if self.header.storage_dtype in ("float16", "bfloat16") else 4
+        width = 2 if self.record.storage_dtype in ("float16", "bfloat16") else 4
         incoming = sum(int(np.prod(tuple(t.shape), dtype=np.int64)) * width
                        for t in state_dict.values())
         self._make_room(incoming)
@@ -644,7 +645,7 @@ def _slot_lock(folder: Path, slot: str | None) -> Any:
     return WriterLock(folder / (slot or "zoo"))
 
 
-def create_folder(folder: Path, header: ZooHeader, members: Sequence[Member],
+def create_folder(folder: Path, record: ZooRecord, members: Sequence[Member],
                   slot: str | None, max_part_size: int | None,
                   order: Sequence[Member] | None = None) -> PartsWriter:
     """Start this slot's parts in ``folder`` (made where missing). A one-process run
@@ -668,13 +669,13 @@ def create_folder(folder: Path, header: ZooHeader, members: Sequence[Member],
             unregister_parts(folder, replaced)
             for name in replaced:
                 (folder / name).unlink(missing_ok=True)
-        fields = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": header.name,
+        fields = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": record.name,
                   "members": [m.id for m in (order or members)],
                   "max_part_size": int(max_part_size or DEFAULT_MAX_PART_SIZE)}
         with index_lock(folder):
             if slot is None or not (folder / INDEX).exists():
                 write_index(folder, {**fields, "parts": []})
-        writer = PartsWriter(folder, slot, header, members,
+        writer = PartsWriter(folder, slot, record, members,
                              int(max_part_size or DEFAULT_MAX_PART_SIZE), lock)
         writer._start_part()
         return writer
@@ -709,13 +710,13 @@ def resume_folder(folder: Path, slot: str | None, max_part_size: int | None) -> 
                 clear_write_flags(folder / name)
             with HDF5Zoo(folder / name) as zoo:
                 if k == 0:
-                    header = zoo.header()
+                    record = zoo.record()
                 for m in zoo.members():
                     if m.id not in members or m.status != STATUS_LABELS[PENDING]:
                         members[m.id] = m
                     with contextlib.suppress(ZooscopeError):
                         archs[m.id] = zoo.architecture(m)
-        writer = PartsWriter(folder, slot, header, list(members.values()), limit, lock)
+        writer = PartsWriter(folder, slot, record, list(members.values()), limit, lock)
         for name in names[:-1]:
             register_part(folder, name, writer._index_fields())
         for mid, arch in archs.items():

@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 
 from zooscope.errors import NetworkError, ZooFileError, ZooscopeError
-from zooscope.store import StoredZoo, ZooHeader
+from zooscope.record import TestSet, ZooRecord
+from zooscope.store import StoredZoo
 from zooscope.stores.h5checks import (
     check_backed,
     check_dataset,
@@ -721,8 +722,7 @@ class HDF5Zoo(StoredZoo):
                             shapes=dict(shapes), dtypes=dtypes)
 
     @_reads
-    def header(self) -> ZooHeader:
-        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
+    def record(self) -> ZooRecord:
         self._check_test_data()
         info = self.info
         p = self.f.get("checkpoints/predictions")
@@ -731,17 +731,17 @@ class HDF5Zoo(StoredZoo):
         ids = self.f.get("data/test_ids")
         texts = self.f.get("data/test_texts")
         pairs = self.f.get("data/test_text_pairs")
-        return ZooHeader(
+        return ZooRecord(
             name=info["name"], config_text=self.config_text, generator=info["generator"],
             generator_version=info["generator_version"], metric_columns=list(self.metric_columns),
-            data=info["data"], predictions=preds, test_labels=self.test_labels(),
-            test_ids=None if ids is None else list(ids.asstr()[()]),
-            test_texts=None if texts is None else list(texts.asstr()[()]),
-            test_text_pairs=None if pairs is None else list(pairs.asstr()[()]),
-            test_contexts=self.test_contexts(), test_answers=self.test_answers(),
+            data=info["data"],
+            test=TestSet(predictions=preds, labels=self.test_labels(),
+                         ids=None if ids is None else list(ids.asstr()[()]),
+                         texts=None if texts is None else list(texts.asstr()[()]),
+                         text_pairs=None if pairs is None else list(pairs.asstr()[()]),
+                         contexts=self.test_contexts(), answers=self.test_answers()),
             storage_dtype=info["storage_dtype"], compression=info["compression"],
-            extra=info["extra"],
-        )
+            extra=info["extra"])
 
     def _results(self) -> ResultsStore:
         """The results store beside this zoo, read once per open zoo (none beside a URL)."""

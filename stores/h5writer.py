@@ -20,7 +20,8 @@ import h5py
 import numpy as np
 
 from zooscope.errors import ZooFileError
-from zooscope.store import ZooHeader, ZooWriter
+from zooscope.record import ZooRecord
+from zooscope.store import ZooWriter
 from zooscope.stores.h5checks import check_format, short_reason
 from zooscope.stores.h5layout import (
     CARD,
@@ -433,26 +434,26 @@ def add_architecture(f: h5py.File, arch: Architecture, storage_dtype: str,
     return key
 
 
-def create_zoo(path: Path, header: ZooHeader, members: Sequence[Member],
+def create_zoo(path: Path, record: ZooRecord, members: Sequence[Member],
                architectures: Sequence[Architecture] = (),
                started: Mapping[str, int] | None = None) -> HDF5Writer:
     """Create a zoo file whole: written beside as ``NAME.creating``, then renamed. It
     holds ``architectures`` and, for the members in ``started``, the index of the
     architecture each uses and each member's status, so that a part continuing a zoo
     (``h5parts``) needs no change outside SWMR mode before its first checkpoint."""
-    if header.storage_dtype not in STORAGE_DTYPES:
-        raise ZooFileError(f"unknown storage dtype {header.storage_dtype!r}",
+    if record.storage_dtype not in STORAGE_DTYPES:
+        raise ZooFileError(f"unknown storage dtype {record.storage_dtype!r}",
                            hint=f"choose one of {', '.join(STORAGE_DTYPES)}")
-    if header.compression not in COMPRESSIONS:
-        raise ZooFileError(f"unknown compression {header.compression!r}",
+    if record.compression not in COMPRESSIONS:
+        raise ZooFileError(f"unknown compression {record.compression!r}",
                            hint=f"choose one of {', '.join(COMPRESSIONS)}")
     lock = WriterLock(path)
     try:
         tmp = path.with_name(path.name + ".creating")
         with h5py.File(tmp, "w", libver="latest") as f:
-            write_header(f, header, members)
+            write_header(f, record, members)
             for arch in architectures:
-                add_architecture(f, arch, header.storage_dtype, header.compression)
+                add_architecture(f, arch, record.storage_dtype, record.compression)
             codes = {label: code for code, label in STATUS_LABELS.items()}
             if any(m.status != STATUS_LABELS[PENDING] for m in members):
                 f["members/status"][:] = np.array([codes.get(m.status, PENDING)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zooscope.hookspecs import hookimpl
-from zooscope.store import Store, ZooHeader
+from zooscope.record import ZooRecord
+from zooscope.store import Store
 from zooscope.zoo import Member
 
 if TYPE_CHECKING:
@@ -30,12 +31,12 @@ class HDF5Store(Store):
     name = "hdf5"
     suffixes = (".h5", ".hdf5")
 
-    def create(self, path: Path, header: ZooHeader, members: Sequence[Member], *,
+    def create(self, path: Path, record: ZooRecord, members: Sequence[Member], *,
                slot: str | None = None, max_part_size: int | None = None,
                order: Sequence[Member] | None = None) -> HDF5Writer:
         from zooscope.stores.h5writer import create_zoo
 
-        return create_zoo(path, header, members)
+        return create_zoo(path, record, members)
 
     def resume(self, path: Path, *, slot: str | None = None,
                max_part_size: int | None = None) -> HDF5Writer:
@@ -86,12 +87,12 @@ class HDF5PartsStore(HDF5Store):
     parts = True
     folders = True
 
-    def create(self, path: Path, header: ZooHeader, members: Sequence[Member], *,
+    def create(self, path: Path, record: ZooRecord, members: Sequence[Member], *,
                slot: str | None = None, max_part_size: int | None = None,
                order: Sequence[Member] | None = None) -> PartsWriter:
         from zooscope.stores.h5parts import create_folder
 
-        return create_folder(path, header, members, slot, max_part_size, order)
+        return create_folder(path, record, members, slot, max_part_size, order)
 
     def resume(self, path: Path, *, slot: str | None = None,
                max_part_size: int | None = None) -> PartsWriter:

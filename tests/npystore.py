@@ -26,7 +26,8 @@ import numpy as np
 from zooscope.errors import ZooFileError
 from zooscope.files import write_atomic
 from zooscope.hookspecs import hookimpl
-from zooscope.store import Store, StoredZoo, ZooHeader, ZooWriter
+from zooscope.record import TestSet, ZooRecord
+from zooscope.store import Store, StoredZoo, ZooWriter
 from zooscope.zoo import (
     PENDING,
     RUNNING,
@@ -38,7 +39,7 @@ from zooscope.zoo import (
 )
 
 _CODES = {label: code for code, label in STATUS_LABELS.items()}
-_LISTS = ("test_ids", "test_texts", "test_text_pairs", "test_contexts", "test_answers")
+_LISTS = ("ids", "texts", "text_pairs", "contexts", "answers")
 
 
 def _read(path: Path) -> Any:
@@ -155,23 +156,24 @@ class NpyZoo(StoredZoo):
         return None if labels is None else np.array(labels)
 
     def test_contexts(self) -> list[str] | None:
-        return self._meta["test_contexts"]
+        return self._meta["contexts"]
 
     def test_answers(self) -> list[list[str]] | None:
-        return self._meta["test_answers"]
+        return self._meta["answers"]
 
     def card(self) -> str | None:
         card = self.path / "README.md"
         return card.read_text() if card.is_file() else None
 
-    def header(self) -> ZooHeader:
+    def record(self) -> ZooRecord:
         meta = self._meta
-        return ZooHeader(name=meta["name"], config_text=meta["config"],
+        return ZooRecord(name=meta["name"], config_text=meta["config"],
                          generator=meta["generator"],
                          generator_version=meta["generator_version"],
                          metric_columns=list(self.metric_columns), data=meta["data"],
-                         predictions=meta["predictions"], test_labels=self.test_labels(),
-                         extra=meta["extra"], **{k: meta[k] for k in _LISTS})
+                         test=TestSet(predictions=meta["predictions"], labels=self.test_labels(),
+                                      **{k: meta[k] for k in _LISTS}),
+                         extra=meta["extra"])
 
     def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
         values = self._load(checkpoint.member, checkpoint.epoch, name)
@@ -260,28 +262,28 @@ class NpyStore(Store):
     suffixes = (".npyzoo",)
     folders = True
 
-    def create(self, path: Path, header: ZooHeader, members: Sequence[Member], *,
+    def create(self, path: Path, record: ZooRecord, members: Sequence[Member], *,
                slot: str | None = None, max_part_size: int | None = None,
                order: Sequence[Member] | None = None) -> NpyWriter:
-        if header.storage_dtype != "float32" or header.compression != "none":
+        if record.storage_dtype != "float32" or record.compression != "none":
             raise ZooFileError("the npy store keeps float32 tensors, uncompressed")
         if path.exists():
             shutil.rmtree(path)
         tmp = path.with_name(f".{path.name}.creating")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        meta = {"name": header.name, "config": header.config_text, "generator": header.generator,
-                "generator_version": header.generator_version,
-                "metric_columns": list(header.metric_columns), "data": header.data,
-                "predictions": header.predictions, "extra": header.extra,
+        test = record.test
+        meta = {"name": record.name, "config": record.config_text, "generator": record.generator,
+                "generator_version": record.generator_version,
+                "metric_columns": list(record.metric_columns), "data": record.data,
+                "predictions": test.predictions, "extra": record.extra,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "test_labels": None if header.test_labels is None
-                else np.asarray(header.test_labels).tolist(),
+                "test_labels": None if test.labels is None else np.asarray(test.labels).tolist(),
                 "architectures": 0,
                 "members": [{"id": m.id, "factors": m.factors, "lineage": m.lineage,
                              "status": _CODES.get(m.status, PENDING), "arch": -1}
                             for m in members],
-                **{k: getattr(header, k) for k in _LISTS}}
+                **{k: getattr(test, k) for k in _LISTS}}
         (tmp / "zoo.json").write_text(json.dumps(meta))
         os.replace(tmp, path)
         return NpyWriter(path)

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from zooscope.store import ZooHeader
+from zooscope.record import TestSet, ZooRecord
 from zooscope.zoo import Member
 
 #: Epochs (0 included) each member of the kill test writes.
@@ -24,10 +24,11 @@ def expected_tensor(name: str, member: int, epoch: int, frozen: bool = False) ->
     return rng.standard_normal(SHAPES[name]).astype(np.float32)
 
 
-def make_zoo_header() -> tuple[ZooHeader, list[Member]]:
+def make_zoo_header() -> tuple[ZooRecord, list[Member]]:
     members = [Member.from_factors({"learning_rate": 0.1, "seed": i}) for i in range(6)]
-    header = ZooHeader(name="kill", config_text="", generator="test", generator_version="1",
-                       metric_columns=["test_loss"], predictions={"kind": "class", "shape": [7]})
+    header = ZooRecord(name="kill", config_text="", generator="test", generator_version="1",
+                       metric_columns=["test_loss"],
+                       test=TestSet(predictions={"kind": "class", "shape": [7]}))
     return header, members
 
 

@@ -546,7 +546,7 @@ def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], 
         assert zoo.prediction_kind() == "span"
         gold = zoo.test_answers()
         contexts = zoo.test_contexts()
-        assert len(gold) == len(contexts) == zoo.header().predictions["shape"][0]
+        assert len(gold) == len(contexts) == zoo.record().test.predictions["shape"][0]
         cps = zoo.checkpoints()
         spans = zoo.predictions(cps)
         for c, row, answers in zip(cps, spans, zoo.predicted_answers(cps), strict=True):
@@ -846,11 +846,11 @@ def test_a_sentence_pair_zoo_stores_both_texts_and_reevaluates_from_the_file(
     build_zoo(load_config(write_config(tmp_path, text, "pairs.toml")), out)
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     with zooscope.open_zoo(out) as zoo:
-        header = zoo.header()
+        header = zoo.record().test
         stored = zoo.predictions([zoo.checkpoints()[-1]])[0]
-    picked = [rows[int(i.removeprefix("row-"))] for i in header.test_ids]
-    assert header.test_texts == [r["question"] for r in picked]
-    assert header.test_text_pairs == [r["passage"] for r in picked]
+    picked = [rows[int(i.removeprefix("row-"))] for i in header.ids]
+    assert header.texts == [r["question"] for r in picked]
+    assert header.text_pairs == [r["passage"] for r in picked]
     recomputed, _ = reevaluate_from_docs(out)
     assert recomputed == stored.tolist()
 

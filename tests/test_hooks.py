@@ -15,6 +15,7 @@ from zooscope.analysis import AnalysisResult, Analyzer
 from zooscope.config import parse_config
 from zooscope.data import load_rows
 from zooscope.engine import build_zoo
+from zooscope.record import TestSet
 from zooscope.results import run_analysis
 
 from .conftest import ROOT, TINY_CONFIG
@@ -68,8 +69,8 @@ class Reviews:
                                           ("test", 100, 120))}
                 return TaskData(splits=splits, info={"source": "synthetic:sentiment:120"},
                                 metric_columns=["validation_accuracy", "test_accuracy"],
-                                predictions={"kind": "class", "shape": [20]},
-                                test_labels=labels[100:120].astype(np.int32))
+                                test=TestSet(predictions={"kind": "class", "shape": [20]},
+                                             labels=labels[100:120].astype(np.int32)))
 
             def setup(self, cfg, member, task):  # type: ignore[no-untyped-def]
                 name = str(member.factors["backbone"])

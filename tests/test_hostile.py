@@ -656,7 +656,7 @@ HOSTILE_TEXT = ("evil|cell\nsecond line `code` ```fence <script>alert(1)</script
 def _card_of(tmp_path: Path, name: str, zoo_table: dict[str, str],
              factors: dict[str, object] | None = None) -> tuple[str, Path]:
     from zooscope.card import zoo_card
-    from zooscope.store import ZooHeader
+    from zooscope.record import ZooRecord
     from zooscope.stores.hdf5 import HDF5Store
     from zooscope.zoo import Architecture
 
@@ -665,9 +665,8 @@ def _card_of(tmp_path: Path, name: str, zoo_table: dict[str, str],
     lines = ["[zoo]", 'name = "t"'] + [f"{k} = {json.dumps(v)}" for k, v in zoo_table.items()]
     config = "\n".join(lines) + "\n[grid]\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in (factors or {}).items())
-    header = ZooHeader(name="t", config_text=config, generator="test", generator_version="1",
-                       metric_columns=["test_accuracy"], predictions=None, test_labels=None,
-                       storage_dtype="float32", compression="none")
+    header = ZooRecord(name="t", config_text=config, generator="test", generator_version="1",
+                       metric_columns=["test_accuracy"])
     path = tmp_path / name
     member = Member.from_factors({"seed": 0, **{k: v[0] for k, v in (factors or {}).items()}})
     with HDF5Store().create(path, header, [member]) as w:

@@ -19,7 +19,7 @@ PLUGIN_PACKAGES = ("zooscope.generators", "zooscope.plugins")
 LAYERS: list[tuple[str, ...]] = [
     # foundations: no zooscope imports
     ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic",
-     "zooscope.bootstrap", "zooscope.files", "zooscope.markdown"),
+     "zooscope.bootstrap", "zooscope.files", "zooscope.markdown", "zooscope.record"),
     ("zooscope.environment",),
     ("zooscope.extras",),
     ("zooscope.remote",),

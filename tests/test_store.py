@@ -21,7 +21,7 @@ import torch
 import zooscope
 from zooscope.access import open_stored
 from zooscope.errors import ZooFileError
-from zooscope.store import ZooHeader
+from zooscope.record import TestSet, ZooRecord
 from zooscope.stores.hdf5 import HDF5Store
 from zooscope.zoo import COMPLETE, Architecture, Member
 
@@ -32,10 +32,11 @@ from .storedata import KILL_EPOCHS, SHAPES, expected_tensor, make_zoo_header
 def make_zoo(path: Path, members: int = 3, epochs: int = 2, dtype: str = "float32",
              frozen: bool = False, compression: str = "none") -> list[Member]:
     ms = [Member.from_factors({"learning_rate": 1e-3 * (i + 1), "seed": i}) for i in range(members)]
-    header = ZooHeader(name="t", config_text="[zoo]\nname = 't'\n", generator="test",
+    header = ZooRecord(name="t", config_text="[zoo]\nname = 't'\n", generator="test",
                        generator_version="1", metric_columns=["test_loss", "test_accuracy"],
-                       predictions={"kind": "class", "shape": [7]},
-                       test_labels=np.arange(7) % 2, storage_dtype=dtype, compression=compression)
+                       test=TestSet(predictions={"kind": "class", "shape": [7]},
+                                    labels=np.arange(7) % 2),
+                       storage_dtype=dtype, compression=compression)
     arch = Architecture(key="toy", files={"config.json": b"{}"}, shapes=SHAPES)
     with HDF5Store().create(path, header, ms) as w:
         w.ensure_architecture(arch)
@@ -110,7 +111,7 @@ def test_large_tensor_rows_start_on_page_boundaries(tmp_path: Path) -> None:
     """The writer aligns rows of 64 KiB and more to 4 KiB (whole-page copies into the
     page cache); smaller rows are packed."""
     path = tmp_path / "big.h5"
-    header = ZooHeader(name="t", config_text="", generator="test", generator_version="1",
+    header = ZooRecord(name="t", config_text="", generator="test", generator_version="1",
                        metric_columns=["test_loss"])
     shapes = {"big": (3, 7001), "small": (5,)}  # 84 012 bytes a row, and 20
     m = Member.from_factors({"seed": 0})

@@ -18,7 +18,8 @@ from zooscope.cli import app
 from zooscope.config import parse_config
 from zooscope.engine import build_zoo
 from zooscope.errors import ZooFileError
-from zooscope.store import Store, ZooHeader
+from zooscope.record import TestSet, ZooRecord
+from zooscope.store import Store
 from zooscope.stores.hdf5 import HDF5PartsStore, HDF5Store
 from zooscope.zoo import COMPLETE, INTERRUPTED, Architecture, Member
 from zooscope.zoofile import merge_zoos
@@ -39,11 +40,11 @@ def store(request: pytest.FixtureRequest, register_plugin) -> tuple[Store, str]:
     return STORES[request.param]
 
 
-def header() -> ZooHeader:
-    return ZooHeader(name="t", config_text="[zoo]\nname = 't'\n", generator="test",
+def header() -> ZooRecord:
+    return ZooRecord(name="t", config_text="[zoo]\nname = 't'\n", generator="test",
                      generator_version="1", metric_columns=["test_loss", "test_accuracy"],
-                     predictions={"kind": "class", "shape": [7]},
-                     test_labels=np.arange(7) % 2, test_ids=[f"q{i}" for i in range(7)])
+                     test=TestSet(predictions={"kind": "class", "shape": [7]},
+                                  labels=np.arange(7) % 2, ids=[f"q{i}" for i in range(7)]))
 
 
 ARCH = Architecture(key="toy", files={"config.json": b'{"toy": 1}'}, shapes=SHAPES)
@@ -97,7 +98,8 @@ def test_what_is_written_reads_back_exactly(store: tuple[Store, str], tmp_path: 
         assert zoo.model_files(MEMBERS[0]) == {"config.json": b'{"toy": 1}'}
         assert zoo.architecture(MEMBERS[0]).shapes == SHAPES
         assert zoo.analyses() == []
-        assert zoo.header().test_ids == [f"q{i}" for i in range(7)]
+        assert zoo.record().test.ids == [f"q{i}" for i in range(7)]
+        assert zoo.record().test.predictions == {"kind": "class", "shape": [7]}
     with open_stored(path) as zoo:
         assert zoo.check_structure() == [] and zoo.uncommitted_rows() == 0
         assert all(zoo.check_tensor(c, n) == [] for c in zoo.checkpoints() for n in SHAPES)

@@ -168,19 +168,19 @@ def test_documented_reevaluation_reproduces_stored_predictions(tiny_zoo: Path) -
         member = zoo.members()[1]
         last = zoo.checkpoints(member)[-1]
         stored = zoo.predictions([last])[0]
-        header = zoo.header()
+        header = zoo.record().test
         model, tokenizer = rebuild(zoo, member, last.epoch)
     recomputed, logits = reevaluate_from_docs(tiny_zoo, 1)
     assert recomputed == stored.tolist()
     # The inputs stored are the test split's texts, in the order of the labels.
     rows = synthetic_sentiment(400)
-    assert header.test_texts == [rows[int(i.removeprefix("row-"))][0] for i in header.test_ids]
-    assert header.test_text_pairs is None
+    assert header.texts == [rows[int(i.removeprefix("row-"))][0] for i in header.ids]
+    assert header.text_pairs is None
     np.testing.assert_array_equal(
-        header.test_labels, [rows[int(i.removeprefix("row-"))][1] for i in header.test_ids])
+        header.labels, [rows[int(i.removeprefix("row-"))][1] for i in header.ids])
     # The head the document spells out gives zooscope's own model's logits.
     with torch.no_grad():
-        for text, row in zip(header.test_texts[:8], logits, strict=False):
+        for text, row in zip(header.texts[:8], logits, strict=False):
             enc = tokenizer([text], truncation=True, max_length=32, return_tensors="pt")
             _, own = model(enc["input_ids"], enc["attention_mask"])
             np.testing.assert_allclose(row, own[0].numpy(), rtol=1e-4, atol=1e-5)

@@ -47,7 +47,7 @@ class Evaluator:
         self.task: TaskData = self._task(zoo, info)
 
     def _task(self, zoo: StoredZoo, info: dict[str, Any]) -> TaskData:
-        stored = self.generator.stored_task(self.cfg, zoo.header())
+        stored = self.generator.stored_task(self.cfg, zoo.record())
         if stored is not None:
             return stored
         for key in ("source", "test_source"):

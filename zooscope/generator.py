@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from zooscope.record import TestSet
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from zooscope.config import ConfigKey, ZooConfig
-    from zooscope.store import ZooHeader
+    from zooscope.record import ZooRecord
     from zooscope.zoo import Architecture, Member
 
 
@@ -32,21 +34,15 @@ def example_caps(cfg: ZooConfig) -> dict[str, int]:
 
 @dataclass
 class TaskData:
-    """A zoo's data, loaded and split once: the same examples for every member."""
+    """A zoo's data, loaded and split once: the same examples for every member. Its
+    ``info``, ``metric_columns`` and ``test`` go into the zoo's record whole."""
 
     splits: dict[str, Any]
     #: Recorded in the zoo: source, split sizes and fingerprints.
     info: dict[str, Any]
     metric_columns: list[str]
-    predictions: dict[str, Any] | None = None
-    test_labels: np.ndarray | None = None
-    test_ids: list[str] | None = None
-    #: The test examples' input texts (the questions of a QA task) and, for sentence
-    #: pairs, their second texts: enough to re-evaluate a member from the zoo alone.
-    test_texts: list[str] | None = None
-    test_text_pairs: list[str] | None = None
-    test_contexts: list[str] | None = None
-    test_answers: list[list[str]] | None = None
+    #: The test split as the zoo keeps it (``zooscope.record.TestSet``).
+    test: TestSet = field(default_factory=TestSet)
     cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,8 +116,8 @@ class Generator(ABC):
         without building the models."""
         return None
 
-    def stored_task(self, cfg: ZooConfig, header: ZooHeader) -> TaskData | None:
-        """The test split rebuilt from what the zoo file stores (its test inputs and
-        labels), so ``evaluate_model`` runs without the data files; None where the zoo
-        does not store enough, and the data is loaded with ``prepare`` instead."""
+    def stored_task(self, cfg: ZooConfig, record: ZooRecord) -> TaskData | None:
+        """The test split rebuilt from the zoo's record (its test inputs and labels,
+        ``record.test``), so ``evaluate_model`` runs without the data files; None where the
+        zoo does not keep enough, and the data is loaded with ``prepare`` instead."""
         return None

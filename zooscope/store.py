@@ -1,4 +1,4 @@
-"""What a store is: the interface the engine writes through, the header it records, and
+"""What a store is: the interface the engine writes through, the record it keeps, and
 the upkeep (integrity checks, merging) a store offers beyond the reader interface.
 
 The built-in implementation is ``zooscope.stores.hdf5``; this module holds no I/O.
@@ -10,50 +10,24 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zooscope.errors import ZooFileError
+from zooscope.record import ZooRecord
 from zooscope.zoo import Architecture, Checkpoint, Member, Zoo
 
 if TYPE_CHECKING:
     import numpy as np
 
 
-@dataclass
-class ZooHeader:
-    """Everything zoo-level a store records when it creates a zoo."""
-
-    name: str
-    config_text: str
-    generator: str
-    generator_version: str
-    metric_columns: list[str]
-    data: dict[str, Any] = field(default_factory=dict)
-    #: ``{"kind": "class", "shape": [n_test]}`` or ``{"kind": "span", "shape": [n_test, 2]}``.
-    predictions: dict[str, Any] | None = None
-    test_labels: np.ndarray | None = None
-    test_ids: list[str] | None = None
-    #: The test inputs as the model reads them (first and, for pairs, second texts).
-    test_texts: list[str] | None = None
-    test_text_pairs: list[str] | None = None
-    #: Extractive QA: each test question's context and gold answers, so that stored
-    #: character spans turn back into answer text without the data set.
-    test_contexts: list[str] | None = None
-    test_answers: list[list[str]] | None = None
-    storage_dtype: str = "float32"
-    compression: str = "none"
-    extra: dict[str, Any] = field(default_factory=dict)
+#: The name stores were written against before the record had its own module.
+ZooHeader = ZooRecord
 
 
 class StoredZoo(Zoo):
     """A zoo as its store opened it: the reader interface plus what upkeep needs
     (merging shards, ``zoo validate``). Readers use ``Zoo``; ``Store.open`` returns this."""
-
-    @abstractmethod
-    def header(self) -> ZooHeader:
-        """The zoo-level record, to create a zoo of the same kind (merging shards)."""
 
     @abstractmethod
     def check_tensor(self, checkpoint: Checkpoint, name: str) -> list[str]:
@@ -156,7 +130,7 @@ class Store(ABC):
     folders: bool = False
 
     @abstractmethod
-    def create(self, path: Path, header: ZooHeader, members: Sequence[Member], *,
+    def create(self, path: Path, record: ZooRecord, members: Sequence[Member], *,
                slot: str | None = None, max_part_size: int | None = None,
                order: Sequence[Member] | None = None) -> ZooWriter:
         """Create a new zoo (the caller has checked it may overwrite). A store with

@@ -19,6 +19,8 @@ from zooscope.errors import ZooFileError
 if TYPE_CHECKING:
     import numpy as np
 
+    from zooscope.record import ZooRecord
+
 #: Member status codes as stored in the zoo file.
 PENDING, RUNNING, COMPLETE, FAILED, INTERRUPTED = 0, 1, 2, 3, 4
 STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed",
@@ -136,6 +138,12 @@ class Zoo(ABC):
     @abstractmethod
     def config_text(self) -> str:
         """The zoo config, verbatim as it was given to ``generate``."""
+
+    @abstractmethod
+    def record(self) -> ZooRecord:
+        """The zoo's record (``zooscope.record``) as its store was given it: to create a
+        zoo of the same kind (merging, splitting) and to re-evaluate members from the
+        zoo alone (``Generator.stored_task``)."""
 
     def card(self) -> str | None:
         """The zoo card stored at generation (Markdown), or None for zoos without one."""

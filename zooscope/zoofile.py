@@ -20,7 +20,8 @@ from zooscope.access import open_stored, open_zoo, store_for
 from zooscope.errors import ZooFileError
 from zooscope.extras import require
 from zooscope.files import sync_folder
-from zooscope.store import ZooHeader, memory_budget
+from zooscope.record import ZooRecord
+from zooscope.store import memory_budget
 from zooscope.zoo import COMPLETE, RUNNING, STATUS_LABELS, Architecture, Member, check_safe_name
 
 _STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
@@ -158,7 +159,11 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
     """
     if not parts:
         raise ZooFileError("nothing to merge: give at least one shard")
-    store = store_for(out)
+    try:
+        store = store_for(out)
+    except ZooFileError:
+        check_output_path(out)  # a folder or an impossible place is named first
+        raise
     check_output_path(out, directory=store.folders)
     zoos = [open_stored(p) for p in parts]
     try:
@@ -177,7 +182,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         raise ZooFileError(f"member {m.id} has checkpoints in both {owner[m.id]} "
                                            f"and {p}", hint="shards must not overlap")
                     owner[m.id] = p
-        header: ZooHeader = first.header()
+        record = first.record()
         tmp = store.temporary(out)
         if store.being_written(tmp):
             raise ZooFileError(f"another merge into {out} is running",
@@ -185,7 +190,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
         # What a killed merge left: its half-written zoo and its lock file.
         store.remove_new(tmp)
         copied = 0
-        writer = store.create(tmp, header, list(members.values()), max_part_size=max_part_size)
+        writer = store.create(tmp, record, list(members.values()), max_part_size=max_part_size)
         try:
             with writer:
                 for z in zoos:
@@ -196,7 +201,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                         arch = z.architecture(m)
                         writer.ensure_architecture(arch)
                         writer.start_member(m, arch)  # type: ignore[arg-type]
-                        preds = z.predictions(cps) if header.predictions else None
+                        preds = z.predictions(cps) if record.test.predictions else None
                         for k, c in enumerate(cps):
                             row = None if preds is None else preds[k]
                             # Stored chunks are copied as they are where the stores allow;
@@ -463,12 +468,12 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
         members = [Member.from_factors({"source": str(d), "seed": 0}) for d in dirs]
     config_text = "# imported from Hugging Face model directories\n" + "".join(
         f"# {d}\n" for d in dirs)
-    header = ZooHeader(name=out.stem, config_text=config_text, generator="import",
+    record = ZooRecord(name=out.stem, config_text=config_text, generator="import",
                        generator_version="1", metric_columns=[], data={
                            "source": [str(d) for d in dirs]})
     store = store_for(out)
     count = 0
-    with store.create(out, header, members) as writer:
+    with store.create(out, record, members) as writer:
         for k, (d, model, tok, head) in enumerate(loaded):
             member = members[0] if as_epochs else members[k]
             state = model.state_dict()

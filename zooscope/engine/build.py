@@ -42,7 +42,8 @@ from zooscope.generator import Generator, TaskData
 from zooscope.lineage import expand_parents, verify_parents
 from zooscope.progress import Reporter
 from zooscope.progress import current as current_reporter
-from zooscope.store import Store, ZooHeader, ZooWriter
+from zooscope.record import ZooRecord
+from zooscope.store import Store, ZooWriter
 from zooscope.zoo import COMPLETE, FAILED, INTERRUPTED, STATUS_LABELS, Member
 
 
@@ -158,23 +159,18 @@ def backbone_parameters(cfg: ZooConfig, name: str) -> int | None:
         return None
 
 
-def _header(cfg: ZooConfig, generator: Generator, task: TaskData,
-            accelerator: Any = None) -> ZooHeader:
+def _record(cfg: ZooConfig, generator: Generator, task: TaskData,
+            accelerator: Any = None) -> ZooRecord:
     extra: dict[str, Any] = {}
     if cfg.raw.get("train", {}).get("batch_size") == "auto":
         extra[AUTO_BATCH_KEY] = int(cfg.train["batch_size"])
     if cfg.train["mixed_precision"] == "auto" and accelerator is not None:
         extra["mixed_precision"] = str(accelerator.mixed_precision)
-    return ZooHeader(
+    return ZooRecord(
         name=cfg.name, config_text=cfg.text, generator=generator.name,
         generator_version=generator.version, metric_columns=task.metric_columns,
-        data=task.info, predictions=task.predictions, test_labels=task.test_labels,
-        test_ids=task.test_ids, test_texts=task.test_texts,
-        test_text_pairs=task.test_text_pairs, test_contexts=task.test_contexts,
-        test_answers=task.test_answers, storage_dtype=cfg.store["dtype"],
-        compression=cfg.store["compression"],
-        extra=extra,
-    )
+        data=task.info, test=task.test, storage_dtype=cfg.store["dtype"],
+        compression=cfg.store["compression"], extra=extra)
 
 
 def _distributed_state() -> Any:
@@ -343,7 +339,7 @@ def _build_into(cfg: ZooConfig, generator: Generator, task: TaskData, store: Sto
         else:
             discard.state_existed = resume_state.dir.exists()
             discard.lock_existed = store.side_paths(path, slot)[0].exists()
-            writer = store.create(path, _header(cfg, generator, task, accelerator), members,
+            writer = store.create(path, _record(cfg, generator, task, accelerator), members,
                                   slot=slot, max_part_size=cfg.max_part_size,
                                   order=every or members)
             discard.created = True
