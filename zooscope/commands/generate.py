@@ -178,8 +178,10 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
             trained_epochs += cfg.epochs_of(m)
         rows.append(row)
     all_epochs = sum(cfg.epochs_of(m) for m in members)
+    parts = None if size is None else -(-size // cfg.max_part_size)
     if json_:
         print_json({"members": rows, "checkpoints": checkpoints, "estimated_bytes": size,
+                    "max_part_size": cfg.max_part_size, "estimated_parts": parts,
                     "epochs_trained": trained_epochs, "epochs_recorded": all_epochs})
         return
     # Rendering a table costs about 5 ms a row: a large grid shows its first rows.
@@ -200,6 +202,10 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     if size is not None:
         console.print(f"estimated size on disk: {size / 2**20:,.1f} MiB "
                       f"({cfg.store['dtype']}, identical tensors stored once)")
+        if parts is not None and parts > 1:
+            hub = "; the Hugging Face Hub takes at most 50 GB a file" if size > 50e9 else ""
+            print_prose(f"that is more than [zoo] max_part_size ({cfg.max_part_size:,} bytes): "
+                        f"--out {cfg.name}.zoo writes it as about {parts} parts{hub}")
     elif offline:
         console.print("estimated size on disk: unknown while the hub is offline")
     else:

@@ -56,6 +56,9 @@ def info(zoo: ZooPath, json_: JsonOption = False) -> None:
         for m in z.members():
             data["status"][m.status] = data["status"].get(m.status, 0) + 1
         data["analyses"] = [f"{a['name']}/{a['key']}" for a in z.analyses()]
+        parts = z.parts()
+        if parts is not None:  # a folder of parts: how many files it is
+            data["parts"] = len(parts)
         data["config"] = z.config_text
     if json_:
         print_json(data)
