@@ -157,11 +157,13 @@ class PartsZoo(StoredZoo):
     only the parts that hold the checkpoints asked for."""
 
     def __init__(self, path: Path | str, index: Mapping[str, Any],
-                 opener: Callable[[str], Any]) -> None:
+                 opener: Callable[[str], Any],
+                 card: Callable[[], str | None] | None = None) -> None:
         self.path = path  # type: ignore[assignment]
         self._names: list[str] = list(index["parts"])
         self._order = {m: k for k, m in enumerate(index["members"])}
         self._opener = opener
+        self._card_reader = card
         self._open: dict[int, Any] = {}
         if not self._names:
             raise ZooFileError(f"{path} holds no parts yet",
@@ -258,6 +260,8 @@ class PartsZoo(StoredZoo):
         return self._part(len(self._names) - 1).card()
 
     def _folder_card(self) -> str | None:
+        if self._card_reader is not None:
+            return self._card_reader()
         if not isinstance(self.path, Path):
             return None
         path = self.path / CARD
@@ -448,7 +452,20 @@ def open_folder_url(url: str, timeout: float | None) -> PartsZoo:
     if not isinstance(data, dict):
         raise ZooFileError(f"{base}/{INDEX} is not a zoo index")
     index = parse_index(data, f"{base}/{INDEX}")
-    return PartsZoo(base, index, lambda name: open_remote(f"{base}/{name}", timeout))
+
+    def card() -> str | None:
+        try:
+            raw = read_bytes(f"{base}/{CARD}", timeout, limit=16 << 20)
+        except ZooFileError as exc:
+            if exc.message.startswith("no zoo file at"):
+                return None  # a folder served without its card
+            raise
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise ZooFileError(f"{base}/{CARD} is not UTF-8 text") from None
+
+    return PartsZoo(base, index, lambda name: open_remote(f"{base}/{name}", timeout), card)
 
 
 # -- writing ----------------------------------------------------------------------------------

@@ -310,5 +310,6 @@ def test_a_folder_at_a_url_fetches_only_the_parts_it_reads(twin_zoos: tuple[Path
             # Opening read the index and the first part's header, not every part.
             assert after_open < (parts / "part00000.h5").stat().st_size
             assert zoo.checkpoints() == local.checkpoints()  # the same zoo, as served
+            assert zoo.card() == local.card() == (parts / "README.md").read_text()
             name = local.tensor_names()[-1]
             assert np.array_equal(zoo.tensor(name), local.tensor(name))
