@@ -234,3 +234,21 @@ def test_a_dry_run_says_why_it_gives_no_size(tmp_path: Path) -> None:
         "estimated size on disk: unknown; the mlm generator gives no estimate before its "
         "models are built")
     assert all(ln == ln.rstrip() for ln in done.stdout.splitlines()[-2:])
+
+
+def test_an_offline_dry_run_names_no_id_it_cannot_know() -> None:
+    """Ids cover the data's fingerprint; the members a shorter run takes its checkpoints
+    from are named by what they are, not by an id computed without it."""
+    from .conftest import ROOT
+
+    config = str(ROOT / "zoos" / "boolq.toml")
+    env = {**NARROW, "HF_HUB_OFFLINE": "1"}
+    shown = run_cli("generate", config, "--dry-run", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert not re.search(r"\bm[0-9a-f]{11}\b", shown.stdout), shown.stdout
+    assert "its 9-epoch run" in shown.stdout
+    plan = json.loads(run_cli("generate", config, "--dry-run", "--json", env=env).stdout)
+    shared = [r for r in plan["members"] if "checkpoints_from" in r]
+    assert shared and all(r["checkpoints_from"] is None and r["id"] is None for r in shared)
+    shard = run_cli("generate", config, "--dry-run", "--shard", "1/3", env=env)
+    assert shard.returncode == 0 and not re.search(r"\bm[0-9a-f]{11}\b", shard.stdout)

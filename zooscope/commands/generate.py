@@ -162,7 +162,7 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
         members = mine
     checkpoints = sum(cfg.epochs_of(m) + 1 for m in members)
     size = generator.estimate_bytes(cfg, members)
-    ids = {m.id for m in members}
+    ids = {m.id: m for m in members}
     order = cfg.factor_names
     rows = []
     trained_epochs = 0
@@ -172,7 +172,13 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
                "epochs": cfg.epochs_of(m)}
         if not with_ids and not json_:
             del row["id"]
-        if source:
+        if source and not with_ids:
+            # The ids are left out (they cover what is unknown yet): so is the source's,
+            # which is named by what it is instead.
+            row["checkpoints_from"] = (None if json_ else
+                                       f"its {cfg.epochs_of(ids[source])}-epoch run"
+                                       if source in ids else "")
+        elif source:
             row["checkpoints_from"] = source if source in ids else ""
         if source not in ids:
             trained_epochs += cfg.epochs_of(m)
