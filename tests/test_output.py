@@ -33,8 +33,10 @@ def test_zoo_ls_at_80_columns_keeps_ids_and_words_whole(tiny_zoo: Path) -> None:
     # learning_rate abbreviates rather than breaking, and the caption says so.
     assert "lr = learning_rate" in " ".join(result.stdout.split())
     assert not re.search(r"learning_r\s", result.stdout)
-    # A column that does not fit is left out with a pointer to --json.
-    assert "--json shows everything" in " ".join(result.stdout.split())
+    # The column that does not fit holds one value, which the caption gives once;
+    # the test metrics stay.
+    assert "every row has backbone = scratch" in " ".join(result.stdout.split())
+    assert "test_acc" in result.stdout and "left out" not in result.stdout
 
 
 def test_plugins_all_at_80_columns_shows_whole_names_and_packages() -> None:
@@ -252,3 +254,24 @@ def test_an_offline_dry_run_names_no_id_it_cannot_know() -> None:
     assert shared and all(r["checkpoints_from"] is None and r["id"] is None for r in shared)
     shard = run_cli("generate", config, "--dry-run", "--shard", "1/3", env=env)
     assert shard.returncode == 0 and not re.search(r"\bm[0-9a-f]{11}\b", shard.stdout)
+
+
+def test_a_narrow_table_leaves_out_what_is_the_same_in_every_row_first() -> None:
+    from rich.console import Console
+
+    from zooscope.commands.common import rich_table
+
+    rows = [{"id": f"m{i:011x}", "backbone": "sentence-transformers/all-MiniLM-L6-v2",
+             "status": "complete", "seed": i % 3, "epochs": "0-3",
+             "test_accuracy": 0.5 + i / 100} for i in range(6)]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(rich_table(rows, title="zoo", width=80))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "id" in line and "seed" in line)
+    # The wide constant goes first, and only as many as needed: status fits again.
+    assert "test_acc" in header and "epochs" in header and "status" in header
+    assert "backbone" not in header
+    assert "every row has backbone = sentence-transformers/all-MiniLM-L6-v2" in \
+        " ".join(text.split())
+    assert "left out" not in text
+    assert all(len(line) <= 80 and line == line.rstrip() for line in text.splitlines())

@@ -165,7 +165,8 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
 
     Identifiers, numbers and names never wrap and words never break; a column of
     prose wraps between words. Where that does not fit, long headers are abbreviated
-    (the caption says how), then columns are left out from the right, and the caption
+    (the caption says how), then columns whose value is the same in every row are left
+    out (the caption gives the value once), then columns from the right, and the caption
     points at ``--json``, which has everything.
     """
     width = width or console.width
@@ -186,12 +187,22 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None,
     headers = {c: c for c in cols}
     if total(headers) > width:
         headers = {c: _abbreviate(c) for c in cols}
+    same: list[str] = []
+    if len(rows) > 1:
+        for c in cols[1:]:  # the first column names the rows
+            if total(headers) <= width:
+                break
+            if len(set(cells[c])) == 1:
+                same.append(f"{c} = {cells[c][0]}")
+                del headers[c]
     dropped: list[str] = []
     while len(headers) > 1 and total(headers) > width:
         last = list(headers)[-1]
         dropped.insert(0, last)
         del headers[last]
     notes = [", ".join(f"{h} = {c}" for c, h in headers.items() if h != c)]
+    if same:
+        notes.append(f"every row has {', '.join(same)}")
     if dropped:
         notes.append(f"{len(dropped)} column(s) left out to fit {width} columns "
                      f"({', '.join(dropped)}); --json shows everything")
