@@ -275,3 +275,20 @@ def test_a_narrow_table_leaves_out_what_is_the_same_in_every_row_first() -> None
         " ".join(text.split())
     assert "left out" not in text
     assert all(len(line) <= 80 and line == line.rstrip() for line in text.splitlines())
+
+
+def test_a_hub_backbone_with_the_hub_out_of_reach_is_one_error(tmp_path: Path) -> None:
+    """No answer from the hub: the cache is read at once, with no retries printed."""
+    from .conftest import TINY_CONFIG, write_config
+
+    config = write_config(tmp_path, TINY_CONFIG.replace('backbone = "scratch"',
+                                                        'backbone = "bert-base-uncasd"'))
+    env = {**NARROW, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf")}
+    done = run_cli("generate", str(config), "--out", str(tmp_path / "z.h5"), env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: cannot load the backbone 'bert-base-uncasd': it is not in the local Hugging "
+        "Face cache, and the hub is offline (127.0.0.1 does not answer)",
+        "hint: use a local Hugging Face model directory, or a hub id on a machine with access"]
+    assert not (tmp_path / "z.h5").exists()

@@ -114,6 +114,35 @@ def slurm_shard() -> tuple[int, int] | None:
     return index, count
 
 
+_HUB_ANSWERED: dict[tuple[str, int], bool] = {}
+
+
+def hub_offline(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (HF_HUB_OFFLINE, or no answer to one
+    connection, asked once per process), else None. Offline, HF_HUB_OFFLINE is set for
+    this process, so transformers reads its cache at once instead of retrying every
+    download for ~20 s per file."""
+    import socket
+    import sys
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    _, host, port = endpoint("HF_ENDPOINT", "https://huggingface.co")
+    if (host, port) not in _HUB_ANSWERED:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _HUB_ANSWERED[(host, port)] = True
+        except OSError:
+            _HUB_ANSWERED[(host, port)] = False
+    if _HUB_ANSWERED[(host, port)]:
+        return None
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read the variable before we set it
+        constants.HF_HUB_OFFLINE = True
+    return f"{host} does not answer"
+
+
 def check_environment() -> None:
     """Every zooscope setting in the environment, and those of libraries that fail
     obscurely on a bad value (``HF_ENDPOINT``), checked before a command does anything."""
@@ -126,4 +155,4 @@ def check_environment() -> None:
 
 __all__ = ["MAX_SHARDS", "NETWORK_TIMEOUT", "NETWORK_TIMEOUT_VARIABLE", "RESULTS_WAIT",
            "check_environment", "endpoint", "env_seconds", "network_timeout_setting",
-           "results_wait", "slurm_shard", "world_size"]
+           "results_wait", "slurm_shard", "world_size", "hub_offline"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from zooscope.environment import hub_offline
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import hub_revision
 
@@ -210,6 +211,9 @@ def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tupl
     hf_logging.disable_progress_bar()
     source, at = hub_revision(name_or_path)
     pinned: dict[str, Any] = {"revision": at} if at else {}
+    # A hub id with the hub out of reach is read from the cache at once: asking the
+    # hub would retry each file for ~20 s and print every retry.
+    offline = None if Path(source).expanduser().exists() else hub_offline()
     try:
         config = AutoConfig.from_pretrained(source, **pinned)
         set_dropout(config, dropout)
@@ -231,6 +235,8 @@ def load_backbone(name_or_path: str, dropout: float, kind: str = "base") -> tupl
         tokenizer = AutoTokenizer.from_pretrained(source, **pinned)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if offline:
+            first = f"it is not in the local Hugging Face cache, and the hub is offline ({offline})"
         raise ConfigError(
             f"cannot load the backbone {name_or_path!r}: {first}",
             hint="use a local Hugging Face model directory, or a hub id on a machine with access",

@@ -120,6 +120,7 @@ def generate(
 def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     from zooscope import registry
     from zooscope.engine import member_costs, member_list, shard_members
+    from zooscope.environment import hub_offline
     from zooscope.errors import DataError
     from zooscope.lineage import expand_parents
 
@@ -130,7 +131,7 @@ def _dry_run(cfg, shard, json_: bool) -> None:  # type: ignore[no-untyped-def]
     # Asked first: offline, the data below is looked up in the cache without retries.
     source = str(cfg.data.get("source", ""))
     hub_data = not source.startswith("synthetic:") and _is_hub_id(cfg, source)
-    offline = _hub_offline() if hub or hub_data else None
+    offline = hub_offline() if hub or hub_data else None
     if offline and hub:
         err_console.print(f"note: the Hugging Face hub is offline ({offline}); the size "
                           f"estimate leaves out {', '.join(hub)} unless cached", soft_wrap=True)
@@ -223,31 +224,6 @@ def _is_hub_id(cfg, name: str) -> bool:  # type: ignore[no-untyped-def]
     if name == "scratch" or name.startswith(("zoo://", "package:")):
         return False
     return not Path(cfg.resolve(name)).exists()
-
-
-def _hub_offline(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached (HF_HUB_OFFLINE, or no answer to one connection),
-    else None. Offline, HF_HUB_OFFLINE is set for this process, so transformers reads
-    its cache at once instead of retrying every download for ~20 s per backbone."""
-    import os
-    import socket
-
-    from zooscope.environment import endpoint
-
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return "HF_HUB_OFFLINE is set"
-    _, host, port = endpoint("HF_ENDPOINT", "https://huggingface.co")
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return None
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        import sys
-
-        constants = sys.modules.get("huggingface_hub.constants")
-        if constants is not None:  # already imported: it read the variable before we set it
-            constants.HF_HUB_OFFLINE = True
-        return f"{host} does not answer"
 
 
 #: The overfit check: this many training examples, this many epochs (of one step per example).
