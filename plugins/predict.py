@@ -106,11 +106,13 @@ class Predict(Analyzer):
         if options["folds"] < 2:
             raise ConfigError(f"option folds = {options['folds']}: cross-validation needs at "
                               "least 2 folds")
-        source = selection.inputs.get("weightstats")
-        if source is None:
-            raise ZooscopeError("predict needs the weightstats result in the zoo",
-                                hint="run `zooscope analyze ZOO --plugin weightstats` first")
-        stats = zoo.analysis_tables("weightstats", source["key"])["stats"]
+        tables = selection.input_tables(zoo, "weightstats")
+        if tables is None:
+            raise ZooscopeError("predict needs the weightstats result of the zoo",
+                                hint="run `zooscope analyze ZOO --plugin weightstats` first; from "
+                                     "Python, zooscope.analyze(zoo, \"predict\", inputs={"
+                                     "\"weightstats\": zooscope.analyze(zoo, \"weightstats\")})")
+        stats = tables["stats"]
         wanted = {m.id for m in selection.members}
         keys, x, names = feature_matrix(stats)
         by_key = {(c.member, c.epoch): c for c in zoo.checkpoints(selection.members,

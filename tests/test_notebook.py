@@ -107,3 +107,34 @@ def test_analyze_reports_bad_options_and_selections(tiny_zoo: Path) -> None:
         zooscope.analyze(tiny_zoo, "agreement", members={"seed": 7})
     with pytest.raises(ConfigError, match="no member 'mnothere'"):
         zooscope.analyze(tiny_zoo, "agreement", members=["mnothere"])
+
+
+def test_an_analysis_that_reads_another_runs_from_python(tiny_zoo: Path,
+                                                         tmp_path: Path) -> None:
+    """predict reads weightstats: from Python, a result computed in the same process
+    feeds it, with nothing stored, and it equals the command line's stored route."""
+    zoo_path = tmp_path / "tiny.h5"
+    shutil.copy(tiny_zoo, zoo_path)
+    with pytest.raises(zooscope.ZooscopeError, match="predict needs the weightstats result") as e:
+        zooscope.analyze(zoo_path, "predict")
+    assert 'inputs={"weightstats": zooscope.analyze(zoo, "weightstats")}' in e.value.hint
+    stats = zooscope.analyze(zoo_path, "weightstats")
+    result = zooscope.analyze(zoo_path, "predict", inputs={"weightstats": stats})
+    assert not (tmp_path / "tiny_analysis").exists()  # nothing was written
+    for args in (["--plugin", "weightstats"], ["--plugin", "predict", "--out",
+                                                str(tmp_path / "cli")]):
+        done = run_cli("analyze", str(zoo_path), *args)
+        assert done.returncode == 0, done.stderr
+    for name, frame in result.tables.items():
+        with open(tmp_path / "cli" / f"{name}.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(frame) == len(rows) > 0
+        for column in frame.columns:
+            got = [str(v) for v in frame[column]]
+            if frame[column].dtype.kind == "f":
+                np.testing.assert_allclose(frame[column].to_numpy(),
+                                           [float(r[column]) for r in rows], rtol=1e-9)
+            else:
+                assert got == [r[column] for r in rows], column
+    with pytest.raises(zooscope.ConfigError, match="agreement reads no result of weightstats"):
+        zooscope.analyze(zoo_path, "agreement", inputs={"weightstats": stats})

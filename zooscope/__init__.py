@@ -46,12 +46,13 @@ def open_zoo(path: Any, *, timeout: float | None = None) -> Zoo:
 
 
 def analyze(zoo: Any, analyzer: Any, members: Any = None, epochs: Any = None,
-            **options: Any) -> Any:
+            inputs: Any = None, **options: Any) -> Any:
     """Run an analyzer and return its tables as DataFrames and its figures, writing
-    nothing. See :func:`zooscope.notebook.analyze`."""
+    nothing; ``inputs`` feeds it results computed in this process. See
+    :func:`zooscope.notebook.analyze`."""
     from zooscope.notebook import analyze as _analyze
 
-    return _analyze(zoo, analyzer, members, epochs, **options)
+    return _analyze(zoo, analyzer, members, epochs, inputs, **options)
 
 
 def load_model(source: Any, member: str | None = None, epoch: int | None = None) -> Any:

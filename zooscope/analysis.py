@@ -12,10 +12,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.zoo import Checkpoint, Member, Zoo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -168,12 +171,24 @@ class Selection:
 
     members: list[Member]
     epochs: list[int] | None  # None: every epoch each member has
-    #: The stored results an analyzer declared in ``inputs``, by analyzer name, as the
-    #: cache keyed on them: ``{"name", "key", "digest"}`` (see ``resolve_inputs``).
-    inputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The results an analyzer declared in ``inputs``, by analyzer name, as the cache
+    #: keyed on them: ``{"name", "key", "digest"}`` (see ``resolve_inputs``). A result
+    #: computed in this Python process (``zooscope.analyze(..., inputs=)``) also holds
+    #: its ``tables``.
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def checkpoints(self, zoo: Zoo) -> list[Checkpoint]:
         return zoo.checkpoints(self.members, self.epochs)
+
+    def input_tables(self, zoo: Zoo, name: str) -> dict[str, dict[str, np.ndarray]] | None:
+        """The tables of the input result ``name``: held in memory, or read from the zoo's
+        stored results; None where there is none."""
+        source = self.inputs.get(name)
+        if source is None:
+            return None
+        if "tables" in source:
+            return source["tables"]
+        return zoo.analysis_tables(name, source["key"])
 
 
 @dataclass

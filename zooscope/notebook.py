@@ -104,11 +104,15 @@ def _epochs(epochs: Any) -> list[int] | None:
 
 
 def analyze(zoo: Zoo | str | Path, analyzer: str | Analyzer, members: Any = None,
-            epochs: Any = None, **options: Any) -> Analysis:
+            epochs: Any = None, inputs: Mapping[str, Analysis] | None = None,
+            **options: Any) -> Analysis:
     """Run an analyzer on a zoo (open or a path/URL) and return its result in memory.
 
     ``members``: ids, ``Member`` objects, a dict of factor values (``{"seed": 0}``) or the
     CLI's text (``"learning_rate=1e-3,seed=0"``); ``epochs``: an int, a list, or text.
+    ``inputs``: for an analyzer that reads another's result (``predict`` reads
+    ``weightstats``), that result computed in this process, by analyzer name; without
+    it, the zoo's stored result is used.
     Options are the analyzer's (``zooscope plugins --all`` lists them), as Python values.
     """
     import pandas as pd
@@ -121,6 +125,18 @@ def analyze(zoo: Zoo | str | Path, analyzer: str | Analyzer, members: Any = None
     try:
         selection = Selection(members=_members(opened, members), epochs=_epochs(epochs))
         selection.inputs = resolve_inputs(opened, analyzer)
+        for name, given in (inputs or {}).items():
+            if name not in analyzer.inputs:
+                raise ConfigError(f"inputs={{{name!r}: ...}}: {analyzer.name} reads no result "
+                                  f"of {name}", hint=f"it reads: {', '.join(analyzer.inputs)}"
+                                  if analyzer.inputs else "it reads no other result")
+            if not isinstance(given, Analysis) or given.name != name:
+                raise ConfigError(f"inputs[{name!r}] must be the Analysis that "
+                                  f"zooscope.analyze(zoo, {name!r}) returned")
+            selection.inputs[name] = {
+                "name": name, "key": "in-memory", "digest": "in-memory",
+                "tables": {t: {c: frame[c].to_numpy() for c in frame.columns}
+                           for t, frame in given.tables.items()}}
         out = run_analyzer(analyzer, opened, parsed, selection,
                            "check members= and epochs= against zoo.members_frame()")
     finally:
