@@ -102,4 +102,4 @@ def test_a_zoo_from_a_file_equals_the_same_rows_in_memory(tmp_path: Path) -> Non
         sa, sb = a.state_dict(last_a.member, last_a.epoch), b.state_dict(last_b.member, last_b.epoch)
         for key, value in sa.items():
             np.testing.assert_array_equal(value.numpy(), sb[key].numpy())
-        assert a.header().test_texts == b.header().test_texts
+        assert a.record().test.texts == b.record().test.texts

@@ -23,7 +23,7 @@ def _stored_test_inputs(tiny_zoo: Path, zoo: zooscope.zoo.Zoo) -> list[str]:
 
     cfg = load_config(write_config(tiny_zoo.parent))
     texts, _, _ = load_rows(cfg.data["source"], None, "label")
-    return [texts[int(i.removeprefix("row-"))] for i in zoo.header().test_ids]
+    return [texts[int(i.removeprefix("row-"))] for i in zoo.record().test.ids]
 
 
 def _predict(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> np.ndarray:

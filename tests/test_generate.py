@@ -77,7 +77,7 @@ def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: 
         c = zoo.checkpoints()[-1]
         model, tokenizer = rebuild(zoo, c.member, c.epoch)
         texts, _, _ = load_rows(cfg.data["source"], None, "label")
-        ids = [int(i.removeprefix("row-")) for i in zoo.header().test_ids]
+        ids = [int(i.removeprefix("row-")) for i in zoo.record().test.ids]
         enc = tokenizer([texts[i] for i in ids], truncation=True, max_length=32)["input_ids"]
         with torch.no_grad():
             batch = collate({"input_ids": enc}, list(range(len(enc))), tokenizer.pad_token_id)

@@ -576,7 +576,7 @@ def test_squad_example_caps_cut_each_split(tmp_path: Path) -> None:
     for split in ("train", "validation", "test"):  # the first questions of each split are kept
         n = cut.info["sizes"][split]
         assert [r["id"] for r in cut.splits[split]] == [r["id"] for r in full.splits[split][:n]]
-    assert cut.test_ids == [r["id"] for r in full.splits["test"][:2]]
+    assert cut.test.ids == [r["id"] for r in full.splits["test"][:2]]
 
 
 def test_agreement_on_answers_matches_pairwise_scores(tmp_path: Path,
