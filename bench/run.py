@@ -1,6 +1,6 @@
 """Run every benchmark; each prints figures and ratios against a baseline measured in the same run.
 
-Usage: python bench/run.py [cli|store|training|processes|analyzers|data|remote|gpu ...]
+Usage: python bench/run.py [cli|store|training|processes|analyzers|data|remote|parts|gpu ...]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 BENCHES = ("bench_cli", "bench_store", "bench_training", "bench_processes", "bench_analyzers",
-           "bench_data", "bench_remote", "bench_gpu")
+           "bench_data", "bench_remote", "bench_parts", "bench_gpu")
 
 
 def main(argv: list[str]) -> None:

@@ -37,7 +37,7 @@ class ToyPlugin:
 def test_builtins_are_listed_with_kind_version_and_hooks() -> None:
     rows = {r["name"]: r for r in registry.plugin_table(include_builtins=True)}
     assert rows["zooscope.stores.hdf5"]["kind"] == "store"
-    assert rows["zooscope.stores.hdf5"]["provides"] == {"store": ["hdf5"]}
+    assert rows["zooscope.stores.hdf5"]["provides"] == {"store": ["hdf5", "hdf5-parts"]}
     assert rows["zooscope.generators.text_classification"]["provides"]["generator"] == [
         "sst2", "text-classification", "boolq"]
     assert rows["zooscope.generators.squad"]["provides"] == {"generator": ["squad"]}
