@@ -22,7 +22,7 @@ from bench_store import new_zoo, state_dict
 from transformers import BertConfig
 
 from zooscope.access import open_zoo
-from zooscope.zoofile import merge_zoos
+from zooscope.upkeep.merge import merge_zoos
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from rangeserver import RangeServer  # noqa: E402

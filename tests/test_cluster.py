@@ -353,7 +353,8 @@ def test_merge_copies_stored_chunks_without_decoding(tiny_zoo: Path, tmp_path: P
     be), and the merged zoo validates (every tensor's digest recomputed) and equals the
     one-process zoo."""
     from zooscope.stores.h5reader import HDF5Zoo
-    from zooscope.zoofile import merge_zoos, validate_zoo
+    from zooscope.upkeep.merge import merge_zoos
+    from zooscope.upkeep.validate import validate_zoo
 
     config = write_config(tmp_path)
     parts = []

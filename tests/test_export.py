@@ -13,7 +13,8 @@ import torch
 
 import zooscope
 from zooscope.config import load_config
-from zooscope.zoofile import export_checkpoint, import_checkpoints
+from zooscope.upkeep.export import export_checkpoint
+from zooscope.upkeep.imports import import_checkpoints
 
 from .conftest import run_cli, write_config
 

@@ -40,8 +40,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("zooscope.access",),
     ("zooscope.lineage", "zooscope.loader"),
     # what generators, analyzers and the commands build on
-    ("zooscope.finetune", "zooscope.zoofile", "zooscope.evaluation", "zooscope.results",
-     "zooscope.card"),
+    # upkeep of whole zoos: output checks, then validate, merge, export, import
+    ("zooscope.upkeep", "zooscope.upkeep.outputs"),
+    ("zooscope.finetune", "zooscope.upkeep.validate", "zooscope.upkeep.merge",
+     "zooscope.upkeep.export", "zooscope.upkeep.imports", "zooscope.evaluation",
+     "zooscope.results", "zooscope.card"),
     ("zooscope.notebook",),
     # the engine
     ("zooscope.engine.stops", "zooscope.engine.resume", "zooscope.engine.tracking"),

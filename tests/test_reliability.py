@@ -19,7 +19,7 @@ import pytest
 import zooscope
 from zooscope.config import parse_config
 from zooscope.engine import build_zoo
-from zooscope.zoofile import validate_zoo
+from zooscope.upkeep.validate import validate_zoo
 
 from .conftest import TINY_CONFIG, cli_env, write_config
 from .test_generate import assert_same_weights

@@ -299,7 +299,7 @@ def flip_byte_in(path: Path, dataset: str, row: int = 0) -> None:
 
 def test_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
     from zooscope.access import open_zoo
-    from zooscope.zoofile import ValidationReport
+    from zooscope.upkeep.validate import ValidationReport
 
     path = tmp_path / "flip.h5"
     make_zoo(path, members=1, epochs=1)

@@ -21,8 +21,8 @@ from zooscope.errors import ZooFileError
 from zooscope.record import TestSet, ZooRecord
 from zooscope.store import Store
 from zooscope.stores.hdf5 import HDF5PartsStore, HDF5Store
+from zooscope.upkeep.merge import merge_zoos
 from zooscope.zoo import COMPLETE, INTERRUPTED, Architecture, Member
-from zooscope.zoofile import merge_zoos
 
 from .conftest import TINY_CONFIG, write_config
 from .npystore import NpyPlugin, NpyStore

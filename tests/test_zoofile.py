@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import zooscope
-from zooscope.zoofile import export_checkpoint, import_checkpoints
+from zooscope.upkeep.export import export_checkpoint
+from zooscope.upkeep.imports import import_checkpoints
 
 from .conftest import run_cli
 from .test_store import flip_byte_in

@@ -1,7 +1,7 @@
 """One call from a zoo file or an exported directory to the trained model and its tokenizer.
 
 Rebuilding a model from stored files lives in ``zooscope.models``; writing an export
-lives in ``zooscope.zoofile``.
+lives in ``zooscope.upkeep.export``.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def validate(zoo: ZooPath, json_: JsonOption = False) -> None:
     Exit code 1 names each bad tensor. Example: zooscope zoo validate demo.h5
     """
     from zooscope.access import open_zoo
-    from zooscope.zoofile import validate_zoo
+    from zooscope.upkeep.validate import validate_zoo
 
     with open_zoo(zoo) as z:
         total = len(z.checkpoints())
@@ -195,7 +195,7 @@ def merge(
     Example: zooscope zoo merge part0.h5 part1.h5 --out zoo.h5
     """
     from zooscope.errors import ZooFileError
-    from zooscope.zoofile import merge_zoos
+    from zooscope.upkeep.merge import merge_zoos
 
     if out.exists() and not force:
         raise ZooFileError(f"{out} already exists", hint="add --force to replace it")
@@ -236,7 +236,7 @@ def split(
     from zooscope.access import open_zoo, store_for
     from zooscope.config import parse_size
     from zooscope.errors import ZooFileError
-    from zooscope.zoofile import merge_zoos
+    from zooscope.upkeep.merge import merge_zoos
 
     limit = parse_size("--max-part-size", max_part_size)
     if not store_for(out).parts:
@@ -273,7 +273,7 @@ def export(
 
     Example: zooscope zoo export demo.h5 --member m90e7a9253c2 --epoch 3 --out model/
     """
-    from zooscope.zoofile import export_checkpoint
+    from zooscope.upkeep.export import export_checkpoint
 
     files = export_checkpoint(zoo, member, epoch, out, force=force)
     if json_:
@@ -298,7 +298,7 @@ def import_(
     Example: zooscope zoo import run1/ run2/ run3/ --out imported.h5
     """
     from zooscope.errors import ZooFileError
-    from zooscope.zoofile import import_checkpoints
+    from zooscope.upkeep.imports import import_checkpoints
 
     if out.exists() and not force:
         raise ZooFileError(f"{out} already exists", hint="add --force to replace it")

@@ -253,7 +253,7 @@ def build_zoo(
                                  state, slot=slot, every=every)
         state.wait_for_everyone()
         if state.is_main_process and not store.parts:
-            from zooscope.zoofile import merge_zoos
+            from zooscope.upkeep.merge import merge_zoos
 
             parts = [store.shard_path(out, i, state.num_processes)
                      for i in range(state.num_processes)]

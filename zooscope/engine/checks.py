@@ -10,7 +10,7 @@ import torch
 from zooscope.config import ZooConfig
 from zooscope.errors import ConfigError, ZooFileError
 from zooscope.store import Store
-from zooscope.zoofile import check_output_path
+from zooscope.upkeep.outputs import check_output_path
 
 
 def check_output(out: Path, resume: bool, force: bool, store: Store,
