@@ -313,3 +313,28 @@ def test_a_folder_at_a_url_fetches_only_the_parts_it_reads(twin_zoos: tuple[Path
             assert zoo.card() == local.card() == (parts / "README.md").read_text()
             name = local.tensor_names()[-1]
             assert np.array_equal(zoo.tensor(name), local.tensor(name))
+
+
+def test_two_tasks_at_once_share_one_folder(tiny_zoo: Path, tmp_path: Path) -> None:
+    """The tasks of an array run at the same time: each starts parts and adds them to the
+    one index, under its lock, without losing another's."""
+    import sys
+
+    from .conftest import cli_env
+
+    config = write_config(tmp_path, PARTS_CONFIG.replace('"300KB"', '"200KB"'))
+    folder = tmp_path / "tiny.zoo"
+    tasks = [subprocess.Popen([sys.executable, "-m", "zooscope", "generate", str(config),
+                               "--out", str(folder), "--shard", f"{i}/2", "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=cli_env()) for i in range(2)]
+    for task in tasks:
+        _, err = task.communicate(timeout=900)
+        assert task.returncode == 0, err
+    listed = _index(folder)["parts"]
+    on_disk = sorted(p.name for p in folder.glob("*.h5"))
+    assert sorted(listed) == on_disk and len(listed) >= 6, (listed, on_disk)
+    assert {n.split("-")[0] for n in listed} == {"s0of2", "s1of2"}
+    assert_same_weights(tiny_zoo, folder)
+    done = run_cli("zoo", "validate", str(folder))
+    assert done.returncode == 0 and "ok: 12 checkpoints" in done.stdout, done.stdout
