@@ -148,6 +148,21 @@ def test_every_command_writes_the_same_for_both(twin_zoos: tuple[Path, Path],
         assert a[key] == b[key], key
 
 
+def test_the_card_of_a_folder_lives_inside_it(twin_zoos: tuple[Path, Path],
+                                              tmp_path: Path) -> None:
+    folder = tmp_path / "tiny.zoo"
+    shutil.copytree(twin_zoos[1], folder)
+    printed = run_cli("zoo", "card", str(folder), "--out", "-")
+    assert printed.returncode == 0 and "part00000.h5" not in printed.stdout
+    assert (folder / "README.md").read_text() == printed.stdout  # as generate wrote it
+    again = run_cli("zoo", "card", str(folder))
+    assert again.returncode == 1 and f"{folder / 'README.md'} exists" in again.stderr
+    (folder / "README.md").unlink()
+    done = run_cli("zoo", "card", str(folder))
+    assert done.returncode == 0 and (folder / "README.md").read_text() == printed.stdout
+    assert not (tmp_path / "README.md").exists()
+
+
 def test_a_dry_run_says_how_many_parts_the_zoo_takes(tmp_path: Path) -> None:
     config = write_config(tmp_path, PARTS_CONFIG)
     done = run_cli("generate", str(config), "--dry-run", "--json")

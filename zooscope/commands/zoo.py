@@ -152,7 +152,7 @@ def card(
     zoo: ZooPath,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where to write the card; '-' prints it. Default: README.md "
-        "beside the zoo.", show_default=False)] = None,
+        "beside a zoo file, inside a zoo folder.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write the zoo's card: a Hugging Face dataset card (README.md with YAML front matter).
@@ -161,7 +161,7 @@ def card(
     fingerprints, the grid, the environment), its final metrics, its licences and how
     to read it with plain h5py. Example: zooscope zoo card demo.h5
     """
-    from zooscope.access import open_zoo
+    from zooscope.access import open_zoo, store_for
     from zooscope.card import zoo_card
     from zooscope.files import write_atomic
 
@@ -170,7 +170,9 @@ def card(
     if out is not None and str(out) == "-":
         sys.stdout.write(text)
         return
-    target = out if out is not None else zoo.parent / "README.md"
+    # A zoo folder keeps its card inside: the page a repository of it shows.
+    home = zoo if store_for(zoo).folders else zoo.parent
+    target = out if out is not None else home / "README.md"
     if target.is_dir():
         fail(f"{target} is a directory", hint="give a file name, e.g. --out README.md")
     if os.path.lexists(target) and not force:
