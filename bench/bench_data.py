@@ -84,7 +84,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak[0] / 1024)
 
 def write_rows(path: Path, rows: int) -> None:
     """A sentiment TSV of ``rows`` rows: the synthetic task's sentences, repeated."""
-    from zooscope.synthetic import synthetic_sentiment
+    from zooscope.kit.synthetic import synthetic_sentiment
 
     block = synthetic_sentiment(min(rows, 1_000_000))
     lines = [f"{label}\t{text}\n" for text, label in block]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import zooscope
 from zooscope.config import ConfigKey
 from zooscope.errors import ConfigError, DataError
-from zooscope.finetune import architecture_record, cached_backbone
 from zooscope.generator import Generator, MemberSetup, TaskData
+from zooscope.kit.finetune import architecture_record, cached_backbone
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,7 +70,7 @@ def load_corpus(source: str) -> Any:
 
 
 def _check_utf8(path: Path) -> None:
-    from zooscope.data import check_utf8 as check
+    from zooscope.kit.data import check_utf8 as check
 
     check(path)
 
@@ -288,7 +288,7 @@ def pack(split: Any, tok: Any, block: int, fingerprint: str) -> Any:
     """
     prefix, suffix = special_frame(tok)
     body = block - len(prefix) - len(suffix)
-    from zooscope.data import tokenizer_digest
+    from zooscope.kit.data import tokenizer_digest
 
     stem = hashlib.sha256(f"{fingerprint}:{tokenizer_digest(tok)}:{block}".encode()).hexdigest()
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import zooscope
 from zooscope.config import ConfigKey
 from zooscope.errors import ConfigError, DataError
-from zooscope.finetune import cached_backbone, collate, finetune_setup
 from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
+from zooscope.kit.finetune import cached_backbone, collate, finetune_setup
 from zooscope.record import TestSet
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class SquadRows(Sequence):
         return self.read(self.rows[[key]])[0]
 
     def read(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        from zooscope.data import take
+        from zooscope.kit.data import take
 
         columns = {name: take(self.table.column(name), rows).to_pylist()
                    for name in self.table.column_names}
@@ -70,7 +70,7 @@ class SquadRows(Sequence):
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from zooscope.data import CHUNK
+        from zooscope.kit.data import CHUNK
 
         for start in range(0, len(self.rows), CHUNK):
             yield from self.read(self.rows[start : start + CHUNK])
@@ -102,7 +102,7 @@ def load_squad(source: str) -> SquadRows:
                 "context": [r["context"] for r in rows], "question": [r["question"] for r in rows],
                 "answers": [{"text": r["answers"], "answer_start": r["starts"]} for r in rows]})
             return SquadRows(table, np.arange(len(rows)))
-    from zooscope.data import load_table
+    from zooscope.kit.data import load_table
 
     ds = load_table(source)
     need = {"id", "context", "question", "answers"}
@@ -222,14 +222,14 @@ class SquadGenerator(Generator):
         max_len, stride = int(cfg.train["max_seq_len"]), int(self.setting(cfg, "data", "stride"))
         if not isinstance(rows, SquadRows):
             return encode_windows(tok, list(rows), max_len, stride, token_types)
-        from zooscope.data import tokenizer_digest
+        from zooscope.kit.data import tokenizer_digest
 
         key = hashlib.sha256(f"squad:{_fingerprint(rows)}:{tokenizer_digest(tok)}:{max_len}:"
                              f"{stride}:{token_types}".encode()).hexdigest()
         return cached_windows(tok, rows, max_len, stride, token_types, key)
 
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[Any, Any, dict[str, Any]]:
-        from zooscope.models import uses_token_types
+        from zooscope.kit.models import uses_token_types
 
         def encode(model: Any, tok: Any) -> dict[str, Any]:
             if not getattr(tok, "is_fast", False):
@@ -244,7 +244,7 @@ class SquadGenerator(Generator):
             encode)
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        from zooscope.models import QuestionAnswerer
+        from zooscope.kit.models import QuestionAnswerer
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
@@ -265,7 +265,7 @@ class SquadGenerator(Generator):
     def evaluate_model(self, cfg: ZooConfig, task: TaskData, model: torch.nn.Module,
                        tokenizer: Any, device: torch.device, splits: tuple[str, ...] = ("test",),
                        ) -> tuple[dict[str, float], np.ndarray | None]:
-        from zooscope.models import uses_token_types
+        from zooscope.kit.models import uses_token_types
 
         types = uses_token_types(model.backbone)
         state = {"encoded": {s: self._encode(cfg, tokenizer, task.splits[s], types) for s in splits},
@@ -278,8 +278,8 @@ class SquadGenerator(Generator):
         import numpy as np
         import torch
 
-        from zooscope.data import row_lengths, take_rows
-        from zooscope.qa import squad_scores
+        from zooscope.kit.data import row_lengths, take_rows
+        from zooscope.kit.qa import squad_scores
 
         was_training = model.training
         model.eval()
@@ -400,7 +400,7 @@ def cached_windows(tok: Any, rows: SquadRows, max_len: int, stride: int, token_t
     import pyarrow as pa
     import torch
 
-    from zooscope.data import Tokens, cached_table
+    from zooscope.kit.data import Tokens, cached_table
 
     def chunk(start: int, stop: int) -> dict[str, Any]:
         enc = encode_windows(tok, rows.read(rows.rows[start:stop]), max_len, stride, token_types)

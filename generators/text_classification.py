@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zooscope
 from zooscope.config import ConfigKey
-from zooscope.data import (
+from zooscope.errors import ConfigError, DataError, ZooFileError
+from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
+from zooscope.kit.data import (
     Column,
     RowIds,
     encode_column,
@@ -24,9 +26,7 @@ from zooscope.data import (
     synthetic_size,
     tokenizer_digest,
 )
-from zooscope.errors import ConfigError, DataError, ZooFileError
-from zooscope.finetune import cached_backbone, collate, finetune_setup
-from zooscope.generator import Generator, MemberSetup, TaskData, example_caps
+from zooscope.kit.finetune import cached_backbone, collate, finetune_setup
 from zooscope.record import TestSet, ZooRecord
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class TextClassificationGenerator(Generator):
         import torch
         from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-        from zooscope.models import base_model, is_t5
+        from zooscope.kit.models import base_model, is_t5
 
         width = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.store["dtype"]]
         sizes: dict[str, tuple[int, int]] = {}
@@ -297,7 +297,7 @@ class TextClassificationGenerator(Generator):
     def _backbone(self, cfg: ZooConfig, name: str, task: TaskData) -> tuple[torch.nn.Module, Any]:
         """The backbone, loaded once per zoo, with every split tokenised by it: a T5 whole
         (encoder and decoder) for text-to-text, else the encoder."""
-        from zooscope.models import uses_token_types
+        from zooscope.kit.models import uses_token_types
 
         return cached_backbone(
             cfg, task, name, lambda: _joined(task.splits["train"]),
@@ -306,7 +306,7 @@ class TextClassificationGenerator(Generator):
             kind="text-to-text" if self._text_to_text(cfg) else "base")
 
     def setup(self, cfg: ZooConfig, member: Member, task: TaskData) -> MemberSetup:
-        from zooscope.models import SequenceClassifier, TextToText, is_t5
+        from zooscope.kit.models import SequenceClassifier, TextToText, is_t5
 
         name = str(member.factors["backbone"])
         base, tok, encoded = self._backbone(cfg, name, task)
@@ -334,7 +334,7 @@ class TextClassificationGenerator(Generator):
                        ) -> tuple[dict[str, float], np.ndarray | None]:
         import torch
 
-        from zooscope.models import uses_token_types
+        from zooscope.kit.models import uses_token_types
 
         types = uses_token_types(getattr(model, "backbone", model))
         encoded = {split: self._encode(cfg, tokenizer, task.splits[split], types)
@@ -359,7 +359,7 @@ class TextClassificationGenerator(Generator):
         import numpy as np
         import torch
 
-        from zooscope.models import TextToText
+        from zooscope.kit.models import TextToText
 
         model = setup.model
         writes = isinstance(model, TextToText)

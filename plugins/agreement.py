@@ -3,7 +3,7 @@
 Pairwise agreement and Cohen's kappa from the stored test predictions (no model
 is run), disagreement next to test error (Jiang et al. 2022), by factor group.
 
-Group means come with 95 % intervals from a multi-bootstrap (``zooscope.bootstrap``):
+Group means come with 95 % intervals from a multi-bootstrap (``zooscope.services.bootstrap``):
 each replicate resamples the test examples and the seeds, and a pair of members counts
 as often as both its members' seeds were drawn (the product of their draw counts).
 """
@@ -68,7 +68,7 @@ def span_agreement(answers: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
     """
     import numpy as np
 
-    from zooscope.qa import normalize_answer, token_f1
+    from zooscope.kit.qa import normalize_answer, token_f1
 
     n_members = len(answers)
     n_questions = len(answers[0]) if answers else 0
@@ -158,13 +158,13 @@ def pair_intervals(codes: np.ndarray, wrong: np.ndarray, seed_of: np.ndarray,
     ``codes`` (members, examples): what each member answers, equal codes meaning the same
     answer; ``wrong`` (members, examples): 1 where the member is wrong; ``seed_of``: each
     member's index among the drawn seeds; ``groups``: pairs of member indices by group;
-    ``draws``: a ``zooscope.bootstrap.Draws`` with one seed system. A replicate weighs
+    ``draws``: a ``zooscope.services.bootstrap.Draws`` with one seed system. A replicate weighs
     pair (i, j) by the draw counts of their seeds multiplied, examples by theirs.
     Returns (agreement low, high, error low, high) per group.
     """
     import numpy as np
 
-    from zooscope.bootstrap import interval
+    from zooscope.services.bootstrap import interval
 
     examples = draws.examples.T.astype(np.float64)  # (n_examples, replicates)
     seeds = draws.seeds[0].astype(np.float64)  # (replicates, n_seeds)
@@ -189,7 +189,7 @@ def answer_codes(answers: list[list[str]]) -> np.ndarray:
     ⇔ equal code (what exact match between two members compares)."""
     import numpy as np
 
-    from zooscope.qa import normalize_answer
+    from zooscope.kit.qa import normalize_answer
 
     codes = np.zeros((len(answers), len(answers[0]) if answers else 0), dtype=np.int64)
     for q in range(codes.shape[1]):
@@ -211,7 +211,7 @@ class Agreement(Analyzer):
     def analyze(self, zoo: Zoo, options: dict[str, Any], selection: Selection) -> AnalysisResult:
         import numpy as np
 
-        from zooscope.bootstrap import draw
+        from zooscope.services.bootstrap import draw
 
         replicates = options["bootstrap"]
         kind = zoo.prediction_kind()
@@ -245,7 +245,7 @@ class Agreement(Analyzer):
             num_classes = int(max(labels.max() if labels is not None else 0,
                                   zoo.predictions().max()) + 1)
         else:
-            from zooscope.qa import best_over_truths
+            from zooscope.kit.qa import best_over_truths
 
             gold = zoo.test_answers() or []
         n_examples = len(labels) if kind == "class" and labels is not None else \

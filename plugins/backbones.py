@@ -6,7 +6,7 @@ epoch, averaged over seeds; the best one's test score is reported. This is the
 model-selection protocol of a backbone comparison: the test split chooses nothing.
 
 How sure is the ranking? The chosen configurations' test scores get 95 % intervals from
-the multi-bootstrap (``zooscope.bootstrap``): seeds and test examples resampled jointly,
+the multi-bootstrap (``zooscope.services.bootstrap``): seeds and test examples resampled jointly,
 so an interval covers both the luck of the seed and that of the test set; and for every
 two backbones, the difference, its interval and the probability that the higher-ranked
 one scores higher.
@@ -136,7 +136,7 @@ def _confidence(zoo: Zoo, rows: list[dict[str, Any]], chosen: dict[str, list[Any
                 options: dict[str, Any]) -> tuple[dict[str, list[Any]], str]:
     """Add each row's multi-bootstrap interval (``test_{metric}_low``/``_high``), and return
     the pairwise comparisons in ranking order, with a note for the summary."""
-    from zooscope.bootstrap import LEVEL, multi_bootstrap
+    from zooscope.services.bootstrap import LEVEL, multi_bootstrap
 
     replicates = options["bootstrap"]
     if not replicates:

@@ -21,8 +21,8 @@ from zooscope.analysis import (
     varying_factors,
 )
 from zooscope.errors import ConfigError
-from zooscope.evaluation import Evaluator
 from zooscope.progress import track
+from zooscope.services.evaluation import Evaluator
 from zooscope.zoo import Member, Zoo
 
 if TYPE_CHECKING:

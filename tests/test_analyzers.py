@@ -14,7 +14,7 @@ from sklearn.metrics import cohen_kappa_score
 
 import zooscope
 from zooscope import registry
-from zooscope.results import run_analysis
+from zooscope.services.results import run_analysis
 
 from .conftest import run_cli
 
@@ -547,7 +547,7 @@ def plain_multi_bootstrap(scores: list[np.ndarray], replicates: int, seed: int
 def test_multi_bootstrap_matches_plain_resampling() -> None:
     """Intervals, differences and P(better) against a replicate-by-replicate resampling
     with the same seed, for systems with different numbers of seeds."""
-    from zooscope.bootstrap import multi_bootstrap
+    from zooscope.services.bootstrap import multi_bootstrap
 
     rng = np.random.default_rng(3)
     scores = [(rng.random((k, 150)) < p).astype(float) for k, p in ((3, 0.8), (5, 0.75), (1, 0.6))]
@@ -601,8 +601,8 @@ def test_reevaluation_reads_the_zoos_own_test_inputs(zoo_copy: Path, tmp_path: P
     import h5py
 
     from zooscope.errors import ZooFileError
-    from zooscope.evaluation import Evaluator
     from zooscope.generators.text_classification import TextClassificationGenerator
+    from zooscope.services.evaluation import Evaluator
 
     def no_data(*args: object) -> None:
         raise AssertionError("the data files were loaded")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import zooscope
-from zooscope.card import zoo_card
 from zooscope.errors import ConfigError, DataError
+from zooscope.services.card import zoo_card
 from zooscope.stores.hdf5 import HDF5Store
 from zooscope.zoo import hub_revision
 
@@ -124,8 +124,8 @@ def test_revisions_pin_hub_backbones_and_datasets(tmp_path: Path,
     import datasets
     import transformers
 
-    from zooscope.data import load_table
-    from zooscope.models import load_backbone
+    from zooscope.kit.data import load_table
+    from zooscope.kit.models import load_backbone
 
     seen: dict = {}
 

@@ -129,7 +129,7 @@ def test_member_costs_follow_backbone_size_examples_and_epochs(tmp_path: Path) -
     import torch
     from transformers import AutoConfig
 
-    from zooscope.models import base_model
+    from zooscope.kit.models import base_model
 
     sc = cfg.scratch
     config = AutoConfig.for_model(sc["model_type"], vocab_size=sc["vocab_size"],

@@ -11,10 +11,10 @@ import pytest
 
 import zooscope
 from zooscope.config import load_config
-from zooscope.data import Column, RowIds, encode_column, label_ids, load_rows, row_lengths, take_rows
 from zooscope.engine import build_zoo
 from zooscope.errors import DataError
-from zooscope.synthetic import synthetic_sentiment
+from zooscope.kit.data import Column, RowIds, encode_column, label_ids, load_rows, row_lengths, take_rows
+from zooscope.kit.synthetic import synthetic_sentiment
 
 from .conftest import TINY_CONFIG, write_config
 

@@ -20,7 +20,7 @@ from .conftest import run_cli, write_config
 
 
 def _stored_test_inputs(tiny_zoo: Path, zoo: zooscope.zoo.Zoo) -> list[str]:
-    from zooscope.data import load_rows
+    from zooscope.kit.data import load_rows
 
     cfg = load_config(write_config(tiny_zoo.parent))
     texts, _, _ = load_rows(cfg.data["source"], None, "label")

@@ -15,7 +15,7 @@ import pytest
 import zooscope
 from zooscope import registry
 from zooscope.analysis import AnalysisResult, Selection
-from zooscope.results import parse_members, resolve_inputs, run_analysis
+from zooscope.services.results import parse_members, resolve_inputs, run_analysis
 
 matplotlib.use("Agg")
 

@@ -68,9 +68,9 @@ def test_tiny_zoo_has_every_member_epoch_and_split(tiny_zoo: Path) -> None:
 
 
 def test_the_model_rebuilt_from_the_zoo_reproduces_stored_predictions(tiny_zoo: Path) -> None:
-    from zooscope.data import load_rows
-    from zooscope.finetune import collate
-    from zooscope.models import rebuild
+    from zooscope.kit.data import load_rows
+    from zooscope.kit.finetune import collate
+    from zooscope.kit.models import rebuild
 
     cfg = load_config(write_config(tiny_zoo.parent))
     with zooscope.open_zoo(tiny_zoo) as zoo:
@@ -299,7 +299,7 @@ def test_search_zoo_stores_drawn_factors_and_predict_regresses_them(tmp_path: Pa
     """Built, the zoo holds the drawn values as factors; the dry run lists them; predict
     regresses the continuous learning rate and classifies only the choice."""
     from zooscope import registry
-    from zooscope.results import run_analysis
+    from zooscope.services.results import run_analysis
 
     config = write_config(tmp_path, SEARCH_CONFIG, "search.toml")
     dry = run_cli("generate", str(config), "--dry-run", "--json")

@@ -20,9 +20,9 @@ import zooscope
 from zooscope import registry
 from zooscope.config import load_config
 from zooscope.engine import build_zoo, member_list
+from zooscope.kit.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
 from zooscope.lineage import expand_parents
-from zooscope.results import run_analysis
-from zooscope.synthetic import NEGATIVE, NOUNS, POSITIVE, synthetic_sentiment
+from zooscope.services.results import run_analysis
 
 from .conftest import run_cli, write_config
 
@@ -45,7 +45,7 @@ def backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         RobertaTokenizerFast,
     )
 
-    from zooscope.models import train_wordpiece
+    from zooscope.kit.models import train_wordpiece
 
     texts = corpus_texts(2000) + [q for q, _ in squad_questions()]
     root = tmp_path_factory.mktemp("backbones")
@@ -159,8 +159,8 @@ def test_blocks_are_the_concatenated_documents(tmp_path: Path, backbones: dict[s
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
 def test_mlm_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
-    from zooscope.evaluation import Evaluator
-    from zooscope.models import rebuild
+    from zooscope.kit.models import rebuild
+    from zooscope.services.evaluation import Evaluator
 
     write_corpus(tmp_path)
     cfg = load_config(write_config(tmp_path, MLM_CONFIG.format(backbone=backbones[kind]), "p.toml"))
@@ -367,7 +367,7 @@ def test_bad_zoo_references_are_one_error_line(pretext_zoo: Path, tmp_path: Path
 
 # -- SQuAD -------------------------------------------------------------------------------------
 def test_squad_normalisation_and_scores_by_hand() -> None:
-    from zooscope.qa import best_over_truths, exact_match, f1_score, normalize_answer, squad_scores
+    from zooscope.kit.qa import best_over_truths, exact_match, f1_score, normalize_answer, squad_scores
 
     assert normalize_answer("The  Denver Broncos!") == "denver broncos"
     assert normalize_answer("an apple, a pear and THE plum.") == "apple pear and plum"
@@ -456,7 +456,7 @@ def test_windows_locate_the_answer(backbones: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
     from zooscope.generators.squad import encode_windows
-    from zooscope.qa import normalize_answer
+    from zooscope.kit.qa import normalize_answer
 
     rows = squad_rows(10)
     for kind in MODEL_TYPES:
@@ -483,9 +483,9 @@ def test_cached_windows_equal_windows_made_in_memory(tmp_path: Path,
     memory. Every window's ids, types, offsets, mask, question and answer agree."""
     from transformers import AutoTokenizer
 
-    from zooscope import data
-    from zooscope.data import take_rows
     from zooscope.generators.squad import cached_windows, encode_windows, load_squad
+    from zooscope.kit import data
+    from zooscope.kit.data import take_rows
 
     nested, _ = write_squad(tmp_path)
     rows = load_squad(str(nested))
@@ -533,9 +533,9 @@ stride = 8
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
 def test_squad_generator_end_to_end(tmp_path: Path, backbones: dict[str, Path], kind: str) -> None:
-    from zooscope.evaluation import Evaluator
-    from zooscope.models import rebuild
-    from zooscope.qa import squad_scores
+    from zooscope.kit.models import rebuild
+    from zooscope.kit.qa import squad_scores
+    from zooscope.services.evaluation import Evaluator
 
     nested, _ = write_squad(tmp_path)
     cfg = load_config(write_config(tmp_path, SQUAD_CONFIG.format(
@@ -581,7 +581,7 @@ def test_squad_example_caps_cut_each_split(tmp_path: Path) -> None:
 
 def test_agreement_on_answers_matches_pairwise_scores(tmp_path: Path,
                                                       backbones: dict[str, Path]) -> None:
-    from zooscope.qa import exact_match, f1_score
+    from zooscope.kit.qa import exact_match, f1_score
 
     _, flat = write_squad(tmp_path)
     cfg = load_config(write_config(tmp_path, SQUAD_CONFIG.format(
@@ -996,7 +996,7 @@ def test_t5_backbone_trains_and_its_predictions_rebuild_from_the_file(
         assert np.array_equal(classes, stored)
         assert {"yes", "no"} & set(text)  # it writes label words; any other text is class 2
     # zooscope rebuilds it from the file alone and scores it as stored.
-    from zooscope.evaluation import Evaluator
+    from zooscope.services.evaluation import Evaluator
 
     with zooscope.open_zoo(out) as zoo:
         evaluator = Evaluator(zoo)

@@ -13,10 +13,10 @@ import zooscope
 from zooscope import hookspecs, registry
 from zooscope.analysis import AnalysisResult, Analyzer
 from zooscope.config import parse_config
-from zooscope.data import load_rows
 from zooscope.engine import build_zoo
+from zooscope.kit.data import load_rows
 from zooscope.record import TestSet
-from zooscope.results import run_analysis
+from zooscope.services.results import run_analysis
 
 from .conftest import ROOT, TINY_CONFIG
 
@@ -49,10 +49,10 @@ class Reviews:
         import torch
 
         from zooscope.config import ConfigKey
-        from zooscope.data import load_rows
-        from zooscope.finetune import cached_backbone, collate, finetune_setup
         from zooscope.generator import Generator, TaskData
-        from zooscope.models import SequenceClassifier
+        from zooscope.kit.data import load_rows
+        from zooscope.kit.finetune import cached_backbone, collate, finetune_setup
+        from zooscope.kit.models import SequenceClassifier
 
         class ReviewLength(Generator):
             name = "review-length"

@@ -655,8 +655,8 @@ HOSTILE_TEXT = ("evil|cell\nsecond line `code` ```fence <script>alert(1)</script
 
 def _card_of(tmp_path: Path, name: str, zoo_table: dict[str, str],
              factors: dict[str, object] | None = None) -> tuple[str, Path]:
-    from zooscope.card import zoo_card
     from zooscope.record import ZooRecord
+    from zooscope.services.card import zoo_card
     from zooscope.stores.hdf5 import HDF5Store
     from zooscope.zoo import Architecture
 
@@ -735,7 +735,7 @@ def test_descriptions_and_factors_are_text_in_the_card(tmp_path: Path) -> None:
 
 
 def test_a_fence_in_the_config_stays_inside_the_reports_code_block(tmp_path: Path) -> None:
-    from zooscope.report import Report, render_markdown
+    from zooscope.services.report import Report, render_markdown
 
     config = '[zoo]\nname = "t"\ndescription = """\n```\n# Injected heading\n<script>x</script>\n```\n"""\n'
     report = Report(zoo=tmp_path / "t.h5", created="today", card=[("zoo", "t | x\ny")],

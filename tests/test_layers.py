@@ -17,9 +17,10 @@ PLUGIN_PACKAGES = ("zooscope.generators", "zooscope.plugins")
 #: modules of lower layers, so no two core modules can import each other, in any
 #: order or function body.
 LAYERS: list[tuple[str, ...]] = [
-    # foundations: no zooscope imports
-    ("zooscope.errors", "zooscope.version", "zooscope.qa", "zooscope.synthetic",
-     "zooscope.bootstrap", "zooscope.files", "zooscope.markdown", "zooscope.record"),
+    # foundations: no zooscope imports (the sub-packages' own modules hold only their map)
+    ("zooscope.errors", "zooscope.version", "zooscope.kit.qa", "zooscope.kit.synthetic",
+     "zooscope.services.bootstrap", "zooscope.files", "zooscope.markdown", "zooscope.record",
+     "zooscope.kit", "zooscope.services", "zooscope.upkeep"),
     ("zooscope.environment",),
     ("zooscope.extras",),
     ("zooscope.remote",),
@@ -28,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     # progress reporting
     ("zooscope.progress",),
     # the store interface, models, data loading
-    ("zooscope.store", "zooscope.models", "zooscope.data",
+    ("zooscope.store", "zooscope.kit.models", "zooscope.kit.data",
      "zooscope.search"),
     # the config
     ("zooscope.config",),
@@ -39,19 +40,19 @@ LAYERS: list[tuple[str, ...]] = [
     # opening zoos (stores are plugins)
     ("zooscope.access",),
     ("zooscope.lineage", "zooscope.loader"),
-    # what generators, analyzers and the commands build on
-    # upkeep of whole zoos: output checks, then validate, merge, export, import
-    ("zooscope.upkeep", "zooscope.upkeep.outputs"),
-    ("zooscope.finetune", "zooscope.upkeep.validate", "zooscope.upkeep.merge",
-     "zooscope.upkeep.export", "zooscope.upkeep.imports", "zooscope.evaluation",
-     "zooscope.results", "zooscope.card"),
-    ("zooscope.notebook",),
+    # what generators, analyzers and the commands build on: output checks first, then
+    # the fine-tuning kit, the upkeep of whole zoos and the analysis services
+    ("zooscope.upkeep.outputs",),
+    ("zooscope.kit.finetune", "zooscope.upkeep.validate", "zooscope.upkeep.merge",
+     "zooscope.upkeep.export", "zooscope.upkeep.imports", "zooscope.services.evaluation",
+     "zooscope.services.results", "zooscope.services.card"),
+    ("zooscope.services.notebook",),
     # the engine
     ("zooscope.engine.stops", "zooscope.engine.resume", "zooscope.engine.tracking"),
     ("zooscope.engine.checks", "zooscope.engine.loop"),
     ("zooscope.engine.batchsize",),
     ("zooscope.engine.build",),
-    ("zooscope.engine", "zooscope.report"),
+    ("zooscope.engine", "zooscope.services.report"),
     # the command line and the package's public face
     ("zooscope.commands", "zooscope.commands.common"),
     ("zooscope.commands.analyze", "zooscope.commands.generate", "zooscope.commands.plugins",

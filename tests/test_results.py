@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import zooscope
 from zooscope import registry
 from zooscope.cli import app
-from zooscope.results import run_analysis, write_csv
+from zooscope.services.results import run_analysis, write_csv
 
 from .conftest import cli_env, run_cli
 

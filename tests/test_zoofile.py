@@ -57,7 +57,7 @@ def test_export_loads_with_from_pretrained_and_gives_identical_logits(
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
-    from zooscope.models import rebuild
+    from zooscope.kit.models import rebuild
 
     with zooscope.open_zoo(tiny_zoo) as zoo:
         c = zoo.checkpoints()[-1]
@@ -162,8 +162,8 @@ def reevaluate_from_docs(path: Path, member: int = 0) -> tuple[list[int], np.nda
 
 
 def test_documented_reevaluation_reproduces_stored_predictions(tiny_zoo: Path) -> None:
-    from zooscope.models import rebuild
-    from zooscope.synthetic import synthetic_sentiment
+    from zooscope.kit.models import rebuild
+    from zooscope.kit.synthetic import synthetic_sentiment
 
     with zooscope.open_zoo(tiny_zoo) as zoo:
         member = zoo.members()[1]

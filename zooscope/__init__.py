@@ -49,8 +49,8 @@ def analyze(zoo: Any, analyzer: Any, members: Any = None, epochs: Any = None,
             inputs: Any = None, **options: Any) -> Any:
     """Run an analyzer and return its tables as DataFrames and its figures, writing
     nothing; ``inputs`` feeds it results computed in this process. See
-    :func:`zooscope.notebook.analyze`."""
-    from zooscope.notebook import analyze as _analyze
+    :func:`zooscope.services.notebook.analyze`."""
+    from zooscope.services.notebook import analyze as _analyze
 
     return _analyze(zoo, analyzer, members, epochs, inputs, **options)
 

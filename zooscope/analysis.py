@@ -52,7 +52,7 @@ class Option:
         return value
 
 
-#: The options of an analyzer that gives multi-bootstrap intervals (``zooscope.bootstrap``).
+#: The options of an analyzer that gives multi-bootstrap intervals (``zooscope.services.bootstrap``).
 BOOTSTRAP_OPTIONS = (
     Option("bootstrap", int, 1000, "replicates of the multi-bootstrap over seeds and test "
            "examples for the 95 % intervals (0: no intervals)", minimum=0),
@@ -111,7 +111,7 @@ def example_scores(zoo: Zoo, checkpoints: Sequence[Checkpoint], metric: str) -> 
             return None
         return (zoo.predictions(checkpoints) == labels[None, :]).astype(np.float64)
     if kind == "span" and metric in ("exact_match", "f1"):
-        from zooscope.qa import best_over_truths
+        from zooscope.kit.qa import best_over_truths
 
         gold = zoo.test_answers()
         if gold is None:

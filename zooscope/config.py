@@ -637,7 +637,7 @@ def _check_scratch(scratch: dict[str, Any], max_seq_len: int) -> None:
     import torch
     from transformers import AutoModel
 
-    from zooscope.models import scratch_config
+    from zooscope.kit.models import scratch_config
 
     try:
         config = scratch_config(scratch, int(scratch["vocab_size"]), max_seq_len)

@@ -107,7 +107,7 @@ class Generator(ABC):
         """Evaluate a model rebuilt from a zoo (its stored tokenizer) on the given splits.
 
         Analyzers that change weights (pruning, say) re-evaluate through
-        ``zooscope.evaluation``, which calls this.
+        ``zooscope.services.evaluation``, which calls this.
         """
         raise NotImplementedError(f"generator {self.name!r} cannot evaluate rebuilt models")
 

@@ -243,7 +243,7 @@ def load_from_zoo(uri: str, base: Path | None, dropout: float, kind: str = "base
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-    from zooscope.models import HEAD_FILE, load_tokenizer, rebuild, set_dropout
+    from zooscope.kit.models import HEAD_FILE, load_tokenizer, rebuild, set_dropout
 
     ref = parse_ref(uri)
     if not ref.exact:

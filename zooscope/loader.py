@@ -1,6 +1,6 @@
 """One call from a zoo file or an exported directory to the trained model and its tokenizer.
 
-Rebuilding a model from stored files lives in ``zooscope.models``; writing an export
+Rebuilding a model from stored files lives in ``zooscope.kit.models``; writing an export
 lives in ``zooscope.upkeep.export``.
 """
 
@@ -84,7 +84,7 @@ def _zoo_folder(path: Path) -> bool:
 
 
 def _from_zoo(zoo: Any, member: str | None, epoch: int | None) -> tuple[Any, Any]:
-    from zooscope.models import rebuild
+    from zooscope.kit.models import rebuild
 
     if member is None:
         members = zoo.members()
@@ -107,7 +107,7 @@ def _from_export(directory: Path) -> tuple[Any, Any]:
     import torch
     from safetensors.torch import load_file
 
-    from zooscope.models import (
+    from zooscope.kit.models import (
         HEAD_FILE,
         head_description,
         load_tokenizer,

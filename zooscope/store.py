@@ -97,7 +97,7 @@ class ZooWriter(ABC):
         return False
 
     def write_card(self, text: str) -> None:  # noqa: B027 - stores without cards keep it
-        """Store the zoo card (``zooscope.card``), replacing the one stored before."""
+        """Store the zoo card (``zooscope.services.card``), replacing the one stored before."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -47,7 +47,7 @@ def analyze(
     Example: zooscope analyze demo.h5 --plugin agreement
     """
     from zooscope import registry
-    from zooscope.results import run_analysis
+    from zooscope.services.results import run_analysis
 
     analyzer = registry.get_analyzer(plugin)
     if options:

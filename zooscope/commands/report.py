@@ -34,8 +34,8 @@ def report(
     Example: zooscope report demo.h5
     """
     from zooscope.files import remove_leftovers, write_atomic
-    from zooscope.report import build_report, render_html, render_markdown
-    from zooscope.results import check_out_dir
+    from zooscope.services.report import build_report, render_html, render_markdown
+    from zooscope.services.results import check_out_dir
 
     if zoo is None:
         fail("missing the zoo file to report on", hint="zooscope report ZOO.h5", code=2)

@@ -162,8 +162,8 @@ def card(
     to read it with plain h5py. Example: zooscope zoo card demo.h5
     """
     from zooscope.access import open_zoo, store_for
-    from zooscope.card import zoo_card
     from zooscope.files import write_atomic
+    from zooscope.services.card import zoo_card
 
     with open_zoo(zoo) as z:
         text = zoo_card(z)

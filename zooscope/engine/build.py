@@ -136,7 +136,7 @@ def backbone_parameters(cfg: ZooConfig, name: str) -> int | None:
     weights are read); None where its config cannot be found."""
     from transformers import AutoConfig
 
-    from zooscope.models import base_model
+    from zooscope.kit.models import base_model
     from zooscope.zoo import hub_revision
 
     try:
@@ -437,9 +437,9 @@ def _complete(path: Path, cfg: ZooConfig, members: list[Member]) -> bool:
 
 
 def store_card(writer: ZooWriter, path: Path) -> None:
-    """Store the zoo card as the zoo now stands (``zooscope.card``)."""
+    """Store the zoo card as the zoo now stands (``zooscope.services.card``)."""
     from zooscope.access import open_zoo
-    from zooscope.card import zoo_card
+    from zooscope.services.card import zoo_card
 
     with open_zoo(path) as zoo:
         writer.write_card(zoo_card(zoo))

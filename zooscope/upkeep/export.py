@@ -31,7 +31,7 @@ def export_checkpoint(zoo_path: Path, member_id: str, epoch: int, out_dir: Path,
     A ``README.md`` says so; ``zooscope_export.json`` records where it came from.
     """
     require("torch", "train", "exporting a model")
-    from zooscope.models import head_description
+    from zooscope.kit.models import head_description
 
     out_dir = Path(out_dir)
     check_output_path(out_dir, directory=True)

@@ -47,7 +47,7 @@ def import_checkpoints(dirs: Sequence[Path], out: Path, as_epochs: bool = False,
     require("transformers", "train", "importing models")
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from zooscope.models import HEAD_FILE, architecture_files
+    from zooscope.kit.models import HEAD_FILE, architecture_files
 
     if not dirs:
         raise ZooFileError("nothing to import: give at least one model directory")

@@ -81,7 +81,7 @@ def _shapes_against_config(arch: Architecture) -> list[str]:
     """Build the model on the meta device from the stored config and compare every shape."""
     import torch
 
-    from zooscope.models import skeleton
+    from zooscope.kit.models import skeleton
 
     try:
         with torch.device("meta"):

@@ -22,7 +22,7 @@ from zooscope.access import open_zoo
 from zooscope.analysis import figure_png, varying_factors
 from zooscope.errors import ZooscopeError
 from zooscope.progress import task
-from zooscope.results import run_analysis
+from zooscope.services.results import run_analysis
 from zooscope.zoo import SAFE_NAME, Zoo
 
 #: The analyzers a report runs where their result is missing, in this order (predict

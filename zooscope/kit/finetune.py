@@ -1,7 +1,7 @@
 """What fine-tuning generators share: the backbone loaded once per zoo, a member's model
 and training batches, padded batches, and the architecture record a member stores.
 
-A generator of its own (``docs/plugins.md``) builds on these and on ``zooscope.data``;
+A generator of its own (``docs/plugins.md``) builds on these and on ``zooscope.kit.data``;
 it never needs to import another generator.
 """
 
@@ -29,7 +29,7 @@ def cached_backbone(cfg: ZooConfig, task: TaskData, name: str,
 
     ``texts()`` gives the training texts, read only where a tokenizer is trained
     ([scratch] backbones); ``kind`` is ``"base"``, ``"masked-lm"`` or ``"text-to-text"``
-    (``zooscope.models.load_backbone``)."""
+    (``zooscope.kit.models.load_backbone``)."""
     key = f"backbone:{name}"
     if key not in task.cache:
         model, tok = backbone_for(cfg, name, texts(), kind=kind)
@@ -42,8 +42,8 @@ def backbone_for(cfg: ZooConfig, name: str, texts: Iterable[str], kind: str = "b
     """A member's starting model and tokenizer: built from [scratch], a zoo checkpoint
     (``zoo://``), a local directory or a hub id. ``kind`` is ``"base"`` (the encoder)
     or ``"masked-lm"`` (with its pre-training head)."""
+    from zooscope.kit.models import load_backbone, scratch_backbone
     from zooscope.lineage import is_zoo_ref, load_from_zoo
-    from zooscope.models import load_backbone, scratch_backbone
 
     dropout = float(cfg.train["dropout"])
     max_len = int(cfg.train["max_seq_len"])
@@ -97,7 +97,7 @@ def architecture_record(name: str, model: torch.nn.Module, backbone: torch.nn.Mo
     ``head`` is written as the head file (``zooscope_head.json``): the head's kind and
     shape, and ``max_seq_len`` where inputs are truncated, since a reader
     re-evaluating a member must truncate the same way."""
-    from zooscope.models import architecture_files
+    from zooscope.kit.models import architecture_files
     from zooscope.zoo import Architecture
 
     state = model.state_dict()
@@ -114,7 +114,7 @@ def collate(encoded: dict[str, Any], idx: list[int], pad: int,
     """Rows ``idx`` of an encoded split, padded to the batch's longest (never to max_seq_len)."""
     import torch
 
-    from zooscope.data import take_rows
+    from zooscope.kit.data import take_rows
 
     sequences = take_rows(encoded["input_ids"], idx)
     kinds = take_rows(encoded["token_type_ids"], idx) if "token_type_ids" in encoded else None

@@ -17,7 +17,7 @@ from zooscope.access import open_zoo
 from zooscope.analysis import Analyzer, Selection, figure_png
 from zooscope.errors import ConfigError
 from zooscope.registry import get_analyzer
-from zooscope.results import (
+from zooscope.services.results import (
     check_factor_names,
     parse_epochs,
     parse_members,

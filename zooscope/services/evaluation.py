@@ -62,7 +62,7 @@ class Evaluator:
 
     def model(self, checkpoint: Checkpoint) -> tuple[Any, Any]:
         """The checkpoint's model (in eval mode) and tokenizer, rebuilt from the zoo alone."""
-        from zooscope.models import rebuild
+        from zooscope.kit.models import rebuild
 
         return rebuild(self.zoo, checkpoint.member, checkpoint.epoch)
 

@@ -170,7 +170,7 @@ def load_rows(source: str, text_column: str | None, label_column: str,
     or the hub, texts are ``Column``s and labels an Arrow column (``label_ids`` takes
     both), so nothing is read into memory yet."""
     if source.startswith("synthetic:"):
-        from zooscope.synthetic import synthetic_sentiment
+        from zooscope.kit.synthetic import synthetic_sentiment
 
         rows = synthetic_sentiment(synthetic_size(source))
         return [t for t, _ in rows], [y for _, y in rows], None
