@@ -18,10 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from bench_store import new_zoo, state_dict
-from transformers import BertConfig
+from bench_store import noisy_zoo
 
 from zooscope.access import open_zoo
 from zooscope.upkeep.merge import merge_zoos
@@ -63,16 +60,7 @@ def one_checkpoint(path: object) -> None:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="zooscope-bench-"))
     try:
-        config = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=1024)
-        sd = state_dict(config, 0)
-        rng = np.random.default_rng(0)
-        w, ms = new_zoo(tmp / "zoo.h5", sd, 4)
-        for i in range(CHECKPOINTS):
-            noisy = {k: v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))
-                     if v.is_floating_point() else v for k, v in sd.items()}
-            w.write_checkpoint(ms[i % 4], i // 4, i, 0.0, noisy, {}, None)
-        w.close()
+        noisy_zoo(tmp / "zoo.h5", CHECKPOINTS)
         size = (tmp / "zoo.h5").stat().st_size
         start = time.perf_counter()
         merge_zoos([tmp / "zoo.h5"], tmp / "zoo.zoo", max_part_size=size // 10)

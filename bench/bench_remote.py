@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from bench_store import new_zoo, state_dict
-from transformers import BertConfig
+from bench_store import noisy_zoo
 
 from zooscope import remote
 from zooscope.access import open_zoo
@@ -31,16 +29,7 @@ TENSORS = ("encoder.layer.1.attention.self.query.weight", "encoder.layer.1.outpu
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="zooscope-bench-"))
     try:
-        config = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=1024)
-        sd = state_dict(config, 0)
-        rng = np.random.default_rng(0)
-        w, ms = new_zoo(tmp / "zoo.h5", sd, 4)
-        for i in range(CHECKPOINTS):
-            noisy = {k: v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))
-                     if v.is_floating_point() else v for k, v in sd.items()}
-            w.write_checkpoint(ms[i % 4], i // 4, i, 0.0, noisy, {}, None)
-        w.close()
+        sd = noisy_zoo(tmp / "zoo.h5", CHECKPOINTS)
         size = (tmp / "zoo.h5").stat().st_size
         print(f"zoo: {CHECKPOINTS} checkpoints of a {len(sd)}-tensor BERT, {size / 1e6:.0f} MB")
         with RangeServer(tmp) as server:

@@ -44,6 +44,23 @@ def new_zoo(path: Path, sd: dict[str, torch.Tensor], members: int) -> tuple:
     return w, ms
 
 
+def noisy_zoo(path: Path, checkpoints: int) -> dict[str, torch.Tensor]:
+    """A zoo of a 2-layer BERT (hidden 256), 4 members, ``checkpoints`` checkpoints in
+    all: each the same weights plus fresh noise, so no row is stored once for two. Its
+    state dict, as a template."""
+    config = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=1024)
+    sd = state_dict(config, 0)
+    rng = np.random.default_rng(0)
+    w, ms = new_zoo(path, sd, 4)
+    for i in range(checkpoints):
+        noisy = {k: v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))
+                 if v.is_floating_point() else v for k, v in sd.items()}
+        w.write_checkpoint(ms[i % 4], i // 4, i, 0.0, noisy, {}, None)
+    w.close()
+    return sd
+
+
 def write_figures(sds: list[dict[str, torch.Tensor]], where: Path, place: str) -> None:
     nbytes = sum(v.numel() * v.element_size() for v in sds[0].values())
 

@@ -36,6 +36,7 @@ from zooscope.zoo import (
     Checkpoint,
     Member,
     check_safe_name,
+    select_checkpoints,
 )
 
 #: The index's file name inside the folder, its format name and version.
@@ -279,20 +280,7 @@ class PartsZoo(StoredZoo):
 
     def checkpoints(self, members: Iterable[Member | str] | Member | str | None = None,
                     epochs: Iterable[int] | None = None) -> list[Checkpoint]:
-        _, checkpoints, _ = self._listing()
-        if members is None:
-            wanted = None
-        elif isinstance(members, (str, Member)):
-            wanted = {members if isinstance(members, str) else members.id}
-        else:
-            wanted = {m if isinstance(m, str) else m.id for m in members}
-        if wanted is not None:
-            unknown = wanted - set(self._rank)
-            if unknown:
-                raise ZooFileError(f"no member {sorted(unknown)[0]!r} in {self.path}")
-        epoch_set = None if epochs is None else {int(e) for e in epochs}
-        return [c for c in checkpoints if (wanted is None or c.member in wanted)
-                and (epoch_set is None or c.epoch in epoch_set)]
+        return select_checkpoints(self._listing()[1], self._rank, self.path, members, epochs)
 
     def _by_part(self, checkpoints: Sequence[Checkpoint] | None
                  ) -> tuple[list[Checkpoint], dict[int, list[int]]]:

@@ -47,7 +47,14 @@ from zooscope.stores.h5results import (
     write_result,
     zoo_identity,
 )
-from zooscope.zoo import STATUS_LABELS, Architecture, Checkpoint, Member, check_safe_name
+from zooscope.zoo import (
+    STATUS_LABELS,
+    Architecture,
+    Checkpoint,
+    Member,
+    check_safe_name,
+    select_checkpoints,
+)
 
 
 def _reads(method: Any) -> Any:
@@ -386,21 +393,7 @@ class HDF5Zoo(StoredZoo):
         self, members: Iterable[Member | str] | Member | str | None = None,
         epochs: Iterable[int] | None = None,
     ) -> list[Checkpoint]:
-        if members is None:
-            wanted = None
-        elif isinstance(members, (str, Member)):
-            wanted = {members if isinstance(members, str) else members.id}
-        else:
-            wanted = {m if isinstance(m, str) else m.id for m in members}
-        if wanted is not None:
-            unknown = wanted - set(self._by_id)
-            if unknown:
-                raise ZooFileError(f"no member {sorted(unknown)[0]!r} in {self.path}")
-        epoch_set = None if epochs is None else {int(e) for e in epochs}
-        chosen = [
-            c for c in self._checkpoints
-            if (wanted is None or c.member in wanted) and (epoch_set is None or c.epoch in epoch_set)
-        ]
+        chosen = select_checkpoints(self._checkpoints, self._by_id, self.path, members, epochs)
         return sorted(chosen, key=lambda c: (self._by_id[c.member], c.epoch))
 
     def _arch_of(self, member: Member | str) -> int:

@@ -36,6 +36,7 @@ from zooscope.zoo import (
     Checkpoint,
     Member,
     check_safe_name,
+    select_checkpoints,
 )
 
 _CODES = {label: code for code, label in STATUS_LABELS.items()}
@@ -92,15 +93,8 @@ class NpyZoo(StoredZoo):
 
     def checkpoints(self, members: Iterable[Member | str] | Member | str | None = None,
                     epochs: Iterable[int] | None = None) -> list[Checkpoint]:
-        if members is None:
-            wanted = None
-        elif isinstance(members, (str, Member)):
-            wanted = {members if isinstance(members, str) else members.id}
-        else:
-            wanted = {m if isinstance(m, str) else m.id for m in members}
-        chosen = None if epochs is None else {int(e) for e in epochs}
-        return [c for c in self._checkpoints if (wanted is None or c.member in wanted)
-                and (chosen is None or c.epoch in chosen)]
+        return select_checkpoints(self._checkpoints, [m.id for m in self._members], self.path,
+                                  members, epochs)
 
     def _arch(self, member: Member | str | None) -> dict[str, Any]:
         mid = self._members[0].id if member is None else \

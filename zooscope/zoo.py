@@ -109,6 +109,27 @@ class Checkpoint:
     metrics: dict[str, float] = field(hash=False, compare=False)
 
 
+def select_checkpoints(listed: Iterable[Checkpoint], known: Iterable[str], where: Any,
+                       members: Iterable[Member | str] | Member | str | None = None,
+                       epochs: Iterable[int] | None = None) -> list[Checkpoint]:
+    """The checkpoints of ``listed`` (kept in order) of ``members`` and ``epochs``: the
+    selection every store's ``Zoo.checkpoints`` makes. A member not in ``known`` is an
+    error naming the zoo at ``where``."""
+    if members is None:
+        wanted = None
+    elif isinstance(members, (str, Member)):
+        wanted = {members if isinstance(members, str) else members.id}
+    else:
+        wanted = {m if isinstance(m, str) else m.id for m in members}
+    if wanted is not None:
+        unknown = wanted - set(known)
+        if unknown:
+            raise ZooFileError(f"no member {sorted(unknown)[0]!r} in {where}")
+    epoch_set = None if epochs is None else {int(e) for e in epochs}
+    return [c for c in listed if (wanted is None or c.member in wanted)
+            and (epoch_set is None or c.epoch in epoch_set)]
+
+
 @dataclass
 class Architecture:
     """A model architecture: its config, tokenizer files and tensor layout."""
