@@ -31,6 +31,7 @@ from zooscope.stores.h5layout import fingerprint
 from zooscope.zoo import (
     PENDING,
     RUNNING,
+    STATUS_CODES,
     STATUS_LABELS,
     Architecture,
     Checkpoint,
@@ -53,7 +54,6 @@ MAX_PARTS = 100_000
 #: The default of ``[zoo] max_part_size``: under the Hugging Face Hub's 50 GB per file.
 DEFAULT_MAX_PART_SIZE = 45 * 10**9
 
-_CODES = {label: code for code, label in STATUS_LABELS.items()}
 
 
 def part_name(slot: str | None, number: int) -> str:
@@ -478,7 +478,7 @@ class PartsWriter(ZooWriter):
         self._lock = lock
         self._archs: dict[str, Architecture] = {}
         self._member_arch: dict[str, str] = {}
-        self._status: dict[str, int] = {m.id: _CODES.get(m.status, PENDING) for m in members}
+        self._status: dict[str, int] = {m.id: STATUS_CODES.get(m.status, PENDING) for m in members}
         self._current: Any = None
         self._current_name = ""
         self._written = 0  # checkpoints committed to the current part by this writer

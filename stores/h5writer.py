@@ -45,6 +45,7 @@ from zooscope.stores.superblock import clear_write_flags
 from zooscope.zoo import (
     PENDING,
     RUNNING,
+    STATUS_CODES,
     STATUS_LABELS,
     Architecture,
     Member,
@@ -454,9 +455,8 @@ def create_zoo(path: Path, record: ZooRecord, members: Sequence[Member],
             write_header(f, record, members)
             for arch in architectures:
                 add_architecture(f, arch, record.storage_dtype, record.compression)
-            codes = {label: code for code, label in STATUS_LABELS.items()}
             if any(m.status != STATUS_LABELS[PENDING] for m in members):
-                f["members/status"][:] = np.array([codes.get(m.status, PENDING)
+                f["members/status"][:] = np.array([STATUS_CODES.get(m.status, PENDING)
                                                    for m in members], dtype=np.int8)
             if started:
                 f["members/architecture"][:] = np.array(

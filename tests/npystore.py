@@ -31,6 +31,7 @@ from zooscope.store import Store, StoredZoo, ZooWriter
 from zooscope.zoo import (
     PENDING,
     RUNNING,
+    STATUS_CODES,
     STATUS_LABELS,
     Architecture,
     Checkpoint,
@@ -39,7 +40,6 @@ from zooscope.zoo import (
     select_checkpoints,
 )
 
-_CODES = {label: code for code, label in STATUS_LABELS.items()}
 _LISTS = ("ids", "texts", "text_pairs", "contexts", "answers")
 
 
@@ -275,7 +275,7 @@ class NpyStore(Store):
                 "test_labels": None if test.labels is None else np.asarray(test.labels).tolist(),
                 "architectures": 0,
                 "members": [{"id": m.id, "factors": m.factors, "lineage": m.lineage,
-                             "status": _CODES.get(m.status, PENDING), "arch": -1}
+                             "status": STATUS_CODES.get(m.status, PENDING), "arch": -1}
                             for m in members],
                 **{k: getattr(test, k) for k in _LISTS}}
         (tmp / "zoo.json").write_text(json.dumps(meta))

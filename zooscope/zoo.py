@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 PENDING, RUNNING, COMPLETE, FAILED, INTERRUPTED = 0, 1, 2, 3, 4
 STATUS_LABELS = {PENDING: "pending", RUNNING: "running", COMPLETE: "complete", FAILED: "failed",
                  INTERRUPTED: "interrupted"}
+#: The other way round: a ``Member.status`` label to the code stored for it.
+STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
 
 #: What a member id, tensor name or stored file name may contain: no path separators.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}\Z")

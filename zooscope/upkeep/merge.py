@@ -13,9 +13,7 @@ from pathlib import Path
 from zooscope.access import open_stored, store_for
 from zooscope.errors import ZooFileError
 from zooscope.upkeep.outputs import check_output_path
-from zooscope.zoo import RUNNING, STATUS_LABELS, Member
-
-_STATUS_CODES = {label: code for code, label in STATUS_LABELS.items()}
+from zooscope.zoo import RUNNING, STATUS_CODES, Member
 
 
 def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] | None = None,
@@ -82,7 +80,7 @@ def merge_zoos(parts: Sequence[Path], out: Path, all_members: Sequence[Member] |
                                                         z.state_dict(m, c.epoch), c.metrics, row)
                             copied += 1
                             on_checkpoint()
-                        writer.set_status(m, _STATUS_CODES.get(m.status, RUNNING))
+                        writer.set_status(m, STATUS_CODES.get(m.status, RUNNING))
             store.replace(tmp, out)
         except BaseException:
             store.remove_new(tmp)
