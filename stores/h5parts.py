@@ -56,8 +56,24 @@ DEFAULT_MAX_PART_SIZE = 45 * 10**9
 
 
 
+def part_prefix(slot: str | None) -> str:
+    return f"{slot}-part" if slot else "part"
+
+
 def part_name(slot: str | None, number: int) -> str:
-    return f"{slot}-part{number:05d}.h5" if slot else f"part{number:05d}.h5"
+    return f"{part_prefix(slot)}{number:05d}.h5"
+
+
+def clear_leftovers(folder: Path, slot: str | None, replacing: bool = False) -> None:
+    """What a killed writer of this slot left half-made: a part being created (any
+    slot's, where a one-process run is ``replacing`` the whole zoo). Without a slot also
+    killed writes of the index and card; with slots another writer may be in the middle
+    of one, so those stay."""
+    pattern = "*" if replacing and slot is None else f"{part_prefix(slot)}*"
+    for leftover in folder.glob(f"{pattern}.h5.creating"):
+        leftover.unlink(missing_ok=True)
+    if slot is None:
+        remove_leftovers(folder)
 
 
 def slot_of(name: str) -> str | None:
@@ -661,9 +677,7 @@ def create_folder(folder: Path, record: ZooRecord, members: Sequence[Member],
     folder.mkdir(exist_ok=True)
     lock = _slot_lock(folder, slot)
     try:
-        remove_leftovers(folder)
-        for leftover in folder.glob("*.h5.creating"):
-            leftover.unlink(missing_ok=True)
+        clear_leftovers(folder, slot, replacing=True)
         replaced = parts_on_disk(folder) if slot is None else parts_on_disk(folder, slot)
         if replaced:
             from zooscope.stores.h5lock import WriterLock
@@ -701,9 +715,7 @@ def resume_folder(folder: Path, slot: str | None, max_part_size: int | None) -> 
         raise ZooFileError(f"{folder} holds no parts of {slot or 'this run'} to resume")
     lock = _slot_lock(folder, slot)
     try:
-        remove_leftovers(folder)
-        for leftover in folder.glob(f"{part_name(slot, 0)[:-8]}*.h5.creating"):
-            leftover.unlink(missing_ok=True)
+        clear_leftovers(folder, slot)
         index = read_index(folder)
         limit = int(max_part_size or index.get("max_part_size") or DEFAULT_MAX_PART_SIZE)
         members: dict[str, Member] = {}

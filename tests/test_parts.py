@@ -357,3 +357,25 @@ def test_two_tasks_at_once_share_one_folder(tiny_zoo: Path, tmp_path: Path) -> N
     assert_same_weights(tiny_zoo, folder)
     done = run_cli("zoo", "validate", str(folder))
     assert done.returncode == 0 and "ok: 12 checkpoints" in done.stdout, done.stdout
+
+
+def test_a_task_starting_leaves_what_other_tasks_are_writing(tmp_path: Path) -> None:
+    """A task clears what its own killed run left half-made, never a file another task
+    of the array is writing at that moment (its next part, an index write)."""
+    from zooscope.stores.hdf5 import HDF5PartsStore
+
+    from .test_store_contract import MEMBERS, header
+
+    folder = tmp_path / "z.zoo"
+    folder.mkdir()
+    mine, theirs = folder / "s0of2-part00001.h5.creating", folder / "s1of2-part00002.h5.creating"
+    index_write = folder / ".zoo.json.abc123.tmp"
+    for path in (mine, theirs, index_write):
+        path.write_bytes(b"half")
+    HDF5PartsStore().create(folder, header(), MEMBERS[:1], slot="s0of2").close()
+    assert not mine.exists() and theirs.exists() and index_write.exists()
+    HDF5PartsStore().resume(folder, slot="s0of2").close()
+    assert theirs.exists() and index_write.exists()
+    # A one-process run replaces the whole zoo, leftovers of every writer included.
+    HDF5PartsStore().create(folder, header(), MEMBERS[:1]).close()
+    assert not theirs.exists() and not index_write.exists()
