@@ -126,6 +126,12 @@ def read_index(folder: Path) -> dict[str, Any]:
     return parse_index(data, str(path))
 
 
+def new_index(name: str, members: Sequence[str], max_part_size: int) -> dict[str, Any]:
+    """The index of a zoo folder that lists no part yet."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
+            "members": list(members), "max_part_size": max_part_size, "parts": []}
+
+
 def write_index(folder: Path, index: Mapping[str, Any]) -> None:
     write_atomic(folder / INDEX, json.dumps(index, indent=1) + "\n")
 
@@ -137,10 +143,10 @@ def index_lock(folder: Path) -> Any:
 
 
 def register_part(folder: Path, name: str, first: Mapping[str, Any]) -> None:
-    """Add a part to the index (creating the index with ``first``'s fields), under the
-    index's lock: the tasks of an array add their parts to one index."""
+    """Add a part to the index (``first`` where there is none yet), under the index's
+    lock: the tasks of an array add their parts to one index."""
     with index_lock(folder):
-        index = read_index(folder) if (folder / INDEX).exists() else dict(first, parts=[])
+        index = read_index(folder) if (folder / INDEX).exists() else dict(first)
         if name not in index["parts"]:
             index["parts"].append(name)
             write_index(folder, index)
@@ -528,8 +534,7 @@ class PartsWriter(ZooWriter):
         self._current, self._current_name, self._written = writer, name, 0
 
     def _index_fields(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.record.name,
-                "members": [], "max_part_size": self.max_part_size}
+        return new_index(self.record.name, [], self.max_part_size)
 
     def _resume_part(self, name: str) -> None:
         from zooscope.stores.h5writer import resume_zoo
@@ -601,13 +606,15 @@ class PartsWriter(ZooWriter):
             raise ZooFileError(f"no checkpoint of member {member.id} at epoch {epoch}")
         return found[0].state_dict(member, epoch)
 
+    def _stored_bytes(self, shapes: Iterable[Sequence[int]]) -> int:
+        """About what a checkpoint of tensors of these shapes takes in a part."""
+        width = 2 if self.record.storage_dtype in ("float16", "bfloat16") else 4
+        return sum(int(np.prod(tuple(shape), dtype=np.int64)) * width for shape in shapes)
+
     def write_checkpoint(self, member: Member, epoch: int, step: int, wall_time: float,
                          state_dict: Mapping[str, Any], metrics: Mapping[str, float],
                          predictions: np.ndarray | None) -> None:
-        width = 2 if self.record.storage_dtype in ("float16", "bfloat16") else 4
-        incoming = sum(int(np.prod(tuple(t.shape), dtype=np.int64)) * width
-                       for t in state_dict.values())
-        self._make_room(incoming)
+        self._make_room(self._stored_bytes(t.shape for t in state_dict.values()))
         self._current.write_checkpoint(member, epoch, step, wall_time, state_dict, metrics,
                                        predictions)
         self._written += 1
@@ -634,10 +641,8 @@ class PartsWriter(ZooWriter):
 
     def copy_checkpoint(self, source: StoredZoo, member: Member, checkpoint: Checkpoint,
                         predictions: np.ndarray | None) -> bool:
-        shape_bytes = 0
-        for name in source.tensor_names(member):
-            shape_bytes += int(np.prod(source.tensor_shape(name, member), dtype=np.int64)) * 4
-        self._make_room(shape_bytes)
+        self._make_room(self._stored_bytes(source.tensor_shape(name, member)
+                                           for name in source.tensor_names(member)))
         if member.id not in self._member_arch:
             return False
         done = self._current.copy_checkpoint(source, member, checkpoint, predictions)
@@ -688,14 +693,12 @@ def create_folder(folder: Path, record: ZooRecord, members: Sequence[Member],
             unregister_parts(folder, replaced)
             for name in replaced:
                 (folder / name).unlink(missing_ok=True)
-        fields = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": record.name,
-                  "members": [m.id for m in (order or members)],
-                  "max_part_size": int(max_part_size or DEFAULT_MAX_PART_SIZE)}
+        limit = int(max_part_size or DEFAULT_MAX_PART_SIZE)
         with index_lock(folder):
             if slot is None or not (folder / INDEX).exists():
-                write_index(folder, {**fields, "parts": []})
-        writer = PartsWriter(folder, slot, record, members,
-                             int(max_part_size or DEFAULT_MAX_PART_SIZE), lock)
+                write_index(folder, new_index(record.name, [m.id for m in (order or members)],
+                                              limit))
+        writer = PartsWriter(folder, slot, record, members, limit, lock)
         writer._start_part()
         return writer
     except BaseException:

@@ -228,7 +228,7 @@ def build_zoo(
             raise ZooFileError(f"{out} is being written by another process",
                                hint="wait for it to finish, or stop it first, then --force")
         if (resume or slot is not None) and store.exists(out) and \
-                (slot is None or _has_parts(store, out)):
+                (slot is None or _opens(out)):
             # Every slot of a folder holds members of the same config.
             check_resumable(cfg, out)
     check_trackers(cfg)
@@ -291,7 +291,8 @@ def _combined_slot(shard: tuple[int, int], state: Any) -> str:
     return f"s{index}of{shard[1] * state.num_processes}"
 
 
-def _has_parts(store: Store, out: Path) -> bool:
+def _opens(out: Path) -> bool:
+    """Whether the zoo at ``out`` opens: another task's folder lists a part already."""
     try:
         from zooscope.access import open_zoo
 
