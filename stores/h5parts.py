@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from zooscope.errors import ZooFileError, ZooscopeError
+from zooscope.errors import MissingFile, ZooFileError, ZooscopeError
 from zooscope.files import UnsafeFile, read_json_object, remove_leftovers, write_atomic
 from zooscope.record import ZooRecord
 from zooscope.store import StoredZoo, ZooWriter
@@ -466,10 +466,8 @@ def open_folder_url(url: str, timeout: float | None) -> PartsZoo:
     def card() -> str | None:
         try:
             raw = read_bytes(f"{base}/{CARD}", timeout, limit=16 << 20)
-        except ZooFileError as exc:
-            if exc.message.startswith("no zoo file at"):
-                return None  # a folder served without its card
-            raise
+        except MissingFile:
+            return None  # a folder served without its card
         try:
             return raw.decode()
         except UnicodeDecodeError:

@@ -332,6 +332,9 @@ def test_a_folder_at_a_url_fetches_only_the_parts_it_reads(twin_zoos: tuple[Path
             assert zoo.card() == local.card() == (parts / "README.md").read_text()
             name = local.tensor_names()[-1]
             assert np.array_equal(zoo.tensor(name), local.tensor(name))
+        (served / "tiny.zoo" / "README.md").unlink()  # a folder served without its card
+        with zooscope.open_zoo(f"{server.url}/tiny.zoo") as zoo:
+            assert not zoo.card()
 
 
 def test_two_tasks_at_once_share_one_folder(tiny_zoo: Path, tmp_path: Path) -> None:

@@ -29,6 +29,10 @@ class ZooFileError(ZooscopeError):
     """A zoo file that is missing, damaged, foreign or unsafe."""
 
 
+class MissingFile(ZooFileError):
+    """No file at the path or URL asked for (a server's 404, a missing object)."""
+
+
 class UnfinishedWrite(ZooFileError):
     """A zoo its killed writer left in a state that only resuming it opens (the store
     clears what the writer left when it reopens the zoo for writing)."""

@@ -39,7 +39,7 @@ from zooscope.environment import (
     NETWORK_TIMEOUT_VARIABLE,
     network_timeout_setting,
 )
-from zooscope.errors import ConfigError, NetworkError, ZooFileError, ZooscopeError
+from zooscope.errors import ConfigError, MissingFile, NetworkError, ZooFileError, ZooscopeError
 from zooscope.extras import require
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -352,7 +352,7 @@ class HTTPRanges:
     def _check(self, status: int, reply: http.client.HTTPMessage, body: bytes, start: int,
                end: int) -> bytes:
         if status == 404:
-            raise ZooFileError(f"no zoo file at {self.url}")
+            raise MissingFile(f"no zoo file at {self.url}")
         if status in (401, 403):
             raise NetworkError(f"{self.url}: access denied (HTTP {status})",
                                hint="the file is private, or the address needs a token")
@@ -521,7 +521,7 @@ class FsspecRanges:
         try:
             info = self._call("info", 0, self.path)
         except FileNotFoundError:
-            raise ZooFileError(f"no zoo file at {url}") from None
+            raise MissingFile(f"no zoo file at {url}") from None
         if info.get("type") == "directory":
             raise ZooFileError(f"{url} is a folder, not a zoo file")
         self.size = int(info.get("size") or 0)
